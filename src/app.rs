@@ -1,0 +1,172 @@
+//! Wires the control plane, data plane and admin server into one running
+//! process, and exposes it to `main` and to in-process tests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::control::{Control, ControlMsg, ReloadRecord, StartError, StatusBoard, Trigger};
+use crate::metrics::{EndpointCollector, EndpointSample, Metrics};
+use crate::table::{Table, TableHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("binding the admin server to {addr}")]
+    BindAdmin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to run, beyond what the config file says.
+#[derive(Debug, Clone, Copy)]
+pub struct AppOptions {
+    /// Reload by itself when the config file or an include changes.
+    pub watch_config: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self { watch_config: true }
+    }
+}
+
+/// A running Switchyard.
+pub struct App {
+    admin_addr: SocketAddr,
+    control: mpsc::Sender<ControlMsg>,
+    board: Arc<StatusBoard>,
+    table: TableHandle,
+    admin_stop: CancellationToken,
+}
+
+impl App {
+    /// Loads `config_path`, binds every listener and the admin server, and
+    /// starts serving. Must be called inside a tokio runtime.
+    pub async fn start(config_path: &Path, options: AppOptions) -> Result<Self, AppError> {
+        let metrics = Metrics::new().map_err(StartError::from)?;
+        let board = Arc::new(StatusBoard::default());
+        let (control, table) = Control::start(
+            config_path,
+            options.watch_config,
+            metrics.clone(),
+            board.clone(),
+        )?;
+        metrics
+            .register(Box::new(
+                EndpointCollector::new(endpoint_sampler(table.clone(), board.clone()))
+                    .map_err(StartError::from)?,
+            ))
+            .map_err(StartError::from)?;
+        let admin_bind = table.current().config.admin_bind;
+        let admin_listener =
+            TcpListener::bind(admin_bind)
+                .await
+                .map_err(|source| AppError::BindAdmin {
+                    addr: admin_bind,
+                    source,
+                })?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(admin_bind);
+        let (tx, rx) = mpsc::channel(16);
+        let admin_stop = CancellationToken::new();
+        tokio::spawn(admin::run(
+            admin_listener,
+            AdminState {
+                metrics,
+                table: table.clone(),
+                board: board.clone(),
+                control: tx.clone(),
+            },
+            admin_stop.clone(),
+        ));
+        tokio::spawn(control.run(rx));
+        tracing::info!(admin = %admin_addr, version = table.current().version, "Switchyard started");
+        Ok(Self {
+            admin_addr,
+            control: tx,
+            board,
+            table,
+            admin_stop,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Where the listener `name` accepts connections (resolves port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.board
+            .lock()
+            .listener_addrs
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The table in use now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.current()
+    }
+
+    /// Reloads the config files; `None` when the process is shutting down.
+    pub async fn reload(&self, trigger: Trigger) -> Option<ReloadRecord> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(ControlMsg::Reload {
+                trigger,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Stops accepting, lets in-flight work finish within the configured
+    /// grace period, then closes the rest. Returns `true` if nothing had to
+    /// be cut short.
+    pub async fn shutdown(self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .control
+            .send(ControlMsg::Shutdown { reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let drained = answer.await.unwrap_or(false);
+        self.admin_stop.cancel();
+        drained
+    }
+}
+
+fn endpoint_sampler(
+    table: TableHandle,
+    board: Arc<StatusBoard>,
+) -> impl Fn() -> Vec<EndpointSample> + Send + Sync {
+    move || {
+        let sample = |s: &crate::table::endpoints::EndpointState| EndpointSample {
+            backend: s.backend.clone(),
+            addr: s.addr.to_string(),
+            active: s.active() as i64,
+            healthy: s.is_healthy(),
+            draining: s.is_draining(),
+        };
+        let mut out: Vec<EndpointSample> = table
+            .current()
+            .endpoint_states()
+            .map(|s| sample(&s))
+            .collect();
+        out.extend(board.lock().draining.iter().map(|s| sample(s)));
+        out
+    }
+}

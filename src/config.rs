@@ -1,0 +1,343 @@
+//! The config file: loading, includes and validation with precise errors.
+//!
+//! ```text
+//! file(s) ──read──▶ Raw* (serde, unknown keys rejected) ──validate──▶ Config
+//! ```
+//!
+//! A [`Config`] is fully checked: every reference resolves, every address
+//! parses, every bind is unique. Loading collects every problem it can find
+//! before failing, each located by file and key path (`backends[1].servers[0]`),
+//! so `switchyard check` and a failed reload show them all at once.
+
+mod duration;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+
+pub use duration::ConfigDuration;
+use raw::{RawConfig, RawFragment};
+
+/// Default values, HAProxy-like but with explicit units.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9900";
+/// Upper bound of a server weight, as HAProxy's (1..=256).
+pub const MAX_WEIGHT: u32 = 256;
+
+/// A validated configuration: what `table::compile` turns into a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The main file and every included file, for the file watcher.
+    pub files: Vec<PathBuf>,
+    pub admin_bind: SocketAddr,
+    pub timeouts: Timeouts,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Client-side timeouts, process-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A request head must arrive completely this long after its first byte.
+    pub header_read: Duration,
+    /// A client connection with nothing in flight and no traffic is closed.
+    pub client_idle: Duration,
+}
+
+/// Where an item was defined, for errors found after validation (a bind
+/// that fails). Never part of equality: moving an item is not a change.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: Arc<Path>,
+    pub key: String,
+}
+
+impl PartialEq for Location {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: `{}`", self.file.display(), self.key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub location: Location,
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub mode: Mode,
+    pub default_backend: Option<Arc<str>>,
+    /// Connections accepted at once; past it the listener stops accepting
+    /// and new connections wait in the kernel's backlog (HAProxy `maxconn`).
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    Any,
+    /// Lowercased, without port.
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`.
+    Suffix(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Exact(h) => f.write_str(h),
+            Self::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub listener: Arc<str>,
+    pub host: HostPattern,
+    pub path_prefix: String,
+    pub backend: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSpec {
+    pub name: Arc<str>,
+    pub balance: Balance,
+    pub target: BackendTarget,
+    pub protocol: Protocol,
+    pub timeouts: UpstreamTimeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// A pooled upstream connection idle longer than this is not reused.
+    pub idle: Duration,
+    /// Time allowed for the upstream's response head (HTTP), else 504.
+    pub request: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    P2c,
+    Hash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientAddr,
+    /// Falls back to the client address when the request lacks the header.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendTarget {
+    Servers(Vec<ServerSpec>),
+    Respond(RespondSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RespondSpec {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl BackendSpec {
+    pub fn servers(&self) -> &[ServerSpec] {
+        match &self.target {
+            BackendTarget::Servers(s) => s,
+            BackendTarget::Respond(_) => &[],
+        }
+    }
+}
+
+// === errors ===
+
+/// One problem, located by file and key path such as `backends[1].servers[0]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Arc<Path>,
+    /// Empty when the problem is not tied to one key (a syntax error).
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.problem
+            )
+        }
+    }
+}
+
+/// Every problem found in one load, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
+// === loading ===
+
+/// One parsed file with where it came from, so problems can name it.
+pub(crate) struct Sourced<T> {
+    pub file: Arc<Path>,
+    pub raw: T,
+}
+
+/// Reads, parses and validates `path` and its includes.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let main_file: Arc<Path> = Arc::from(path);
+    let main: RawConfig = parse_file(&main_file).map_err(ConfigErrors)?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut fragments = Vec::with_capacity(main.include.len());
+    let mut problems = Vec::new();
+    for (i, inc) in main.include.iter().enumerate() {
+        let inc_path: Arc<Path> = Arc::from(base.join(inc));
+        match parse_file::<RawFragment>(&inc_path) {
+            Ok(raw) => fragments.push(Sourced {
+                file: inc_path,
+                raw,
+            }),
+            Err(mut e) => {
+                if let Some(first) = e.first_mut().filter(|e| e.key.is_empty()) {
+                    first.problem = format!("included as `include[{i}]`: {}", first.problem);
+                }
+                problems.extend(e)
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    validate::validate(
+        Sourced {
+            file: main_file,
+            raw: main,
+        },
+        fragments,
+    )
+}
+
+/// Parses one file, reporting the key path of a type error and the line of
+/// a syntax error.
+fn parse_file<T: DeserializeOwned>(file: &Arc<Path>) -> Result<T, Vec<ConfigError>> {
+    let at = |key: String, problem: String| {
+        vec![ConfigError {
+            file: file.clone(),
+            key,
+            problem,
+        }]
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| at(String::new(), format!("cannot read file: {e}")))?;
+    parse_str(file, &text)
+}
+
+pub(crate) fn parse_str<T: DeserializeOwned>(
+    file: &Arc<Path>,
+    text: &str,
+) -> Result<T, Vec<ConfigError>> {
+    let located = |e: &toml::de::Error| match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{} (line {line}, column {col})", e.message().trim_end())
+        }
+        None => e.message().trim_end().to_string(),
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| {
+        vec![ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            problem: format!("syntax error: {}", located(&e)),
+        }]
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let mut problem = located(e.inner());
+        if problem.contains("untagged enum RawServer") {
+            problem = "expected \"ip:port\" or { address = \"ip:port\", weight = N }".into();
+        }
+        vec![ConfigError {
+            file: file.clone(),
+            key,
+            problem,
+        }]
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Serde model of the TOML file, exactly as written by the user.
+//!
+//! Every struct rejects unknown keys so that a typo is an error with its key
+//! path, never a silently ignored setting. Meaning (addresses, references
+//! between sections, defaults) is given by `validate`, not here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+
+/// The main config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Further files whose `listeners`, `routes` and `backends` are appended.
+    #[serde(default)]
+    pub include: Vec<String>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+/// An included file: the same sections as the main file, minus the ones that
+/// only make sense once per process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFragment {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: String,
+}
+
+/// Process-wide timeouts; backends may override the upstream ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<ConfigDuration>,
+    pub header_read: Option<ConfigDuration>,
+    pub client_idle: Option<ConfigDuration>,
+    pub upstream_idle: Option<ConfigDuration>,
+    pub request: Option<ConfigDuration>,
+}
+
+/// Per-backend overrides of the upstream-side timeouts.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTimeouts {
+    pub connect: Option<ConfigDuration>,
+    pub upstream_idle: Option<ConfigDuration>,
+    pub request: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub grace: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub mode: RawMode,
+    pub default_backend: Option<String>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMode {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub listener: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub backend: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    #[serde(default)]
+    pub balance: RawBalance,
+    /// With `balance = "hash"`: hash this request header instead of the
+    /// client address.
+    pub hash_header: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+    pub respond: Option<RawRespond>,
+    /// `http1` (default) or `http2` (prior knowledge, h2c) towards the servers.
+    pub protocol: Option<RawProtocol>,
+    #[serde(default)]
+    pub timeouts: RawBackendTimeouts,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    P2c,
+    Hash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    Http1,
+    Http2,
+}
+
+/// `"10.0.0.1:80"` or `{ address = "10.0.0.1:80", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawServer {
+    Address(String),
+    Detailed(RawServerDetailed),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerDetailed {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+/// The built-in responder: a fixed answer with no upstream at all.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<u16>,
+    pub body: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}

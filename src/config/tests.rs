@@ -1,0 +1,208 @@
+use std::io::Write;
+
+use super::*;
+
+/// Writes `files` (name, text) into a temp dir and loads the first.
+fn load_files(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+    let result = load(&dir.path().join(files[0].0));
+    (dir, result)
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let (_dir, result) = load_files(&[("main.toml", text)]);
+    let errors = result.expect_err("config should be rejected");
+    errors
+        .0
+        .iter()
+        .map(|e| format!("`{}`: {}", e.key, e.problem))
+        .collect()
+}
+
+const BASE: &str = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+"#;
+
+#[test]
+fn a_valid_file_gets_defaults() {
+    let (_dir, result) = load_files(&[("main.toml", BASE)]);
+    let c = result.unwrap();
+    assert_eq!(c.admin_bind.to_string(), DEFAULT_ADMIN_BIND);
+    assert_eq!(c.timeouts.client_idle, DEFAULT_CLIENT_IDLE_TIMEOUT);
+    assert_eq!(c.listeners[0].mode, Mode::Http);
+    let servers = c.backends[0].servers();
+    assert_eq!((servers[0].weight, servers[1].weight), (1, 3));
+    assert_eq!(c.backends[0].balance, Balance::RoundRobin);
+    assert_eq!(c.backends[0].protocol, Protocol::Http1);
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let errors = errors_of("[[listeners]\nname = 1\n");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("syntax error"), "{errors:?}");
+    assert!(errors[0].contains("line 1"), "{errors:?}");
+}
+
+#[test]
+fn unknown_keys_give_their_path() {
+    let errors = errors_of(&BASE.replace("default_backend", "defualt_backend"));
+    assert!(
+        errors[0].starts_with("`listeners[0].defualt_backend`"),
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("unknown field"), "{errors:?}");
+    let errors = errors_of(&format!("{BASE}\n[timeouts]\nconect = \"1s\"\n"));
+    assert!(errors[0].starts_with("`timeouts.conect`"), "{errors:?}");
+}
+
+#[test]
+fn type_errors_give_their_path() {
+    let errors = errors_of(&format!("{BASE}\n[timeouts]\nconnect = 5\n"));
+    assert!(errors[0].starts_with("`timeouts.connect`"), "{errors:?}");
+    let errors = errors_of(&BASE.replace("\"127.0.0.1:9001\"", "9001"));
+    assert!(
+        errors[0].starts_with("`backends[0].servers[0]`"),
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("ip:port"), "{errors:?}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "missing"
+
+[[listeners]]
+name = "web2"
+bind = "127.0.0.1:8080"
+
+[[listeners]]
+name = "raw"
+bind = "not an address"
+mode = "tcp"
+
+[[routes]]
+listener = "web"
+host = "*.bad*.com"
+path_prefix = "api"
+backend = "nope"
+
+[[routes]]
+listener = "raw"
+backend = "app"
+
+[[backends]]
+name = "app"
+hash_header = "x-user"
+servers = ["127.0.0.1:9001", "127.0.0.1:9001", "web.internal:80", { address = "127.0.0.1:1", weight = 0 }]
+
+[[backends]]
+name = "app"
+respond = { status = 200 }
+
+[[backends]]
+name = "empty"
+"#;
+    let errors = errors_of(text).join("\n");
+    for expected in [
+        "`listeners[0].default_backend`: no backend named `missing`",
+        "`listeners[1].bind`: 127.0.0.1:8080 is already bound by",
+        "`listeners[2].bind`: \"not an address\" is not a bind address",
+        "`listeners[2].default_backend`: a tcp listener needs",
+        "`routes[0].host`",
+        "`routes[0].path_prefix`: must start with `/`",
+        "`routes[0].backend`: no backend named `nope`",
+        "`routes[1].listener`: listener `raw` is a tcp listener",
+        "`backends[0].hash_header`: only used with balance = \"hash\"",
+        "`backends[0].servers[1]`: 127.0.0.1:9001 is listed twice",
+        "`backends[0].servers[2]`: \"web.internal:80\": only IP addresses",
+        "`backends[0].servers[3].weight`: must be between 1 and 256",
+        "`backends[1].name`: backend `app` is already defined",
+        "`backends[2]`: set `servers`",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
+}
+
+#[test]
+fn routes_need_a_listener_when_there_are_several() {
+    let text = format!(
+        "{BASE}\n[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:8081\"\n\n[[routes]]\nbackend = \"app\"\n"
+    );
+    let errors = errors_of(&text);
+    assert_eq!(
+        errors,
+        vec!["`routes[0].listener`: required: there is more than one http listener"]
+    );
+}
+
+#[test]
+fn includes_append_and_errors_name_the_included_file() {
+    let main = format!("include = [\"routes.toml\"]\n{BASE}");
+    let routes = r#"
+[[routes]]
+host = "API.example.com"
+backend = "api"
+
+[[backends]]
+name = "api"
+respond = { body = "hi" }
+"#;
+    let (_dir, result) = load_files(&[("main.toml", &main), ("routes.toml", routes)]);
+    let c = result.unwrap();
+    assert_eq!(c.files.len(), 2);
+    assert_eq!(
+        c.routes[0].host,
+        HostPattern::Exact("api.example.com".into())
+    );
+    assert_eq!(c.routes[0].listener.as_ref(), "web");
+
+    let bad = "[[routes]]\nbackend = \"nope\"\n";
+    let (_dir, result) = load_files(&[("main.toml", &main), ("routes.toml", bad)]);
+    let e = result.unwrap_err();
+    assert!(e.0[0].file.ends_with("routes.toml"), "{e}");
+    assert_eq!(e.0[0].key, "routes[0].backend");
+
+    let (_dir, result) = load_files(&[("main.toml", &main)]);
+    let e = result.unwrap_err().to_string();
+    assert!(
+        e.contains("routes.toml") && e.contains("cannot read file"),
+        "{e}"
+    );
+
+    let nested = "[admin]\nbind = \"127.0.0.1:1\"\n";
+    let (_dir, result) = load_files(&[("main.toml", &main), ("routes.toml", nested)]);
+    let e = result.unwrap_err();
+    assert!(
+        e.0[0].file.ends_with("routes.toml") && e.0[0].key == "admin",
+        "{e}"
+    );
+}
+
+#[test]
+fn an_item_defined_twice_across_files_names_both() {
+    let main = format!("include = [\"more.toml\"]\n{BASE}");
+    let more = "[[backends]]\nname = \"app\"\nrespond = {}\n";
+    let (_dir, result) = load_files(&[("main.toml", &main), ("more.toml", more)]);
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("more.toml: `backends[0].name`"), "{e}");
+    assert!(e.contains("main.toml `backends[0]`"), "{e}");
+}

@@ -1,0 +1,522 @@
+//! Gives the raw file its meaning and collects every problem with its key.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::raw::{
+    RawBackend, RawBalance, RawConfig, RawFragment, RawListener, RawMode, RawProtocol, RawRespond,
+    RawRoute, RawServer,
+};
+use super::*;
+
+/// Problems found so far; validation goes on after each so all are reported.
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn at(&mut self, file: &Arc<Path>, key: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(ConfigError {
+            file: file.clone(),
+            key: key.into(),
+            problem: problem.into(),
+        });
+    }
+}
+
+/// Where an item was defined, for messages about a second definition.
+struct Origin<'a> {
+    file: &'a Arc<Path>,
+    key: String,
+}
+
+pub(super) fn validate(
+    main: Sourced<RawConfig>,
+    fragments: Vec<Sourced<RawFragment>>,
+) -> Result<Config, ConfigErrors> {
+    let mut p = Problems(Vec::new());
+    let file = &main.file;
+    let raw = &main.raw;
+
+    let admin_bind = match &raw.admin {
+        Some(admin) => parse_bind(&admin.bind)
+            .map_err(|e| p.at(file, "admin.bind", e))
+            .ok(),
+        None => DEFAULT_ADMIN_BIND.parse().ok(),
+    };
+    let t = &raw.timeouts;
+    let pick = |d: &Option<ConfigDuration>, default| d.map_or(default, |d| d.0);
+    let timeouts = Timeouts {
+        header_read: pick(&t.header_read, DEFAULT_HEADER_READ_TIMEOUT),
+        client_idle: pick(&t.client_idle, DEFAULT_CLIENT_IDLE_TIMEOUT),
+    };
+    let upstream_defaults = UpstreamTimeouts {
+        connect: pick(&t.connect, DEFAULT_CONNECT_TIMEOUT),
+        idle: pick(&t.upstream_idle, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+        request: pick(&t.request, DEFAULT_REQUEST_TIMEOUT),
+    };
+    for (key, d) in [
+        ("timeouts.connect", upstream_defaults.connect),
+        ("timeouts.header_read", timeouts.header_read),
+        ("timeouts.client_idle", timeouts.client_idle),
+        ("timeouts.request", upstream_defaults.request),
+    ] {
+        if d.is_zero() {
+            p.at(file, key, "must be greater than zero");
+        }
+    }
+
+    // Every section from every file, each with its file for messages.
+    let mut listeners: Vec<(&Arc<Path>, usize, &RawListener)> = Vec::new();
+    let mut routes: Vec<(&Arc<Path>, usize, &RawRoute)> = Vec::new();
+    let mut backends: Vec<(&Arc<Path>, usize, &RawBackend)> = Vec::new();
+    let sections = std::iter::once((file, &raw.listeners, &raw.routes, &raw.backends)).chain(
+        fragments
+            .iter()
+            .map(|f| (&f.file, &f.raw.listeners, &f.raw.routes, &f.raw.backends)),
+    );
+    for (f, ls, rs, bs) in sections {
+        listeners.extend(ls.iter().enumerate().map(|(i, l)| (f, i, l)));
+        routes.extend(rs.iter().enumerate().map(|(i, r)| (f, i, r)));
+        backends.extend(bs.iter().enumerate().map(|(i, b)| (f, i, b)));
+    }
+
+    // Backends first: listeners and routes refer to them.
+    let mut backend_specs = Vec::with_capacity(backends.len());
+    let mut backend_origin: HashMap<&str, Origin<'_>> = HashMap::new();
+    for &(f, i, b) in &backends {
+        let key = format!("backends[{i}]");
+        if let Some(first) = backend_origin.get(b.name.as_str()) {
+            p.at(
+                f,
+                format!("{key}.name"),
+                format!(
+                    "backend `{}` is already defined at {} `{}`",
+                    b.name,
+                    first.file.display(),
+                    first.key
+                ),
+            );
+            continue;
+        }
+        backend_origin.insert(
+            &b.name,
+            Origin {
+                file: f,
+                key: key.clone(),
+            },
+        );
+        if let Some(spec) = check_backend(f, &key, b, upstream_defaults, &mut p) {
+            backend_specs.push(spec);
+        }
+    }
+    let backend_kind: HashMap<&str, bool> = backends
+        .iter()
+        .map(|(_, _, b)| (b.name.as_str(), b.respond.is_none()))
+        .collect();
+
+    let mut listener_specs = Vec::with_capacity(listeners.len());
+    let mut listener_origin: HashMap<&str, Origin<'_>> = HashMap::new();
+    let mut bind_origin: HashMap<SocketAddr, Origin<'_>> = HashMap::new();
+    for &(f, i, l) in &listeners {
+        let key = format!("listeners[{i}]");
+        if let Some(first) = listener_origin.get(l.name.as_str()) {
+            p.at(
+                f,
+                format!("{key}.name"),
+                format!(
+                    "listener `{}` is already defined at {} `{}`",
+                    l.name,
+                    first.file.display(),
+                    first.key
+                ),
+            );
+            continue;
+        }
+        listener_origin.insert(
+            &l.name,
+            Origin {
+                file: f,
+                key: key.clone(),
+            },
+        );
+        let before = p.0.len();
+        let bind = match parse_bind(&l.bind) {
+            Ok(bind) => {
+                // Port 0 asks the kernel for a fresh port each time: never a clash.
+                if bind.port() != 0 {
+                    if let Some(first) = bind_origin.get(&bind) {
+                        p.at(
+                            f,
+                            format!("{key}.bind"),
+                            format!(
+                                "{bind} is already bound by {} `{}`",
+                                first.file.display(),
+                                first.key
+                            ),
+                        );
+                    } else {
+                        bind_origin.insert(
+                            bind,
+                            Origin {
+                                file: f,
+                                key: key.clone(),
+                            },
+                        );
+                    }
+                }
+                Some(bind)
+            }
+            Err(e) => {
+                p.at(f, format!("{key}.bind"), e);
+                None
+            }
+        };
+        if l.name.is_empty() {
+            p.at(f, format!("{key}.name"), "must not be empty");
+        }
+        match (&l.default_backend, l.mode) {
+            (None, RawMode::Tcp) => p.at(
+                f,
+                format!("{key}.default_backend"),
+                "a tcp listener needs `default_backend`: the backend it forwards to",
+            ),
+            (Some(b), mode) => match backend_kind.get(b.as_str()) {
+                None => p.at(
+                    f,
+                    format!("{key}.default_backend"),
+                    format!("no backend named `{b}`"),
+                ),
+                Some(false) if mode == RawMode::Tcp => p.at(
+                    f,
+                    format!("{key}.default_backend"),
+                    format!("backend `{b}` is a `respond` backend, which only speaks HTTP"),
+                ),
+                _ => {}
+            },
+            (None, RawMode::Http) => {}
+        }
+        if l.max_connections == Some(0) {
+            p.at(f, format!("{key}.max_connections"), "must be at least 1");
+        }
+        if let (Some(bind), true) = (bind, p.0.len() == before) {
+            listener_specs.push(ListenerSpec {
+                location: Location {
+                    file: f.clone(),
+                    key: format!("{key}.bind"),
+                },
+                name: l.name.as_str().into(),
+                bind,
+                mode: match l.mode {
+                    RawMode::Http => Mode::Http,
+                    RawMode::Tcp => Mode::Tcp,
+                },
+                default_backend: l.default_backend.as_deref().map(Into::into),
+                max_connections: l.max_connections,
+            });
+        }
+    }
+
+    let http_listeners: Vec<&str> = listeners
+        .iter()
+        .filter(|(_, _, l)| l.mode == RawMode::Http)
+        .map(|(_, _, l)| l.name.as_str())
+        .collect();
+    let listener_mode: HashMap<&str, RawMode> = listeners
+        .iter()
+        .map(|(_, _, l)| (l.name.as_str(), l.mode))
+        .collect();
+    let mut route_specs = Vec::with_capacity(routes.len());
+    let mut route_origin: HashMap<(String, HostPattern, String), Origin<'_>> = HashMap::new();
+    for &(f, i, r) in &routes {
+        let key = format!("routes[{i}]");
+        let before = p.0.len();
+        let listener = match &r.listener {
+            Some(name) => match listener_mode.get(name.as_str()) {
+                Some(RawMode::Http) => Some(name.as_str()),
+                Some(RawMode::Tcp) => {
+                    p.at(
+                        f,
+                        format!("{key}.listener"),
+                        format!("listener `{name}` is a tcp listener; routes are for http"),
+                    );
+                    None
+                }
+                None => {
+                    p.at(
+                        f,
+                        format!("{key}.listener"),
+                        format!("no listener named `{name}`"),
+                    );
+                    None
+                }
+            },
+            None => match http_listeners.as_slice() {
+                [only] => Some(*only),
+                [] => {
+                    p.at(f, &key, "there is no http listener for this route");
+                    None
+                }
+                _ => {
+                    p.at(
+                        f,
+                        format!("{key}.listener"),
+                        "required: there is more than one http listener",
+                    );
+                    None
+                }
+            },
+        };
+        let host = match r.host.as_deref().map(parse_host).transpose() {
+            Ok(h) => h.unwrap_or(HostPattern::Any),
+            Err(e) => {
+                p.at(f, format!("{key}.host"), e);
+                HostPattern::Any
+            }
+        };
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') {
+            p.at(f, format!("{key}.path_prefix"), "must start with `/`");
+        }
+        if !backend_kind.contains_key(r.backend.as_str()) {
+            p.at(
+                f,
+                format!("{key}.backend"),
+                format!("no backend named `{}`", r.backend),
+            );
+        }
+        let (Some(listener), true) = (listener, p.0.len() == before) else {
+            continue;
+        };
+        let ident = (listener.to_string(), host.clone(), path_prefix.clone());
+        if let Some(first) = route_origin.get(&ident) {
+            p.at(
+                f,
+                &key,
+                format!(
+                    "the same listener, host and path_prefix are already routed by {} `{}`",
+                    first.file.display(),
+                    first.key
+                ),
+            );
+            continue;
+        }
+        route_origin.insert(ident, Origin { file: f, key });
+        route_specs.push(RouteSpec {
+            listener: listener.into(),
+            host,
+            path_prefix,
+            backend: r.backend.as_str().into(),
+        });
+    }
+
+    let (Some(admin_bind), true) = (admin_bind, p.0.is_empty()) else {
+        return Err(ConfigErrors(p.0));
+    };
+    let mut files = vec![main.file.to_path_buf()];
+    files.extend(fragments.iter().map(|f| f.file.to_path_buf()));
+    Ok(Config {
+        files,
+        admin_bind,
+        timeouts,
+        shutdown_grace: raw.shutdown.grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        listeners: listener_specs,
+        routes: route_specs,
+        backends: backend_specs,
+    })
+}
+
+fn check_backend(
+    f: &Arc<Path>,
+    key: &str,
+    b: &RawBackend,
+    defaults: UpstreamTimeouts,
+    p: &mut Problems,
+) -> Option<BackendSpec> {
+    let before = p.0.len();
+    if b.name.is_empty() {
+        p.at(f, format!("{key}.name"), "must not be empty");
+    }
+    let target = match (&b.respond, b.servers.is_empty()) {
+        (Some(_), false) => {
+            p.at(f, key, "set either `servers` or `respond`, not both");
+            None
+        }
+        (None, true) => {
+            p.at(
+                f,
+                key,
+                "set `servers` (at least one \"ip:port\") or `respond`",
+            );
+            None
+        }
+        (Some(r), true) => check_respond(f, key, r, p).map(BackendTarget::Respond),
+        (None, false) => Some(BackendTarget::Servers(check_servers(f, key, &b.servers, p))),
+    };
+    let hash_on = match &b.hash_header {
+        Some(h) if b.balance != RawBalance::Hash => {
+            p.at(
+                f,
+                format!("{key}.hash_header"),
+                format!("only used with balance = \"hash\" (here \"{h}\" would be ignored)"),
+            );
+            HashOn::ClientAddr
+        }
+        Some(h) => match HeaderName::try_from(h.as_str()) {
+            Ok(name) => HashOn::Header(name),
+            Err(_) => {
+                p.at(
+                    f,
+                    format!("{key}.hash_header"),
+                    format!("{h:?} is not a header name"),
+                );
+                HashOn::ClientAddr
+            }
+        },
+        None => HashOn::ClientAddr,
+    };
+    let balance = match b.balance {
+        RawBalance::RoundRobin => Balance::RoundRobin,
+        RawBalance::LeastConn => Balance::LeastConn,
+        RawBalance::P2c => Balance::P2c,
+        RawBalance::Hash => Balance::Hash(hash_on),
+    };
+    let t = &b.timeouts;
+    let timeouts = UpstreamTimeouts {
+        connect: t.connect.map_or(defaults.connect, |d| d.0),
+        idle: t.upstream_idle.map_or(defaults.idle, |d| d.0),
+        request: t.request.map_or(defaults.request, |d| d.0),
+    };
+    if timeouts.connect.is_zero() || timeouts.request.is_zero() {
+        p.at(
+            f,
+            format!("{key}.timeouts"),
+            "timeouts must be greater than zero",
+        );
+    }
+    let target = target?;
+    (p.0.len() == before).then(|| BackendSpec {
+        name: b.name.as_str().into(),
+        balance,
+        target,
+        protocol: match b.protocol {
+            None | Some(RawProtocol::Http1) => Protocol::Http1,
+            Some(RawProtocol::Http2) => Protocol::Http2,
+        },
+        timeouts,
+    })
+}
+
+fn check_servers(f: &Arc<Path>, key: &str, raw: &[RawServer], p: &mut Problems) -> Vec<ServerSpec> {
+    let mut seen = HashSet::new();
+    let mut servers = Vec::with_capacity(raw.len());
+    for (j, s) in raw.iter().enumerate() {
+        let (address, weight, at) = match s {
+            RawServer::Address(a) => (a, None, format!("{key}.servers[{j}]")),
+            RawServer::Detailed(d) => (&d.address, d.weight, format!("{key}.servers[{j}].address")),
+        };
+        let weight = weight.unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            p.at(
+                f,
+                format!("{key}.servers[{j}].weight"),
+                format!("must be between 1 and {MAX_WEIGHT}"),
+            );
+        }
+        match address.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => p.at(f, at, "port 0 is not a server port"),
+            Ok(addr) if !seen.insert(addr) => p.at(f, at, format!("{addr} is listed twice")),
+            Ok(addr) => servers.push(ServerSpec { addr, weight }),
+            Err(_)
+                if address
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) =>
+            {
+                p.at(
+                    f,
+                    at,
+                    format!(
+                        "{address:?}: only IP addresses are accepted in this version; \
+                         host names need runtime DNS re-resolution, which is not built yet"
+                    ),
+                )
+            }
+            Err(_) => p.at(
+                f,
+                at,
+                format!("{address:?} is not an address; expected \"ip:port\""),
+            ),
+        }
+    }
+    servers
+}
+
+fn check_respond(
+    f: &Arc<Path>,
+    key: &str,
+    r: &RawRespond,
+    p: &mut Problems,
+) -> Option<RespondSpec> {
+    let before = p.0.len();
+    let status = match StatusCode::from_u16(r.status.unwrap_or(200)) {
+        Ok(s) => s,
+        Err(_) => {
+            p.at(
+                f,
+                format!("{key}.respond.status"),
+                "must be an HTTP status, 100 to 999",
+            );
+            StatusCode::OK
+        }
+    };
+    let mut headers = Vec::with_capacity(r.headers.len());
+    for (name, value) in &r.headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => p.at(
+                f,
+                format!("{key}.respond.headers.{name}"),
+                "not a valid header name and value",
+            ),
+        }
+    }
+    (p.0.len() == before).then(|| RespondSpec {
+        status,
+        body: Bytes::from(r.body.clone().unwrap_or_default()),
+        headers,
+    })
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a bind address; expected \"ip:port\" such as \"127.0.0.1:8080\"")
+    })
+}
+
+fn parse_host(s: &str) -> Result<HostPattern, String> {
+    let lower = s.trim_end_matches('.').to_ascii_lowercase();
+    let valid_label_chars = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
+    };
+    if lower.is_empty() || lower == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if valid_label_chars(suffix) && !suffix.contains('*') {
+            return Ok(HostPattern::Suffix(format!(".{suffix}")));
+        }
+    } else if valid_label_chars(&lower) {
+        return Ok(HostPattern::Exact(lower));
+    }
+    Err(format!(
+        "{s:?} is not a host pattern; expected \"example.com\" or \"*.example.com\" (no port)"
+    ))
+}

@@ -1,0 +1,374 @@
+//! The control plane: loads config, compiles and publishes tables, keeps the
+//! last good one when a change is bad, and records what happened.
+//!
+//! One task owns every change, so reloads never interleave: SIGHUP,
+//! `POST /reload` and file changes all become [`ControlMsg`]s on one channel.
+//!
+//! ```text
+//! trigger ──▶ load + validate ──▶ bind new listeners ──▶ compile ──▶ publish
+//!                  │ error              │ error                         │
+//!                  └────────── keep last good, report ◀─┘      diff, drain, report
+//! ```
+
+pub mod status;
+mod watch;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::proxy::http::ErrorChain;
+use crate::proxy::listener::{BindError, ListenerSet};
+use crate::table::diff::ConfigDiff;
+use crate::table::endpoints::EndpointState;
+use crate::table::{self, CompileError, Table, TableHandle};
+use watch::ConfigWatcher;
+
+/// Quiet time after the last file event before reloading: editors write a
+/// file in several steps.
+const FILE_DEBOUNCE: Duration = Duration::from_millis(150);
+/// How often drained endpoints are forgotten.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    BindListener(#[from] BindError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("watching config files")]
+    Watch(#[from] notify::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// What made a reload happen, shown in `/status` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Start,
+    Signal,
+    Admin,
+    FileChange,
+    Api,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    Success,
+    /// The files parse to the config already running: nothing to swap.
+    Unchanged,
+    Failure,
+}
+
+/// One reload attempt, as `/status` and `POST /reload` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub trigger: Trigger,
+    pub result: ReloadResult,
+    /// The table version in use after this attempt.
+    pub version: u64,
+    /// Every problem found, each naming its file and key.
+    pub errors: Vec<String>,
+    pub diff: Option<ConfigDiff>,
+}
+
+pub enum ControlMsg {
+    Reload {
+        trigger: Trigger,
+        reply: Option<oneshot::Sender<ReloadRecord>>,
+    },
+    /// Drain and stop; replies `true` when every connection finished in time.
+    Shutdown { reply: oneshot::Sender<bool> },
+}
+
+/// State the admin API reads; written only by the control task.
+#[derive(Default)]
+pub struct StatusBoard(Mutex<BoardState>);
+
+#[derive(Default)]
+pub struct BoardState {
+    pub last_reload: Option<ReloadRecord>,
+    pub last_failure: Option<ReloadRecord>,
+    pub listener_addrs: Vec<(Arc<str>, SocketAddr)>,
+    /// Endpoints removed by a swap that still have work in flight.
+    pub draining: Vec<Arc<EndpointState>>,
+    pub shutting_down: bool,
+}
+
+impl StatusBoard {
+    /// Never held across an await or on the data path; a poisoned lock only
+    /// means a panic elsewhere, and the state is still readable.
+    pub fn lock(&self) -> MutexGuard<'_, BoardState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Control {
+    path: PathBuf,
+    table: TableHandle,
+    listeners: ListenerSet,
+    metrics: Metrics,
+    board: Arc<StatusBoard>,
+    /// `None` when the config is reloaded only on request (`--no-watch`).
+    watcher: Option<ConfigWatcher>,
+    file_events: mpsc::Receiver<()>,
+}
+
+impl Control {
+    /// Loads the config and starts its listeners; fails when the first config
+    /// is invalid or a listener cannot be bound.
+    pub fn start(
+        path: &Path,
+        watch_files: bool,
+        metrics: Metrics,
+        board: Arc<StatusBoard>,
+    ) -> Result<(Self, TableHandle), StartError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let config = Arc::new(config::load(&path)?);
+        let table = table::compile(config.clone(), 1, None, &|_, _| None, &metrics)?;
+        let handle = TableHandle::new(table);
+        let mut listeners = ListenerSet::new(handle.clone());
+        let prepared = listeners.prepare(&config)?;
+        listeners.commit(prepared, &config);
+        let (tx, file_events) = mpsc::channel(1);
+        let watcher = if watch_files {
+            let mut watcher = ConfigWatcher::new(tx)?;
+            watcher.watch(&config.files);
+            Some(watcher)
+        } else {
+            None
+        };
+        metrics.config_version.set(1);
+        metrics.reload(true);
+        {
+            let mut b = board.lock();
+            b.listener_addrs = listeners.local_addrs();
+            b.last_reload = Some(ReloadRecord {
+                at: now(),
+                trigger: Trigger::Start,
+                result: ReloadResult::Success,
+                version: 1,
+                errors: Vec::new(),
+                diff: Some(ConfigDiff::initial(&config)),
+            });
+        }
+        Ok((
+            Self {
+                path,
+                table: handle.clone(),
+                listeners,
+                metrics,
+                board,
+                watcher,
+                file_events,
+            },
+            handle,
+        ))
+    }
+
+    /// Handles messages until shutdown.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ControlMsg>) {
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(ControlMsg::Reload { trigger, reply }) => {
+                        let record = self.reload(trigger);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(record);
+                        }
+                    }
+                    Some(ControlMsg::Shutdown { reply }) => {
+                        let drained = self.shutdown().await;
+                        let _ = reply.send(drained);
+                        return;
+                    }
+                    None => return,
+                },
+                Some(()) = self.file_events.recv() => {
+                    self.debounce_files().await;
+                    self.reload(Trigger::FileChange);
+                }
+                _ = prune.tick() => self.prune_draining(),
+            }
+        }
+    }
+
+    async fn debounce_files(&mut self) {
+        loop {
+            tokio::select! {
+                Some(()) = self.file_events.recv() => {}
+                () = tokio::time::sleep(FILE_DEBOUNCE) => return,
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) -> bool {
+        let grace = self.table.current().config.shutdown_grace;
+        self.board.lock().shutting_down = true;
+        tracing::info!(grace = ?grace, "Shutting down: draining connections");
+        let drained = self.listeners.shutdown(grace).await;
+        if drained {
+            tracing::info!("All connections finished");
+        } else {
+            tracing::warn!("Grace period over; closed the remaining connections");
+        }
+        drained
+    }
+
+    /// Applies the config files as they are now, or keeps the running table.
+    pub fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
+        let outcome = self.try_reload();
+        let version = self.table.current().version;
+        let record = match outcome {
+            Ok(Some(diff)) => {
+                tracing::info!(version, ?trigger, %diff, "Config applied");
+                ReloadRecord {
+                    at: now(),
+                    trigger,
+                    result: ReloadResult::Success,
+                    version,
+                    errors: Vec::new(),
+                    diff: Some(diff),
+                }
+            }
+            Ok(None) => {
+                tracing::debug!(version, ?trigger, "Config unchanged");
+                ReloadRecord {
+                    at: now(),
+                    trigger,
+                    result: ReloadResult::Unchanged,
+                    version,
+                    errors: Vec::new(),
+                    diff: None,
+                }
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(%error, ?trigger, "Config rejected; keeping the running config");
+                }
+                ReloadRecord {
+                    at: now(),
+                    trigger,
+                    result: ReloadResult::Failure,
+                    version,
+                    errors,
+                    diff: None,
+                }
+            }
+        };
+        self.metrics.reload(record.result != ReloadResult::Failure);
+        let mut board = self.board.lock();
+        board.last_reload = Some(record.clone());
+        if record.result == ReloadResult::Failure {
+            board.last_failure = Some(record.clone());
+        }
+        record
+    }
+
+    fn try_reload(&mut self) -> Result<Option<ConfigDiff>, Vec<String>> {
+        let to_strings =
+            |e: ConfigErrors| -> Vec<String> { e.0.iter().map(ToString::to_string).collect() };
+        let config = config::load(&self.path).map_err(to_strings)?;
+        let current = self.table.current();
+        // Files may have been added to `include` even when the result is equal.
+        if let Some(watcher) = &mut self.watcher {
+            watcher.watch(&config.files);
+        }
+        if *current.config == config {
+            return Ok(None);
+        }
+        if config.admin_bind != current.config.admin_bind {
+            tracing::warn!(
+                running = %current.config.admin_bind,
+                configured = %config.admin_bind,
+                "admin.bind changes take effect at the next restart"
+            );
+        }
+        let prepared = self
+            .listeners
+            .prepare(&config)
+            .map_err(|e| vec![ErrorChain(&e).to_string()])?;
+        let version = current.version + 1;
+        let draining = self.board.lock().draining.clone();
+        let find_state = |backend: &str, addr: SocketAddr| {
+            current
+                .backends
+                .get(backend)
+                .and_then(|b| {
+                    b.endpoints
+                        .load()
+                        .endpoints
+                        .iter()
+                        .find(|e| e.addr == addr)
+                        .map(|e| e.state.clone())
+                })
+                .or_else(|| {
+                    draining
+                        .iter()
+                        .find(|s| &*s.backend == backend && s.addr == addr)
+                        .cloned()
+                })
+        };
+        let table = table::compile(
+            Arc::new(config),
+            version,
+            Some(&current),
+            &find_state,
+            &self.metrics,
+        )
+        .map_err(|e| vec![e.to_string()])?;
+        let diff = ConfigDiff::between(&current.config, &table.config);
+        let config = table.config.clone();
+        self.mark_draining(&current, &table);
+        self.table.publish(table);
+        self.metrics.config_version.set(version as i64);
+        self.listeners.commit(prepared, &config);
+        self.board.lock().listener_addrs = self.listeners.local_addrs();
+        Ok(Some(diff))
+    }
+
+    /// Endpoints of `old` that `new` lacks stop taking traffic and are kept
+    /// for `/status` until their in-flight work ends; endpoints that came
+    /// back stop draining.
+    fn mark_draining(&self, old: &Table, new: &Table) {
+        let live: HashSet<*const EndpointState> =
+            new.endpoint_states().map(|s| Arc::as_ptr(&s)).collect();
+        let mut board = self.board.lock();
+        board.draining.retain(|s| {
+            let back = live.contains(&Arc::as_ptr(s));
+            if back {
+                s.set_draining(false);
+            }
+            !back
+        });
+        for state in old.endpoint_states() {
+            if !live.contains(&Arc::as_ptr(&state)) {
+                state.set_draining(true);
+                if !board.draining.iter().any(|s| Arc::ptr_eq(s, &state)) {
+                    board.draining.push(state);
+                }
+            }
+        }
+    }
+
+    fn prune_draining(&self) {
+        self.board.lock().draining.retain(|s| s.active() > 0);
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}

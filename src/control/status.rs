@@ -1,0 +1,140 @@
+//! The `/status` document: the live table and the control plane's records.
+
+use serde::Serialize;
+
+use super::{BoardState, ReloadRecord};
+use crate::config::{BackendTarget, Balance, Mode, Protocol};
+use crate::table::Table;
+use crate::table::endpoints::{EndpointState, Origin};
+
+#[derive(Serialize)]
+pub struct Status<'a> {
+    pub version: u64,
+    pub config_files: Vec<String>,
+    pub shutting_down: bool,
+    pub last_reload: Option<&'a ReloadRecord>,
+    pub last_failure: Option<&'a ReloadRecord>,
+    pub listeners: Vec<ListenerStatus>,
+    pub backends: Vec<BackendStatus>,
+    /// Endpoints that left their backend and still have work in flight.
+    pub draining_endpoints: Vec<EndpointStatus>,
+    /// Discovery watches (DNS, Consul); none in a static config.
+    pub watches: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub bind: String,
+    pub local_addr: Option<String>,
+    pub mode: Mode,
+    pub default_backend: Option<String>,
+    pub routes: usize,
+    pub max_connections: Option<usize>,
+    pub active_connections: i64,
+}
+
+#[derive(Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub balance: &'static str,
+    pub protocol: Protocol,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Serialize)]
+pub struct EndpointStatus {
+    pub backend: String,
+    pub address: String,
+    pub origin: Origin,
+    pub weight: Option<u32>,
+    pub healthy: bool,
+    pub draining: bool,
+    pub active_connections: usize,
+}
+
+impl EndpointStatus {
+    fn of(state: &EndpointState, origin: Origin, weight: Option<u32>) -> Self {
+        Self {
+            backend: state.backend.to_string(),
+            address: state.addr.to_string(),
+            origin,
+            weight,
+            healthy: state.is_healthy(),
+            draining: state.is_draining(),
+            active_connections: state.active(),
+        }
+    }
+}
+
+pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
+    let listeners = table
+        .listeners
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.spec.name.to_string(),
+            bind: l.spec.bind.to_string(),
+            local_addr: board
+                .listener_addrs
+                .iter()
+                .find(|(n, _)| *n == l.spec.name)
+                .map(|(_, a)| a.to_string()),
+            mode: l.spec.mode,
+            default_backend: l.spec.default_backend.as_deref().map(str::to_string),
+            routes: table
+                .config
+                .routes
+                .iter()
+                .filter(|r| r.listener == l.spec.name)
+                .count(),
+            max_connections: l.spec.max_connections,
+            active_connections: l.metrics.active.get(),
+        })
+        .collect();
+    let backends = table
+        .backends
+        .values()
+        .map(|b| BackendStatus {
+            name: b.name().to_string(),
+            kind: match b.spec.target {
+                BackendTarget::Servers(_) => "servers",
+                BackendTarget::Respond(_) => "respond",
+            },
+            balance: match b.spec.balance {
+                Balance::RoundRobin => "round_robin",
+                Balance::LeastConn => "least_conn",
+                Balance::P2c => "p2c",
+                Balance::Hash(_) => "hash",
+            },
+            protocol: b.spec.protocol,
+            endpoints: b
+                .endpoints
+                .load()
+                .endpoints
+                .iter()
+                .map(|e| EndpointStatus::of(&e.state, e.origin, Some(e.weight)))
+                .collect(),
+        })
+        .collect();
+    Status {
+        version: table.version,
+        config_files: table
+            .config
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect(),
+        shutting_down: board.shutting_down,
+        last_reload: board.last_reload.as_ref(),
+        last_failure: board.last_failure.as_ref(),
+        listeners,
+        backends,
+        draining_endpoints: board
+            .draining
+            .iter()
+            .map(|s| EndpointStatus::of(s, Origin::Static, None))
+            .collect(),
+        watches: Vec::new(),
+    }
+}

@@ -1,0 +1,18 @@
+//! Switchyard: a load-balancer sidecar that reconfigures itself while it runs.
+//!
+//! ```text
+//!  config file ─▶ control (load → validate → compile → publish) ─ArcSwap─▶ proxy
+//!                        │                                                  │
+//!                        └──────────────▶ admin (status, metrics) ◀─────────┘
+//! ```
+//!
+//! [`app::App`] runs everything in-process; `main.rs` is only the command line.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod table;

@@ -1,0 +1,145 @@
+//! Command line: `run`, `check`, exit codes and signals.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard::app::{App, AppOptions};
+use switchyard::config;
+use switchyard::control::{ReloadResult, Trigger};
+use switchyard::logging::{self, LogFormat};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A load-balancer sidecar that reconfigures itself while it runs"
+)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or RUST_LOG-style directives (RUST_LOG wins when set).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy. SIGHUP reloads the config; SIGTERM drains, then exits.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Do not reload when the config files change; only on SIGHUP or
+        /// POST /reload.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Validate a config file, print a summary, exit non-zero on error.
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            threads,
+            no_watch,
+        } => {
+            logging::init(cli.log_format, &cli.log_level);
+            let options = AppOptions {
+                watch_config: !no_watch,
+            };
+            match run(&config, threads, options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("switchyard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!("{}: OK", path.display());
+            println!(
+                "  {} listener(s), {} route(s), {} backend(s), {} file(s); admin on {}",
+                c.listeners.len(),
+                c.routes.len(),
+                c.backends.len(),
+                c.files.len(),
+                c.admin_bind
+            );
+            for l in &c.listeners {
+                let routes = c.routes.iter().filter(|r| r.listener == l.name).count();
+                let default = l.default_backend.as_deref().unwrap_or("-");
+                println!(
+                    "  listener {} {} {:?}: {routes} route(s), default backend {default}",
+                    l.name, l.bind, l.mode
+                );
+            }
+            for b in &c.backends {
+                println!("  backend {}: {} server(s)", b.name, b.servers().len());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!(
+                "{}: invalid config ({} problem(s))",
+                path.display(),
+                errors.0.len()
+            );
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path, threads: Option<usize>, options: AppOptions) -> anyhow::Result<()> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let app = App::start(path, options).await?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Some(r) = app.reload(Trigger::Signal).await {
+                        if r.result == ReloadResult::Failure {
+                            tracing::warn!("Reload on SIGHUP failed; see the errors above");
+                        }
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        app.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,279 @@
+//! Prometheus registry and the metric handles the data plane increments.
+//!
+//! Label lookups (`with_label_values`) take a lock inside the prometheus
+//! crate, so they happen when a table is compiled, never per request: the
+//! compiled table holds ready handles ([`RequestMetrics`], [`ListenerMetrics`])
+//! and the hot path only does atomic adds. Per-endpoint gauges are not kept as
+//! series at all; [`EndpointCollector`] reads them from the live table at
+//! scrape time, so endpoints that leave leave no stale series behind.
+
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Request duration buckets in seconds, from sub-millisecond loopback hops to
+/// slow upstreams.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("registering metric: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Every metric family Switchyard exports, registered once per process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_connect_errors: IntCounterVec,
+    listener_connections: IntGaugeVec,
+    listener_connections_total: IntCounterVec,
+    received_bytes: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    pub config_version: IntGauge,
+    config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_http_requests_total",
+                "HTTP requests answered, by listener, backend and status class",
+            ),
+            &["listener", "backend", "class"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_http_request_duration_seconds",
+                "Time from request head to the end of the response body",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["listener", "backend"],
+        )?;
+        let upstream_connect_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_connect_errors_total",
+                "Failed or timed out connection attempts to a backend's servers",
+            ),
+            &["backend"],
+        )?;
+        let listener_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_listener_active_connections",
+                "Client connections open on a listener",
+            ),
+            &["listener"],
+        )?;
+        let listener_connections_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_listener_connections_total",
+                "Client connections accepted by a listener",
+            ),
+            &["listener"],
+        )?;
+        let received_bytes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_listener_received_bytes_total",
+                "Bytes read from clients",
+            ),
+            &["listener"],
+        )?;
+        let sent_bytes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_listener_sent_bytes_total",
+                "Bytes written to clients",
+            ),
+            &["listener"],
+        )?;
+        let config_version = IntGauge::new(
+            "switchyard_config_version",
+            "Version of the routing table in use; grows by one per applied change",
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Config reload attempts by result (success, failure)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_connect_errors.clone()))?;
+        registry.register(Box::new(listener_connections.clone()))?;
+        registry.register(Box::new(listener_connections_total.clone()))?;
+        registry.register(Box::new(received_bytes.clone()))?;
+        registry.register(Box::new(sent_bytes.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        // Both results exist from the start so `rate()` works before the first failure.
+        config_reloads.with_label_values(&["success"]);
+        config_reloads.with_label_values(&["failure"]);
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            listener_connections,
+            listener_connections_total,
+            received_bytes,
+            sent_bytes,
+            config_version,
+            config_reloads,
+        })
+    }
+
+    pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), MetricsError> {
+        Ok(self.registry.register(collector)?)
+    }
+
+    pub fn reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            active: self.listener_connections.with_label_values(&[listener]),
+            accepted: self
+                .listener_connections_total
+                .with_label_values(&[listener]),
+            received_bytes: self.received_bytes.with_label_values(&[listener]),
+            sent_bytes: self.sent_bytes.with_label_values(&[listener]),
+        }
+    }
+
+    /// Handles for requests of `listener` answered by `backend` (empty when
+    /// Switchyard answered itself, e.g. no route).
+    pub fn requests(&self, listener: &str, backend: &str) -> RequestMetrics {
+        let class = |c| self.requests.with_label_values(&[listener, backend, c]);
+        RequestMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: self
+                .request_duration
+                .with_label_values(&[listener, backend]),
+        }
+    }
+
+    pub fn connect_errors(&self, backend: &str) -> IntCounter {
+        self.upstream_connect_errors.with_label_values(&[backend])
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure here would be a
+        // malformed metric, which we report in the body instead of panicking.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Per-listener handles, taken once per connection.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub active: IntGauge,
+    pub accepted: IntCounter,
+    pub received_bytes: IntCounter,
+    pub sent_bytes: IntCounter,
+}
+
+/// Per (listener, backend) handles, resolved when a table is compiled.
+pub struct RequestMetrics {
+    by_class: [IntCounter; 5],
+    pub duration: prometheus::Histogram,
+}
+
+impl RequestMetrics {
+    pub fn count(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+    }
+}
+
+/// One endpoint's gauges as seen at scrape time.
+pub struct EndpointSample {
+    pub backend: Arc<str>,
+    pub addr: String,
+    pub active: i64,
+    pub healthy: bool,
+    pub draining: bool,
+}
+
+/// Reads per-endpoint gauges from a live source when Prometheus scrapes.
+pub struct EndpointCollector<F> {
+    descs: Vec<Desc>,
+    sample: F,
+}
+
+impl<F: Fn() -> Vec<EndpointSample> + Send + Sync> EndpointCollector<F> {
+    pub fn new(sample: F) -> Result<Self, MetricsError> {
+        let labels = vec!["backend".to_string(), "endpoint".to_string()];
+        let descs = vec![
+            Desc::new(
+                "switchyard_endpoint_active_connections".into(),
+                "Requests (HTTP) or connections (TCP) in flight to an endpoint".into(),
+                labels.clone(),
+                Default::default(),
+            )?,
+            Desc::new(
+                "switchyard_endpoint_up".into(),
+                "1 when an endpoint may receive new traffic".into(),
+                labels,
+                Default::default(),
+            )?,
+        ];
+        Ok(Self { descs, sample })
+    }
+}
+
+impl<F: Fn() -> Vec<EndpointSample> + Send + Sync> Collector for EndpointCollector<F> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_endpoint_active_connections",
+                "Requests (HTTP) or connections (TCP) in flight to an endpoint",
+            ),
+            &["backend", "endpoint"],
+        );
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_endpoint_up",
+                "1 when an endpoint may receive new traffic",
+            ),
+            &["backend", "endpoint"],
+        );
+        let (Ok(active), Ok(up)) = (active, up) else {
+            return Vec::new();
+        };
+        for s in (self.sample)() {
+            let labels = [&*s.backend, s.addr.as_str()];
+            active.with_label_values(&labels).add(s.active);
+            up.with_label_values(&labels)
+                .set(i64::from(s.healthy && !s.draining));
+        }
+        let mut families = active.collect();
+        families.extend(up.collect());
+        families
+    }
+}

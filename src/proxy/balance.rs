@@ -1,0 +1,114 @@
+//! Choosing an endpoint of a backend for one request or connection.
+//!
+//! Every algorithm works on an immutable [`EndpointSet`] plus atomics, so a
+//! pick never locks or allocates. Endpoints that are unhealthy or draining
+//! are skipped; `None` means no endpoint may take traffic (503 / close).
+
+use std::sync::atomic::Ordering;
+
+use crate::config::Balance;
+use crate::table::Backend;
+use crate::table::endpoints::{Endpoint, EndpointSet, hash_key};
+
+/// What `balance = "hash"` hashes for this unit of work.
+pub trait HashInput {
+    fn hash_bytes(&self, on: &crate::config::HashOn) -> u64;
+}
+
+/// Picks an endpoint of `backend` from `set` (the set loaded for this unit of
+/// work).
+pub fn pick<'s>(
+    backend: &Backend,
+    set: &'s EndpointSet,
+    input: &dyn HashInput,
+) -> Option<&'s Endpoint> {
+    let eps = &set.endpoints;
+    let n = eps.len();
+    if n == 0 {
+        return None;
+    }
+    let usable = |i: usize| eps[i].state.is_usable();
+    let found = match &backend.spec.balance {
+        Balance::RoundRobin => (0..n)
+            .map(|_| set.round_robin_index(backend.turn.fetch_add(1, Ordering::Relaxed)))
+            .find(|&i| usable(i)),
+        Balance::LeastConn => least_loaded(set, backend.turn.fetch_add(1, Ordering::Relaxed)),
+        Balance::P2c => power_of_two(set),
+        Balance::Hash(on) => {
+            let hash = input.hash_bytes(on);
+            set.ring_walk(hash)
+                .take(set_ring_limit(n))
+                .find(|&i| usable(i))
+        }
+    };
+    // The fast paths give up after a bounded number of tries; a full scan
+    // then finds any usable endpoint they skipped.
+    found
+        .or_else(|| (0..n).find(|&i| usable(i)))
+        .map(|i| &eps[i])
+}
+
+fn set_ring_limit(n: usize) -> usize {
+    n.saturating_mul(64).max(64)
+}
+
+/// `a` carries less load than `b`, relative to their weights.
+fn lighter(a: &Endpoint, b: &Endpoint) -> bool {
+    (a.state.active() as u64) * u64::from(b.weight)
+        < (b.state.active() as u64) * u64::from(a.weight)
+}
+
+/// The usable endpoint with the fewest in-flight requests per weight; ties go
+/// to the first one after a rotating start, so equal load spreads evenly.
+fn least_loaded(set: &EndpointSet, turn: usize) -> Option<usize> {
+    let eps = &set.endpoints;
+    let n = eps.len();
+    let mut best: Option<usize> = None;
+    for k in 0..n {
+        let i = (turn + k) % n;
+        if !eps[i].state.is_usable() {
+            continue;
+        }
+        if best.is_none_or(|b| lighter(&eps[i], &eps[b])) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+/// Two random distinct endpoints, the lighter one wins (Mitzenmacher's
+/// power of two choices): nearly least_conn's balance at O(1).
+fn power_of_two(set: &EndpointSet) -> Option<usize> {
+    let eps = &set.endpoints;
+    let n = eps.len();
+    if n == 1 {
+        return eps[0].state.is_usable().then_some(0);
+    }
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    match (eps[a].state.is_usable(), eps[b].state.is_usable()) {
+        (true, true) => Some(if lighter(&eps[b], &eps[a]) { b } else { a }),
+        (true, false) => Some(a),
+        (false, true) => Some(b),
+        (false, false) => None,
+    }
+}
+
+/// Hash input of a TCP connection or a request without the header.
+pub struct ClientAddrKey(pub std::net::IpAddr);
+
+impl HashInput for ClientAddrKey {
+    fn hash_bytes(&self, _on: &crate::config::HashOn) -> u64 {
+        hash_ip(self.0)
+    }
+}
+
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
+    }
+}

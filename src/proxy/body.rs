@@ -1,0 +1,137 @@
+//! The response body the proxy sends to clients.
+//!
+//! Either the upstream's body, streamed frame by frame, or a small local body
+//! (errors, the `respond` backend). Both carry a [`Completion`] that runs
+//! once when the response is over: it observes the request duration, ends the
+//! request's in-flight marks, and hands a cleanly finished upstream HTTP/1.1
+//! connection back to its pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::io::InflightGuard;
+use super::upstream::H1Sender;
+use crate::metrics::RequestMetrics;
+use crate::table::endpoints::ActiveGuard;
+
+/// Work to finish when a response ends, however it ends.
+pub struct Completion {
+    started: Instant,
+    metrics: Arc<RequestMetrics>,
+    _inflight: InflightGuard,
+    upstream: Option<ActiveGuard>,
+    reusable: Option<H1Sender>,
+}
+
+impl Completion {
+    pub fn new(started: Instant, metrics: Arc<RequestMetrics>, inflight: InflightGuard) -> Self {
+        Self {
+            started,
+            metrics,
+            _inflight: inflight,
+            upstream: None,
+            reusable: None,
+        }
+    }
+
+    /// Ties the endpoint's in-flight count, and the connection to return to
+    /// its pool, to the end of this response.
+    pub fn with_upstream(mut self, active: ActiveGuard, sender: Option<H1Sender>) -> Self {
+        self.upstream = Some(active);
+        self.reusable = sender;
+        self
+    }
+
+    fn finish(mut self, body_complete: bool) {
+        if let (true, Some(sender), Some(active)) =
+            (body_complete, self.reusable.take(), self.upstream.as_ref())
+        {
+            active.endpoint().pool.checkin_h1(sender);
+        }
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+pub struct ProxyBody {
+    kind: Kind,
+    completion: Option<Completion>,
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, completion: Completion) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            completion: Some(completion),
+        }
+    }
+
+    pub fn local(data: Bytes, completion: Completion) -> Self {
+        Self {
+            kind: Kind::Local((!data.is_empty()).then_some(data)),
+            completion: Some(completion),
+        }
+    }
+
+    fn complete(&mut self, body_complete: bool) {
+        if let Some(c) = self.completion.take() {
+            c.finish(body_complete);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(None) => this.complete(true),
+            Poll::Ready(Some(Err(_))) => this.complete(false),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows is empty without polling it.
+        let complete = self.is_end_stream();
+        self.complete(complete);
+    }
+}

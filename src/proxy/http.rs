@@ -1,0 +1,493 @@
+//! HTTP mode: route each request by the current table and forward it.
+//!
+//! The service cannot fail: every error becomes a short text response
+//! (404 no route, 502 no connection, 503 no endpoint, 504 upstream timeout).
+//! Bodies stream both ways and are never buffered whole. Upgrade requests
+//! (WebSocket and others) are passed through as a byte tunnel after the
+//! upstream's `101`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::balance::{self, HashInput};
+use super::body::{Completion, ProxyBody};
+use super::io::ConnActivity;
+use super::upstream::{H1Sender, UpstreamError};
+use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
+use crate::table::endpoints::ActiveGuard;
+use crate::table::{ListenerKey, RouteTarget, Table, TableHandle};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the
+/// ones Go's and nginx's proxies also drop).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Everything a request needs from its client connection.
+pub struct ConnCtx {
+    pub key: ListenerKey,
+    pub table: TableHandle,
+    /// The table when the connection was accepted: serves the connection's
+    /// remaining requests if its listener is removed while it drains.
+    pub accept_table: Arc<Table>,
+    pub peer: SocketAddr,
+    /// The client IP, formatted once per connection for X-Forwarded-For.
+    pub peer_header: HeaderValue,
+    pub activity: Arc<ConnActivity>,
+    /// Cancelled when the listener drains: HTTP/1 responses then carry
+    /// `Connection: close`.
+    pub drain: CancellationToken,
+    pub hard_stop: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// Why a request got no upstream response; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("no route matched")]
+    NoRoute,
+    #[error("backend `{0}` has no usable endpoint")]
+    NoEndpoint(Arc<str>),
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    #[error("upstream request failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream gave no response head in time")]
+    Timeout,
+}
+
+impl ProxyError {
+    fn status_and_body(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no route for this request\n"),
+            Self::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no server available\n"),
+            Self::Connect(_) => (
+                StatusCode::BAD_GATEWAY,
+                "cannot connect to upstream server\n",
+            ),
+            Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream server failed\n"),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream server timed out\n"),
+        }
+    }
+}
+
+/// One request, start to response head.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let inflight = ctx.activity.begin();
+    let current = ctx.table.current();
+    let table = if current.listener(&ctx.key).is_some() {
+        current
+    } else {
+        ctx.accept_table.clone()
+    };
+    let Some(listener) = table.listener(&ctx.key) else {
+        // Unreachable: the accept table always has this connection's listener.
+        return Ok(local_response(
+            &ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"listener is gone\n"),
+            &[],
+            Completion::new(started, table.listeners[0].unrouted.clone(), inflight),
+        ));
+    };
+    let host = request_host(&req);
+    let Some(target) = listener.route(host, req.uri().path()) else {
+        let completion = Completion::new(started, listener.unrouted.clone(), inflight);
+        let response = error_response(&ctx, ProxyError::NoRoute, completion);
+        listener.unrouted.count(response.status());
+        return Ok(response);
+    };
+    let completion = Completion::new(started, target.metrics.clone(), inflight);
+    let response = match &target.backend.spec.target {
+        BackendTarget::Respond(spec) => respond(&ctx, spec, completion),
+        BackendTarget::Servers(_) => forward(req, target, &ctx, completion).await,
+    };
+    target.metrics.count(response.status());
+    Ok(response)
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or
+/// the Host header.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    req.uri().host().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn respond(ctx: &ConnCtx, spec: &RespondSpec, completion: Completion) -> Response<ProxyBody> {
+    local_response(
+        ctx,
+        spec.status,
+        spec.body.clone(),
+        &spec.headers,
+        completion,
+    )
+}
+
+fn local_response(
+    ctx: &ConnCtx,
+    status: StatusCode,
+    body: Bytes,
+    headers: &[(HeaderName, HeaderValue)],
+    completion: Completion,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(body, completion));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (name, value) in headers {
+        h.insert(name.clone(), value.clone());
+    }
+    mark_close_if_draining(ctx, h);
+    resp
+}
+
+fn error_response(ctx: &ConnCtx, error: ProxyError, completion: Completion) -> Response<ProxyBody> {
+    let (status, body) = error.status_and_body();
+    tracing::debug!(error = %ErrorChain(&error), %status, peer = %ctx.peer, "Request failed");
+    local_response(
+        ctx,
+        status,
+        Bytes::from_static(body.as_bytes()),
+        &[],
+        completion,
+    )
+}
+
+/// A draining HTTP/1 connection answers its next request and closes, so the
+/// client never sends a request into a connection we are closing.
+fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
+    if ctx.drain.is_cancelled() && !ctx.activity.is_h2() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    target: &RouteTarget,
+    ctx: &Arc<ConnCtx>,
+    completion: Completion,
+) -> Response<ProxyBody> {
+    let backend = &target.backend;
+    let spec = &backend.spec;
+    let active = {
+        let set = backend.endpoints.load();
+        let key = RequestHashKey {
+            headers: req.headers(),
+            peer: ctx.peer,
+        };
+        match balance::pick(backend, &set, &key) {
+            Some(endpoint) => endpoint.state.acquire(),
+            None => {
+                let error = ProxyError::NoEndpoint(backend.name().clone());
+                return error_response(ctx, error, completion);
+            }
+        }
+    };
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    if let Err(e) = prepare_request(&mut req, ctx, spec.protocol, upgrade.is_some()) {
+        tracing::debug!(error = %e, "Request cannot be forwarded");
+        let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
+        return local_response(
+            ctx,
+            status,
+            Bytes::from_static(body.as_bytes()),
+            &[],
+            completion,
+        );
+    }
+    let addr = active.endpoint().addr;
+    let sent = tokio::time::timeout(spec.timeouts.request, async {
+        match spec.protocol {
+            Protocol::Http1 => send_h1(req, &active, spec.timeouts).await,
+            Protocol::Http2 => send_h2(req, &active, spec.timeouts).await,
+        }
+    })
+    .await;
+    let (mut resp, sender) = match sent {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(e)) => {
+            if matches!(e, ProxyError::Connect(_)) {
+                backend.connect_errors.inc();
+            }
+            return error_response(ctx, e, completion);
+        }
+        Err(_elapsed) => return error_response(ctx, ProxyError::Timeout, completion),
+    };
+    tracing::trace!(endpoint.addr = %addr, status = %resp.status(), "Upstream answered");
+
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    mark_close_if_draining(ctx, &mut parts.headers);
+    parts.version = if ctx.activity.is_h2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, completion.with_upstream(active, sender)),
+    )
+}
+
+type Sent = (Response<Incoming>, Option<H1Sender>);
+
+async fn send_h1(
+    mut req: Request<Incoming>,
+    active: &ActiveGuard,
+    timeouts: crate::config::UpstreamTimeouts,
+) -> Result<Sent, ProxyError> {
+    let endpoint = active.endpoint();
+    loop {
+        let mut conn = endpoint
+            .pool
+            .checkout_h1(endpoint.addr, timeouts.connect, timeouts.idle)
+            .await?;
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, Some(conn.sender))),
+            Err(mut e) => match e.take_message() {
+                // The pooled connection closed before our request went out:
+                // nothing reached the server, so sending it again is safe.
+                Some(unsent) if conn.reused => req = unsent,
+                _ => return Err(ProxyError::Upstream(e.into_error())),
+            },
+        }
+    }
+}
+
+async fn send_h2(
+    req: Request<Incoming>,
+    active: &ActiveGuard,
+    timeouts: crate::config::UpstreamTimeouts,
+) -> Result<Sent, ProxyError> {
+    let endpoint = active.endpoint();
+    let mut sender = endpoint
+        .pool
+        .h2_sender(endpoint.addr, timeouts.connect)
+        .await?;
+    sender.ready().await.map_err(ProxyError::Upstream)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(ProxyError::Upstream)?;
+    Ok((resp, None))
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and others).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too. Most requests carry
+    // none or `keep-alive`, so check before collecting.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request has no usable host or path: {0}")]
+struct PrepareError(String);
+
+/// Turns the client's request into the upstream request, in place.
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    protocol: Protocol,
+    upgrade: bool,
+) -> Result<(), PrepareError> {
+    let te_trailers = protocol == Protocol::Http2
+        && req
+            .headers()
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_proto = upgrade
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    let host: Option<HeaderValue> = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(proto) = upgrade_proto {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_header.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.peer_header.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| ctx.peer_header.clone())
+        }
+        None => ctx.peer_header.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = &host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    match protocol {
+        Protocol::Http1 => {
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            *req.version_mut() = Version::HTTP_11;
+            // Origin-form: the upstream connection already names the server.
+            *req.uri_mut() = Uri::from(path);
+        }
+        Protocol::Http2 => {
+            let authority = host
+                .as_ref()
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .map_or_else(|| Authority::try_from(ctx.peer.to_string()), Ok)
+                .map_err(|e| PrepareError(e.to_string()))?;
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+            *req.uri_mut() = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|e| PrepareError(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies bytes both ways between the two upgraded connections until both
+/// sides are done; the endpoint counts as busy meanwhile.
+fn spawn_tunnel(
+    ctx: &ConnCtx,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    active: ActiveGuard,
+) {
+    let hard_stop = ctx.hard_stop.clone();
+    ctx.tasks.spawn(async move {
+        let tunnel = async {
+            let (client, upstream) = tokio::try_join!(client, upstream)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                .await
+                .map(drop)
+        };
+        tokio::select! {
+            result = tunnel => if let Err(error) = result {
+                tracing::debug!(%error, endpoint.addr = %active.endpoint().addr, "Tunnel ended");
+            },
+            () = hard_stop.cancelled() => {}
+        }
+        drop(active);
+    });
+}
+
+struct RequestHashKey<'a> {
+    headers: &'a HeaderMap,
+    peer: SocketAddr,
+}
+
+impl HashInput for RequestHashKey<'_> {
+    fn hash_bytes(&self, on: &HashOn) -> u64 {
+        match on {
+            HashOn::Header(name) => match self.headers.get(name) {
+                Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
+                None => balance::hash_ip(self.peer.ip()),
+            },
+            HashOn::ClientAddr => balance::hash_ip(self.peer.ip()),
+        }
+    }
+}
+
+/// Displays an error followed by each of its sources.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! The client socket wrapper: byte counters and client-side timeouts.
+//!
+//! Two timeouts act here rather than in hyper, because hyper's single
+//! `header_read_timeout` also counts the idle time between keep-alive
+//! requests and cannot tell the two apart:
+//!
+//! - `header_read`: once the first byte of a request head has arrived, the
+//!   whole head must arrive within this time (slowloris protection; HTTP/1
+//!   only, HTTP/2 frames are not request heads);
+//! - `client_idle`: a connection with nothing in flight and no traffic in
+//!   either direction for this long is closed (HAProxy's `timeout client`).
+//!
+//! The HTTP service tells this wrapper what is in flight through
+//! [`ConnActivity`]; a wrapped TCP connection never has anything "in flight",
+//! so only inactivity counts.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Shared between a client connection's socket wrapper and its HTTP service.
+#[derive(Debug, Default)]
+pub struct ConnActivity {
+    /// Requests whose response has not finished.
+    inflight: AtomicU32,
+    /// Requests started on this connection so far.
+    started: AtomicU64,
+    /// The client opened with the HTTP/2 preface.
+    h2: AtomicBool,
+}
+
+impl ConnActivity {
+    /// Marks a request as started; in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InflightGuard {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    fn idle(&self) -> bool {
+        self.inflight.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// One request in flight on a client connection.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<ConnActivity>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which timeouts a wrapped connection enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// `None` for TCP mode, where there are no request heads.
+    pub header_read: Option<Duration>,
+    pub client_idle: Duration,
+}
+
+pub struct ClientIo<T> {
+    inner: T,
+    activity: Arc<ConnActivity>,
+    timeouts: ClientTimeouts,
+    last_progress: Instant,
+    /// When the first byte of a not-yet-complete request head arrived, and
+    /// the request count at that moment (a later count means it completed).
+    head_started: Option<(Instant, u64)>,
+    preface_checked: bool,
+    /// Armed lazily, only when a read would block with nothing in flight.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed_for: Option<Instant>,
+    received: IntCounter,
+    sent: IntCounter,
+}
+
+impl<T> ClientIo<T> {
+    pub fn new(
+        inner: T,
+        activity: Arc<ConnActivity>,
+        timeouts: ClientTimeouts,
+        received: IntCounter,
+        sent: IntCounter,
+    ) -> Self {
+        Self {
+            inner,
+            activity,
+            timeouts,
+            last_progress: Instant::now(),
+            head_started: None,
+            preface_checked: false,
+            timer: None,
+            armed_for: None,
+            received,
+            sent,
+        }
+    }
+
+    fn on_read(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.last_progress = now;
+        self.received.inc_by(data.len() as u64);
+        if !self.preface_checked {
+            self.preface_checked = true;
+            if data.starts_with(H2_PREFACE_START) {
+                self.activity.h2.store(true, Ordering::Relaxed);
+            }
+        }
+        if self.timeouts.header_read.is_some() && self.activity.idle() {
+            let started = self.activity.started.load(Ordering::Relaxed);
+            if self.head_started.is_none_or(|(_, seen)| seen != started) {
+                self.head_started = Some((now, started));
+            }
+        }
+    }
+
+    /// Polls the deadline that applies while a read is blocked; `Ready` means
+    /// it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.activity.idle() {
+            return Poll::Pending;
+        }
+        let started = self.activity.started.load(Ordering::Relaxed);
+        let (deadline, what) = match (self.head_started, self.timeouts.header_read) {
+            (Some((at, seen)), Some(limit)) if seen == started && !self.activity.is_h2() => {
+                (at + limit, "request head not received in time")
+            }
+            _ => (
+                self.last_progress + self.timeouts.client_idle,
+                "client connection idle",
+            ),
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if self.armed_for != Some(deadline) {
+            timer.as_mut().reset(deadline);
+            self.armed_for = Some(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.on_read(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_deadline(cx).map(Err),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        this.on_written(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.on_written(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> ClientIo<T> {
+    fn on_written(&mut self, n: usize) {
+        if n > 0 {
+            self.last_progress = Instant::now();
+            self.sent.inc_by(n as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn wrap(
+        io: tokio::io::DuplexStream,
+        header_read: Option<Duration>,
+    ) -> (ClientIo<tokio::io::DuplexStream>, Arc<ConnActivity>) {
+        let activity = Arc::new(ConnActivity::default());
+        let counter = || IntCounter::new("c", "c").unwrap();
+        let io = ClientIo::new(
+            io,
+            activity.clone(),
+            ClientTimeouts {
+                header_read,
+                client_idle: Duration::from_secs(60),
+            },
+            counter(),
+            counter(),
+        );
+        (io, activity)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_times_out_after_client_idle() {
+        let (a, _b) = tokio::io::duplex(64);
+        let (mut io, _) = wrap(a, Some(Duration::from_secs(5)));
+        let started = Instant::now();
+        let err = io.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_head_times_out_after_header_read() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut io, _) = wrap(a, Some(Duration::from_secs(5)));
+        b.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_times_out_while_a_request_is_in_flight() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut io, activity) = wrap(a, Some(Duration::from_secs(5)));
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let guard = activity.begin();
+        let blocked = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
+        assert!(
+            blocked.is_err(),
+            "a read with a request in flight must not time out"
+        );
+        drop(guard);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,358 @@
+//! Listener sockets, accept loops, and connection draining.
+//!
+//! Listeners are keyed by [`ListenerKey`] and diffed on every swap: an
+//! unchanged key keeps its socket and accept loop (never closed and re-bound,
+//! so no SYN is lost); a new key is bound *before* the table is published, so
+//! a bind failure rejects the whole reload; a removed key stops accepting and
+//! its open connections drain.
+//!
+//! Draining never closes an idle HTTP/1 connection under a client that may be
+//! sending its next request: that request is answered with
+//! `Connection: close` instead. HTTP/2 connections get a GOAWAY. Whatever is
+//! still open when the shutdown grace period ends is closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::HeaderValue;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::http::{self, ConnCtx};
+use super::io::{ClientIo, ClientTimeouts, ConnActivity};
+use super::tcp;
+use crate::config::{Config, Mode};
+use crate::table::{ListenerKey, TableHandle};
+
+/// Pending connections the kernel queues per listener.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: binding listener `{name}` to {bind}")]
+pub struct BindError {
+    pub location: crate::config::Location,
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+struct RunningListener {
+    name: Arc<str>,
+    local_addr: SocketAddr,
+    /// Stops this listener's accept loop (and so closes its socket).
+    stop_accept: CancellationToken,
+    /// Tells this listener's connections to finish up.
+    drain: CancellationToken,
+    /// Swapped when `max_connections` changes; connections keep the permit
+    /// of the semaphore they were admitted by.
+    limit: Arc<ArcSwap<Semaphore>>,
+    max_connections: Option<usize>,
+}
+
+/// Sockets bound for a reload that has not been published yet. Dropping it
+/// closes them, which is what a rejected reload must do.
+pub struct Prepared {
+    bound: Vec<(ListenerKey, Arc<str>, std::net::TcpListener)>,
+}
+
+/// Every running listener, owned by the control plane.
+pub struct ListenerSet {
+    running: HashMap<ListenerKey, RunningListener>,
+    table: TableHandle,
+    /// Parent of every listener's drain token: cancelled at shutdown.
+    drain_all: CancellationToken,
+    /// Ends every remaining connection when the grace period is over.
+    hard_stop: CancellationToken,
+    /// Every connection and tunnel task, for waiting at shutdown.
+    tasks: TaskTracker,
+}
+
+impl ListenerSet {
+    pub fn new(table: TableHandle) -> Self {
+        Self {
+            running: HashMap::new(),
+            table,
+            drain_all: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Binds the listeners of `config` that are not running yet.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, BindError> {
+        let mut bound = Vec::new();
+        for spec in &config.listeners {
+            let key = ListenerKey::of(spec);
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let socket = bind(spec.bind).map_err(|source| BindError {
+                location: spec.location.clone(),
+                name: spec.name.clone(),
+                bind: spec.bind,
+                source,
+            })?;
+            bound.push((key, spec.name.clone(), socket));
+        }
+        Ok(Prepared { bound })
+    }
+
+    /// Starts the prepared listeners and stops the ones `config` no longer
+    /// has. Call right after publishing the table made from `config`.
+    pub fn commit(&mut self, prepared: Prepared, config: &Config) {
+        for (key, name, socket) in prepared.bound {
+            let local_addr = socket.local_addr().unwrap_or(key.bind);
+            let listener = match TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(error) => {
+                    // Only fails outside a runtime; the control plane runs in one.
+                    tracing::error!(%error, listener = %name, "Cannot register listener socket");
+                    continue;
+                }
+            };
+            let running = RunningListener {
+                name: name.clone(),
+                local_addr,
+                stop_accept: CancellationToken::new(),
+                drain: self.drain_all.child_token(),
+                limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(
+                    Semaphore::MAX_PERMITS,
+                ))),
+                max_connections: None,
+            };
+            tokio::spawn(accept_loop(
+                listener,
+                key.clone(),
+                self.table.clone(),
+                running.limit.clone(),
+                running.stop_accept.clone(),
+                running.drain.clone(),
+                self.hard_stop.clone(),
+                self.tasks.clone(),
+            ));
+            tracing::info!(listener = %name, addr = %local_addr, "Listening");
+            self.running.insert(key, running);
+        }
+        let wanted: HashMap<ListenerKey, &crate::config::ListenerSpec> = config
+            .listeners
+            .iter()
+            .map(|s| (ListenerKey::of(s), s))
+            .collect();
+        self.running.retain(|key, running| match wanted.get(key) {
+            Some(spec) => {
+                running.name = spec.name.clone();
+                if running.max_connections != spec.max_connections {
+                    let permits = spec.max_connections.unwrap_or(Semaphore::MAX_PERMITS);
+                    running.limit.store(Arc::new(Semaphore::new(permits)));
+                    running.max_connections = spec.max_connections;
+                }
+                true
+            }
+            None => {
+                tracing::info!(listener = %running.name, addr = %running.local_addr, "Listener removed; draining");
+                running.stop_accept.cancel();
+                running.drain.cancel();
+                false
+            }
+        });
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        self.running
+            .values()
+            .map(|r| (r.name.clone(), r.local_addr))
+            .collect()
+    }
+
+    /// Stops accepting everywhere, drains, and after `grace` closes whatever
+    /// is left. Returns how many connections had to be closed.
+    pub async fn shutdown(&mut self, grace: Duration) -> bool {
+        for running in self.running.values() {
+            running.stop_accept.cancel();
+        }
+        self.drain_all.cancel();
+        self.tasks.close();
+        let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !drained {
+            self.hard_stop.cancel();
+            self.tasks.wait().await;
+        }
+        drained
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Lets a restarted process bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    listener: TcpListener,
+    key: ListenerKey,
+    table: TableHandle,
+    limit: Arc<ArcSwap<Semaphore>>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+    hard_stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let semaphore = limit.load_full();
+        let permit = tokio::select! {
+            permit = semaphore.acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_closed) => continue,
+            },
+            () = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::warn!(%error, "Accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let conn = Connection {
+            key: key.clone(),
+            table: table.clone(),
+            drain: drain.clone(),
+            hard_stop: hard_stop.clone(),
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(async move {
+            conn.serve(stream, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What an accepted connection needs from its listener.
+struct Connection {
+    key: ListenerKey,
+    table: TableHandle,
+    drain: CancellationToken,
+    hard_stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        let table = self.table.current();
+        let Some(listener) = table.listener(&self.key) else {
+            return; // removed between accept and now
+        };
+        let metrics = listener.metrics.clone();
+        metrics.accepted.inc();
+        metrics.active.inc();
+        let _ = stream.set_nodelay(true);
+        let timeouts = &table.config.timeouts;
+        let activity = Arc::new(ConnActivity::default());
+        let mode = listener.spec.mode;
+        let io = ClientIo::new(
+            stream,
+            activity.clone(),
+            ClientTimeouts {
+                header_read: (mode == Mode::Http).then_some(timeouts.header_read),
+                client_idle: timeouts.client_idle,
+            },
+            metrics.received_bytes.clone(),
+            metrics.sent_bytes.clone(),
+        );
+        match mode {
+            Mode::Tcp => {
+                tokio::select! {
+                    () = tcp::serve(io, peer, listener) => {}
+                    () = self.hard_stop.cancelled() => {}
+                }
+            }
+            Mode::Http => {
+                let ctx = Arc::new(ConnCtx {
+                    key: self.key,
+                    accept_table: table.clone(),
+                    table: self.table,
+                    peer,
+                    peer_header: HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or(HeaderValue::from_static("unknown")),
+                    activity,
+                    drain: self.drain.clone(),
+                    hard_stop: self.hard_stop.clone(),
+                    tasks: self.tasks,
+                });
+                serve_http(io, ctx, self.drain, self.hard_stop).await;
+            }
+        }
+        metrics.active.dec();
+    }
+}
+
+async fn serve_http(
+    io: ClientIo<TcpStream>,
+    ctx: Arc<ConnCtx>,
+    drain: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let activity = ctx.activity.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Header and idle timeouts are enforced by `ClientIo`, which can tell
+    // the two apart; hyper's own timer would cut idle keep-alive connections.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let service = service_fn(move |req| http::handle(req, ctx.clone()));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            log_conn_end(result);
+            return;
+        }
+        () = drain.cancelled() => {}
+        () = hard_stop.cancelled() => return,
+    }
+    // HTTP/1: keep serving; each response now says `Connection: close`.
+    // HTTP/2: GOAWAY tells the client which streams we will still answer.
+    if activity.is_h2() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        result = conn.as_mut() => log_conn_end(result),
+        () = hard_stop.cancelled() => {}
+    }
+}
+
+fn log_conn_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "Client connection ended with an error");
+    }
+}

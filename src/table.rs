@@ -1,0 +1,237 @@
+//! Compiled routing snapshots.
+//!
+//! A [`Table`] is what the data plane reads: the listeners, routes and
+//! backends of one validated config, resolved for fast lookup, with metric
+//! handles already attached. A table never changes; the control plane
+//! compiles a new one and [`TableHandle::publish`] swaps it in with one
+//! atomic store.
+//!
+//! ```text
+//! Config ──compile──▶ Table ──publish──▶ TableHandle ──current()──▶ proxy
+//! ```
+//!
+//! Endpoint sets are not part of a table's own value: each [`Backend`] owns an
+//! `ArcSwap<EndpointSet>` that discovery can replace on its own. `compile`
+//! reuses the previous `Arc<Backend>` when a definition is unchanged, and the
+//! previous [`EndpointState`] of every (backend, address) that stays; that is
+//! how endpoints, health and pooled connections survive a reload.
+
+pub mod diff;
+pub mod endpoints;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use arc_swap::ArcSwap;
+use prometheus::IntCounter;
+
+use crate::config::{BackendSpec, Balance, Config, ListenerSpec};
+use crate::metrics::{ListenerMetrics, Metrics, RequestMetrics};
+use endpoints::{Endpoint, EndpointSet, EndpointState, Origin};
+use routes::Router;
+
+/// Identifies a listener socket across swaps: an unchanged key keeps its
+/// socket. Port-0 binds get a fresh port each time they are bound, so they
+/// are told apart by listener name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub bind: SocketAddr,
+    pub ephemeral_name: Option<Arc<str>>,
+}
+
+impl ListenerKey {
+    pub fn of(spec: &ListenerSpec) -> Self {
+        Self {
+            bind: spec.bind,
+            ephemeral_name: (spec.bind.port() == 0).then(|| spec.name.clone()),
+        }
+    }
+}
+
+/// A backend and its live endpoints.
+pub struct Backend {
+    pub spec: BackendSpec,
+    /// Replaced whole by whoever owns the endpoint list (config or discovery).
+    pub endpoints: ArcSwap<EndpointSet>,
+    /// Turn counter for round robin and tie-breaking; survives endpoint changes.
+    pub(crate) turn: AtomicUsize,
+    pub connect_errors: IntCounter,
+}
+
+impl Backend {
+    pub fn name(&self) -> &Arc<str> {
+        &self.spec.name
+    }
+}
+
+/// Where a matched request goes, with the metric handles for that pair.
+pub struct RouteTarget {
+    pub backend: Arc<Backend>,
+    pub metrics: Arc<RequestMetrics>,
+}
+
+pub struct ListenerEntry {
+    pub key: ListenerKey,
+    pub spec: ListenerSpec,
+    pub router: Router<RouteTarget>,
+    pub default_target: Option<RouteTarget>,
+    /// Requests that matched nothing (404), counted with an empty backend.
+    pub unrouted: Arc<RequestMetrics>,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerEntry {
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteTarget> {
+        self.router
+            .route(host, path)
+            .or(self.default_target.as_ref())
+    }
+}
+
+/// One immutable routing snapshot.
+pub struct Table {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub listeners: Vec<ListenerEntry>,
+    /// By name; sorted so `/status` is stable.
+    pub backends: BTreeMap<Arc<str>, Arc<Backend>>,
+}
+
+impl Table {
+    /// The listener for a socket. A linear scan: listeners are few and the
+    /// comparison is cheaper than hashing.
+    pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerEntry> {
+        self.listeners.iter().find(|l| &l.key == key)
+    }
+
+    /// Every endpoint state of every backend, for status and metrics.
+    pub fn endpoint_states(&self) -> impl Iterator<Item = Arc<EndpointState>> + '_ {
+        self.backends.values().flat_map(|b| {
+            let set = b.endpoints.load_full();
+            (0..set.endpoints.len())
+                .map(move |i| set.endpoints[i].state.clone())
+                .collect::<Vec<_>>()
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Validation guarantees references resolve; this guards the invariant.
+    #[error("route or listener refers to unknown backend `{0}`")]
+    UnknownBackend(Arc<str>),
+}
+
+/// Builds a table from a validated config.
+///
+/// `previous` provides state to carry over: unchanged backends are reused as
+/// they are, and `find_state` returns the live state of a (backend, address)
+/// if one exists (in the previous table or still draining).
+pub fn compile(
+    config: Arc<Config>,
+    version: u64,
+    previous: Option<&Table>,
+    find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    metrics: &Metrics,
+) -> Result<Table, CompileError> {
+    let mut backends = BTreeMap::new();
+    for spec in &config.backends {
+        let reused = previous
+            .and_then(|t| t.backends.get(&spec.name))
+            .filter(|b| b.spec == *spec)
+            .cloned();
+        let backend = match reused {
+            Some(b) => b,
+            None => Arc::new(new_backend(spec, find_state, metrics)),
+        };
+        backends.insert(spec.name.clone(), backend);
+    }
+    let target = |listener: &str, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
+        let backend = backends
+            .get(backend)
+            .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
+        Ok(RouteTarget {
+            backend: backend.clone(),
+            metrics: Arc::new(metrics.requests(listener, backend.name())),
+        })
+    };
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for spec in &config.listeners {
+        let mut router = Router::default();
+        for route in config.routes.iter().filter(|r| r.listener == spec.name) {
+            router.insert(
+                &route.host,
+                &route.path_prefix,
+                target(&spec.name, &route.backend)?,
+            );
+        }
+        let default_target = spec
+            .default_backend
+            .as_ref()
+            .map(|b| target(&spec.name, b))
+            .transpose()?;
+        listeners.push(ListenerEntry {
+            key: ListenerKey::of(spec),
+            spec: spec.clone(),
+            router,
+            default_target,
+            unrouted: Arc::new(metrics.requests(&spec.name, "")),
+            metrics: metrics.listener(&spec.name),
+        });
+    }
+    Ok(Table {
+        version,
+        config,
+        listeners,
+        backends,
+    })
+}
+
+fn new_backend(
+    spec: &BackendSpec,
+    find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    metrics: &Metrics,
+) -> Backend {
+    let endpoints = spec
+        .servers()
+        .iter()
+        .map(|s| Endpoint {
+            addr: s.addr,
+            weight: s.weight,
+            origin: Origin::Static,
+            state: find_state(&spec.name, s.addr)
+                .unwrap_or_else(|| EndpointState::new(spec.name.clone(), s.addr)),
+        })
+        .collect();
+    let with_ring = matches!(spec.balance, Balance::Hash(_));
+    Backend {
+        spec: spec.clone(),
+        endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, with_ring)),
+        turn: AtomicUsize::new(0),
+        connect_errors: metrics.connect_errors(&spec.name),
+    }
+}
+
+/// The published table, shared by every listener task.
+#[derive(Clone)]
+pub struct TableHandle(Arc<ArcSwap<Table>>);
+
+impl TableHandle {
+    pub fn new(table: Table) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// The table for one request or one TCP connection. Hold it for the whole
+    /// unit of work so it is routed by one version, old or new, never a mix.
+    pub fn current(&self) -> Arc<Table> {
+        self.0.load_full()
+    }
+
+    /// Called only by the reload path, only with a fully validated table.
+    pub fn publish(&self, next: Table) -> Arc<Table> {
+        self.0.swap(Arc::new(next))
+    }
+}

@@ -1,0 +1,530 @@
+//! Real servers and a real Switchyard for integration tests.
+//!
+//! Everything binds 127.0.0.x:0 and is aborted when dropped. Helpers panic
+//! with a message on failure, which fails the test that used them.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use switchyard::app::{App, AppOptions};
+use switchyard::control::{ReloadRecord, Trigger};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Aborts a task when dropped, so servers die with their test.
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A body of `total` bytes sent in 64 KiB chunks, never held whole.
+pub fn streamed(total: usize) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let mut left = total;
+    let stream = futures_util::stream::iter(std::iter::from_fn(move || {
+        (left > 0).then(|| {
+            let n = left.min(CHUNK);
+            left -= n;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n)))
+        })
+    }));
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+// === HTTP backend ===
+
+/// What a test backend does with a request.
+#[derive(Clone)]
+enum Behaviour {
+    /// Answers with its name, and echoes forwarding headers as `x-seen-*`.
+    Name,
+    /// Like `Name`, but each request waits for a permit from the test.
+    Held(Arc<Semaphore>),
+}
+
+/// HTTP/1.1 and h2c backend on an ephemeral port. Paths:
+/// `/download/N` streams N bytes; `/upload` answers with the body length;
+/// anything else answers with the backend's name.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    hits: Arc<AtomicUsize>,
+    arrived: Arc<AtomicUsize>,
+    release: Option<Arc<Semaphore>>,
+    _task: AbortOnDrop,
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Self {
+        Self::start_on("127.0.0.1", name, Behaviour::Name).await
+    }
+
+    pub async fn start_at(ip: &str, name: &'static str) -> Self {
+        Self::start_on(ip, name, Behaviour::Name).await
+    }
+
+    /// Every request waits until the test calls [`Backend::release`].
+    pub async fn held(name: &'static str) -> Self {
+        Self::start_on(
+            "127.0.0.1",
+            name,
+            Behaviour::Held(Arc::new(Semaphore::new(0))),
+        )
+        .await
+    }
+
+    async fn start_on(ip: &str, name: &'static str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let release = match &behaviour {
+            Behaviour::Held(s) => Some(s.clone()),
+            Behaviour::Name => None,
+        };
+        let (h, a) = (hits.clone(), arrived.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let (h, a, behaviour) = (h.clone(), a.clone(), behaviour.clone());
+                let svc = service_fn(move |req| {
+                    let (h, a, behaviour) = (h.clone(), a.clone(), behaviour.clone());
+                    async move {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        if let Behaviour::Held(gate) = &behaviour {
+                            gate.acquire().await.expect("gate").forget();
+                        }
+                        let resp = backend_answer(name, req).await;
+                        h.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            name,
+            hits,
+            arrived,
+            release,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far (answered or held).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.release
+            .as_ref()
+            .expect("not a held backend")
+            .add_permits(n);
+    }
+}
+
+async fn backend_answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if let Some(n) = path.strip_prefix("/download/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return Response::new(streamed(n));
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+        return Response::new(full(total.to_string()));
+    }
+    let seen = |h: &str| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut resp = Response::new(full(name));
+    for (theirs, ours) in [
+        ("x-forwarded-for", "x-seen-xff"),
+        ("x-forwarded-proto", "x-seen-proto"),
+        ("x-forwarded-host", "x-seen-forwarded-host"),
+        ("host", "x-seen-host"),
+        ("x-hop", "x-seen-hop"),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(&seen(theirs)) {
+            resp.headers_mut().insert(ours, v);
+        }
+    }
+    resp.headers_mut().insert(
+        "x-seen-version",
+        http::HeaderValue::from_str(&format!("{:?}", req.version())).unwrap(),
+    );
+    resp
+}
+
+// === WebSocket and TCP backends ===
+
+/// WebSocket server echoing every message.
+pub async fn websocket_echo() -> (SocketAddr, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = listener.local_addr().expect("ws addr");
+    let task = tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(io).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() || ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, AbortOnDrop(task))
+}
+
+/// TCP server that echoes until the client half-closes, then sends a
+/// trailer and closes its own half.
+pub async fn tcp_echo() -> (SocketAddr, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+    let addr = listener.local_addr().expect("tcp addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = io.write_all(b"<eof seen>").await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    (addr, AbortOnDrop(task))
+}
+
+// === Switchyard under test ===
+
+/// A Switchyard running in this process on a config file in a temp dir.
+pub struct Switchyard {
+    pub app: App,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Switchyard {
+    /// Starts with `config` (TOML), reloading only when asked. Use port 0
+    /// binds; `admin` is added.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with(
+            config,
+            AppOptions {
+                watch_config: false,
+            },
+        )
+        .await
+    }
+
+    /// Starts with the config file watched, as `switchyard run` does.
+    pub async fn start_watching(config: &str) -> Self {
+        Self::start_with(config, AppOptions { watch_config: true }).await
+    }
+
+    async fn start_with(config: &str, options: AppOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, with_admin(config)).expect("write config");
+        let app = App::start(&path, options).await.expect("switchyard starts");
+        Self {
+            app,
+            dir,
+            config: path,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.app
+            .listener_addr(listener)
+            .unwrap_or_else(|| panic!("listener {listener} is not running"))
+    }
+
+    /// Replaces the config file (atomically, as config tools do).
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join(".switchyard.toml.tmp");
+        std::fs::write(&tmp, with_admin(config)).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    pub async fn reload(&self) -> ReloadRecord {
+        self.app
+            .reload(Trigger::Api)
+            .await
+            .expect("control task alive")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let mut c = HttpClient::connect(self.app.admin_addr()).await;
+        let (s, _, b) = c.get(path, None).await.expect("admin answers");
+        (s, b)
+    }
+}
+
+fn with_admin(config: &str) -> String {
+    if config.contains("[admin]") {
+        config.to_string()
+    } else {
+        format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{config}")
+    }
+}
+
+// === client ===
+
+/// One keep-alive HTTP/1.1 client connection.
+pub struct HttpClient {
+    sender: hyper::client::conn::http1::SendRequest<TestBody>,
+    _conn: AbortOnDrop,
+}
+
+pub type Answer = (StatusCode, http::HeaderMap, String);
+
+impl HttpClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let io = TcpStream::connect(addr).await.expect("connect to proxy");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .expect("handshake");
+        let task = tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Self {
+            sender,
+            _conn: AbortOnDrop(task),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str, host: Option<&str>) -> Result<Answer, hyper::Error> {
+        let mut req = Request::get(path);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        self.send(req.body(full("")).expect("request")).await
+    }
+
+    pub async fn send(&mut self, req: Request<TestBody>) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok((
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+}
+
+/// One request on a fresh connection: `(status, body)`.
+pub async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> (StatusCode, String) {
+    let mut c = HttpClient::connect(addr).await;
+    let (s, _, b) = c.get(path, host).await.expect("proxy answers");
+    (s, b)
+}
+
+// === Switchyard as a separate process ===
+
+/// The real binary, for signals, exit codes and memory measurements.
+pub struct SwitchyardProcess {
+    pub child: std::process::Child,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+impl SwitchyardProcess {
+    /// Starts `switchyard run` and waits until it has logged its addresses.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, with_admin(config)).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn switchyard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut listeners = HashMap::new();
+        let admin = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("switchyard logs its start");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+            match v["message"].as_str() {
+                Some("Listening") => {
+                    listeners.insert(
+                        v["listener"].as_str().unwrap().to_string(),
+                        v["addr"].as_str().unwrap().parse().unwrap(),
+                    );
+                }
+                Some("Switchyard started") => break v["admin"].as_str().unwrap().parse().unwrap(),
+                _ => {}
+            }
+        };
+        Self {
+            child,
+            admin,
+            listeners,
+            dir,
+            config: path,
+            log,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `(VmRSS, VmHWM)` in bytes, from /proc.
+    pub fn memory(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .expect("memory field")
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of a child this test spawned and still owns.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join(".switchyard.toml.tmp");
+        std::fs::write(&tmp, with_admin(config)).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "switchyard did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for SwitchyardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
