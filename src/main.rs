@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::app::{App, AppOptions};
-use switchyard::config;
+use switchyard::config::{self, BackendTarget};
 use switchyard::control::{ReloadResult, Trigger};
 use switchyard::logging::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
@@ -97,7 +97,19 @@ fn check(path: &Path) -> ExitCode {
                 );
             }
             for b in &c.backends {
-                println!("  backend {}: {} server(s)", b.name, b.servers().len());
+                match &b.target {
+                    BackendTarget::Servers(s) => {
+                        println!(
+                            "  backend {}: {} server(s), {:?}",
+                            b.name,
+                            s.len(),
+                            b.balance
+                        )
+                    }
+                    BackendTarget::Respond(r) => {
+                        println!("  backend {}: responds {}", b.name, r.status)
+                    }
+                }
             }
             ExitCode::SUCCESS
         }
@@ -129,10 +141,9 @@ fn run(path: &Path, threads: Option<usize>, options: AppOptions) -> anyhow::Resu
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    if let Some(r) = app.reload(Trigger::Signal).await {
-                        if r.result == ReloadResult::Failure {
-                            tracing::warn!("Reload on SIGHUP failed; see the errors above");
-                        }
+                    let record = app.reload(Trigger::Signal).await;
+                    if record.is_some_and(|r| r.result == ReloadResult::Failure) {
+                        tracing::warn!("Reload on SIGHUP failed; see the errors above");
                     }
                 }
                 _ = term.recv() => break,

@@ -370,3 +370,65 @@ async fn endpoint_state_survives_a_swap() {
     held.release(1);
     assert_eq!(in_flight.await.unwrap().0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_listener_sends_goaway_to_h2_clients_and_finishes_their_streams() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let held = Backend::held("held").await;
+    let keep = format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+[[backends]]
+name = "b"
+servers = ["{}"]
+"#,
+        held.addr
+    );
+    let with_h2 = format!(
+        "{keep}\n[[listeners]]\nname = \"h2\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"b\"\n"
+    );
+    let sy = Switchyard::start(&with_h2).await;
+    let stream = tokio::net::TcpStream::connect(sy.addr("h2")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, TestBody>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut s = sender.clone();
+    let in_flight = tokio::spawn(async move {
+        let resp = s
+            .send_request(
+                http::Request::get("http://h2.test/")
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await?;
+        let status = resp.status();
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    });
+    eventually("stream in flight", Duration::from_secs(5), || async {
+        held.arrived() == 1
+    })
+    .await;
+
+    sy.write_config(&keep);
+    assert_eq!(sy.reload().await.result, ReloadResult::Success);
+    held.release(1);
+    let (status, body) = in_flight
+        .await
+        .unwrap()
+        .expect("stream finishes after GOAWAY");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"held"[..]));
+    // GOAWAY then close: the client connection ends cleanly, not with an error.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("connection closes");
+    assert!(ended.unwrap().is_ok(), "clean h2 shutdown");
+}

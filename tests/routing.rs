@@ -409,3 +409,65 @@ async fn malformed_request_gets_400_and_others_are_unaffected() {
         assert_eq!(good.get("/", None).await.unwrap().2, "b");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_report_traffic() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let sy = Switchyard::start(&balanced("round_robin", "", &[&a, &b])).await;
+    let mut client = HttpClient::connect(sy.addr("web")).await;
+    for _ in 0..10 {
+        client.get("/", None).await.unwrap();
+    }
+    let (status, metrics) = sy.admin_get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        "switchyard_http_requests_total{backend=\"pool\",class=\"2xx\",listener=\"web\"} 10",
+        "switchyard_http_request_duration_seconds_count{backend=\"pool\",listener=\"web\"} 10",
+        "switchyard_listener_active_connections{listener=\"web\"} 1",
+        "switchyard_listener_connections_total{listener=\"web\"} 1",
+        &format!(
+            "switchyard_endpoint_active_connections{{backend=\"pool\",endpoint=\"{}\"}} 0",
+            a.addr
+        ),
+        &format!(
+            "switchyard_endpoint_up{{backend=\"pool\",endpoint=\"{}\"}} 1",
+            b.addr
+        ),
+        "switchyard_config_version 1",
+        "switchyard_config_reloads_total{result=\"success\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected}\n{metrics}");
+    }
+    let bytes = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(bytes("switchyard_listener_received_bytes_total{listener=\"web\"}") > 10 * 16);
+    assert!(bytes("switchyard_listener_sent_bytes_total{listener=\"web\"}") > 10 * 40);
+
+    let (_, status) = sy.admin_get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["version"], 1);
+    assert_eq!(status["last_reload"]["result"], "success");
+    assert_eq!(
+        status["listeners"][0]["local_addr"],
+        sy.addr("web").to_string()
+    );
+    assert_eq!(status["listeners"][0]["active_connections"], 1);
+    let endpoints = status["backends"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[0]["origin"], "static");
+    assert_eq!(endpoints[0]["healthy"], true);
+    assert_eq!(endpoints[0]["draining"], false);
+
+    let (code, body) = sy.admin_get("/healthz").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "ok\n"));
+    assert_eq!(sy.admin_get("/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        sy.admin_get("/reload").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}

@@ -278,7 +278,7 @@ mod tests {
         let (mut io, activity) = wrap(a, Some(Duration::from_secs(5)));
         b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
         let guard = activity.begin();
         let blocked = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
         assert!(

@@ -52,10 +52,8 @@ impl<T> Router<T> {
         if let Some(host) = host {
             let mut buf = [0u8; MAX_HOST_LEN];
             if let Some(host) = normalize_host(host, &mut buf) {
-                if !self.exact.is_empty() {
-                    if let Some(t) = self.exact.get(host).and_then(|t| t.lookup(path)) {
-                        return Some(t);
-                    }
+                if let Some(t) = self.exact.get(host).and_then(|t| t.lookup(path)) {
+                    return Some(t);
                 }
                 if !self.suffix.is_empty() {
                     // ".b.example.com", then ".example.com", then ".com".

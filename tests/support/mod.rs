@@ -418,12 +418,18 @@ use std::io::BufRead;
 impl SwitchyardProcess {
     /// Starts `switchyard run` and waits until it has logged its addresses.
     pub fn start(config: &str) -> Self {
+        Self::start_with_args(config, &[])
+    }
+
+    /// Like `start`, with extra arguments after `run -c FILE`.
+    pub fn start_with_args(config: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, with_admin(config)).expect("write config");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["--log-format", "json", "run", "-c"])
             .arg(&path)
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()

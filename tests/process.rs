@@ -1,0 +1,207 @@
+//! The binary: command line, signals, exit codes.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .expect("run switchyard")
+}
+
+fn one_backend(addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"{extra}
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+servers = ["{addr}"]
+"#
+    )
+}
+
+#[test]
+fn version_and_help() {
+    let out = switchyard(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("switchyard {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = switchyard(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["run", "check", "--log-format"] {
+        assert!(help.contains(word), "help lacks {word}: {help}");
+    }
+}
+
+#[test]
+fn check_prints_a_summary_or_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, one_backend("127.0.0.1:9001".parse().unwrap(), "")).unwrap();
+    let out = switchyard(&["check", "-c", good.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("OK") && stdout.contains("1 listener(s)"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    let text = one_backend("127.0.0.1:9001".parse().unwrap(), "").replace(
+        "default_backend = \"b\"",
+        "default_backend = \"missing\"\ncolour = \"red\"",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = switchyard(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml: `listeners[0].colour`: unknown field"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &bad,
+        one_backend("127.0.0.1:9001".parse().unwrap(), "")
+            .replace("default_backend = \"b\"", "default_backend = \"missing\""),
+    )
+    .unwrap();
+    let out = switchyard(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`listeners[0].default_backend`: no backend named `missing`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem"), "{stderr}");
+
+    let out = switchyard(&[
+        "check",
+        "-c",
+        dir.path().join("absent.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read file"));
+}
+
+#[test]
+fn run_with_an_invalid_config_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[listeners]]\nname = \"x\"\n").unwrap();
+    let out = switchyard(&["run", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`listeners[0]`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let (one, two) = (Backend::start("one").await, Backend::start("two").await);
+    let sy = SwitchyardProcess::start_with_args(&one_backend(one.addr, ""), &["--no-watch"]);
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await.1, "one");
+    sy.write_config(&one_backend(two.addr, ""));
+    sy.signal(libc::SIGHUP);
+    eventually(
+        "SIGHUP applies the new config",
+        Duration::from_secs(10),
+        || async { get(addr, "/", None).await.1 == "two" },
+    )
+    .await;
+    let applied = sy
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("Config applied") && l.contains("Signal"));
+    assert!(applied, "the swap is logged in one line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work_then_exits_zero() {
+    let slow = Backend::held("slow").await;
+    let mut sy = SwitchyardProcess::start(&one_backend(slow.addr, "[shutdown]\ngrace = \"30s\"\n"));
+    let addr = sy.addr("web");
+    let admin = sy.admin;
+
+    // An idle keep-alive client, and one request in flight.
+    let mut idle = HttpClient::connect(addr).await;
+    slow.release(1);
+    assert_eq!(idle.get("/", None).await.unwrap().2, "slow");
+    let in_flight = tokio::spawn(async move { get(addr, "/", None).await });
+    eventually("request in flight", Duration::from_secs(5), || async {
+        slow.arrived() == 2
+    })
+    .await;
+
+    sy.signal(libc::SIGTERM);
+    eventually(
+        "listener stops accepting",
+        Duration::from_secs(5),
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    let (health, _) = get(admin, "/healthz", None).await;
+    assert_eq!(
+        health,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "healthz reports draining"
+    );
+
+    // The idle client's next request is answered, and told to close; the
+    // second permit is for the request already in flight.
+    slow.release(2);
+    let (status, headers, body) = idle
+        .get("/", None)
+        .await
+        .expect("no request lost to the drain");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
+    assert_eq!(headers["connection"], "close");
+
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
+    assert_eq!(sy.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(
+        sy.log_lines()
+            .iter()
+            .any(|l| l.contains("All connections finished"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_what_outlives_the_grace_period() {
+    let stuck = Backend::held("stuck").await;
+    let mut sy =
+        SwitchyardProcess::start(&one_backend(stuck.addr, "[shutdown]\ngrace = \"300ms\"\n"));
+    let addr = sy.addr("web");
+    let in_flight = tokio::spawn(async move {
+        let mut c = HttpClient::connect(addr).await;
+        c.get("/", None).await
+    });
+    eventually("request in flight", Duration::from_secs(5), || async {
+        stuck.arrived() == 1
+    })
+    .await;
+    sy.signal(libc::SIGTERM);
+    assert_eq!(sy.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the stuck request was cut"
+    );
+    assert!(
+        sy.log_lines()
+            .iter()
+            .any(|l| l.contains("Grace period over"))
+    );
+}
