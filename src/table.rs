@@ -95,7 +95,7 @@ impl ListenerEntry {
 pub struct Table {
     pub version: u64,
     pub config: Arc<Config>,
-    pub listeners: Vec<ListenerEntry>,
+    pub listeners: Vec<Arc<ListenerEntry>>,
     /// By name; sorted so `/status` is stable.
     pub backends: BTreeMap<Arc<str>, Arc<Backend>>,
 }
@@ -103,7 +103,7 @@ pub struct Table {
 impl Table {
     /// The listener for a socket. A linear scan: listeners are few and the
     /// comparison is cheaper than hashing.
-    pub fn listener(&self, key: &ListenerKey) -> Option<&ListenerEntry> {
+    pub fn listener(&self, key: &ListenerKey) -> Option<&Arc<ListenerEntry>> {
         self.listeners.iter().find(|l| &l.key == key)
     }
 
@@ -173,14 +173,14 @@ pub fn compile(
             .as_ref()
             .map(|b| target(&spec.name, b))
             .transpose()?;
-        listeners.push(ListenerEntry {
+        listeners.push(Arc::new(ListenerEntry {
             key: ListenerKey::of(spec),
             spec: spec.clone(),
             router,
             default_target,
             unrouted: Arc::new(metrics.requests(&spec.name, "")),
             metrics: metrics.listener(&spec.name),
-        });
+        }));
     }
     Ok(Table {
         version,

@@ -471,3 +471,42 @@ async fn metrics_and_status_report_traffic() {
         StatusCode::METHOD_NOT_ALLOWED
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_connection_limit_holds_new_clients_in_the_backlog() {
+    let b = Backend::start("b").await;
+    let sy = Switchyard::start(&format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+max_connections = 1
+[[backends]]
+name = "b"
+servers = ["{}"]
+"#,
+        b.addr
+    ))
+    .await;
+    let addr = sy.addr("web");
+    let mut first = HttpClient::connect(addr).await;
+    assert_eq!(first.get("/", None).await.unwrap().2, "b");
+    // The second client connects (the kernel backlog accepts it) but is not
+    // served while the first connection is open.
+    let second = tokio::spawn(async move { get(addr, "/", None).await });
+    for _ in 0..20 {
+        assert_eq!(first.get("/", None).await.unwrap().2, "b");
+    }
+    assert!(
+        !second.is_finished(),
+        "second client was served past the limit"
+    );
+    assert_eq!(b.hits(), 21);
+    drop(first);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("second client is served once the first leaves")
+        .unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "b"));
+}

@@ -26,7 +26,7 @@ use super::io::ConnActivity;
 use super::upstream::{H1Sender, UpstreamError};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::table::endpoints::ActiveGuard;
-use crate::table::{ListenerKey, RouteTarget, Table, TableHandle};
+use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -52,9 +52,10 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 pub struct ConnCtx {
     pub key: ListenerKey,
     pub table: TableHandle,
-    /// The table when the connection was accepted: serves the connection's
-    /// remaining requests if its listener is removed while it drains.
-    pub accept_table: Arc<Table>,
+    /// The listener as it was when the connection was accepted: routes the
+    /// connection's remaining requests if its listener is removed while it
+    /// drains. Only this entry is kept alive, not the whole table.
+    pub accept_listener: Arc<ListenerEntry>,
     pub peer: SocketAddr,
     /// The client IP, formatted once per connection for X-Forwarded-For.
     pub peer_header: HeaderValue,
@@ -103,22 +104,8 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let inflight = ctx.activity.begin();
-    let current = ctx.table.current();
-    let table = if current.listener(&ctx.key).is_some() {
-        current
-    } else {
-        ctx.accept_table.clone()
-    };
-    let Some(listener) = table.listener(&ctx.key) else {
-        // Unreachable: the accept table always has this connection's listener.
-        return Ok(local_response(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from_static(b"listener is gone\n"),
-            &[],
-            Completion::new(started, table.listeners[0].unrouted.clone(), inflight),
-        ));
-    };
+    let table = ctx.table.current();
+    let listener: &ListenerEntry = table.listener(&ctx.key).unwrap_or(&ctx.accept_listener);
     let host = request_host(&req);
     let Some(target) = listener.route(host, req.uri().path()) else {
         let completion = Completion::new(started, listener.unrouted.clone(), inflight);

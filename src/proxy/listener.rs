@@ -265,15 +265,19 @@ struct Connection {
 
 impl Connection {
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
-        let table = self.table.current();
-        let Some(listener) = table.listener(&self.key) else {
-            return; // removed between accept and now
+        // Only the listener entry is kept for the connection's life; holding
+        // the whole table would pin every old snapshot under idle clients.
+        let (listener, timeouts) = {
+            let table = self.table.current();
+            let Some(listener) = table.listener(&self.key).cloned() else {
+                return; // removed between accept and now
+            };
+            (listener, table.config.timeouts)
         };
         let metrics = listener.metrics.clone();
         metrics.accepted.inc();
         metrics.active.inc();
         let _ = stream.set_nodelay(true);
-        let timeouts = &table.config.timeouts;
         let activity = Arc::new(ConnActivity::default());
         let mode = listener.spec.mode;
         let io = ClientIo::new(
@@ -289,14 +293,14 @@ impl Connection {
         match mode {
             Mode::Tcp => {
                 tokio::select! {
-                    () = tcp::serve(io, peer, listener) => {}
+                    () = tcp::serve(io, peer, &listener) => {}
                     () = self.hard_stop.cancelled() => {}
                 }
             }
             Mode::Http => {
                 let ctx = Arc::new(ConnCtx {
                     key: self.key,
-                    accept_table: table.clone(),
+                    accept_listener: listener.clone(),
                     table: self.table,
                     peer,
                     peer_header: HeaderValue::from_str(&peer.ip().to_string())
