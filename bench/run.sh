@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Switchyard, HAProxy and nginx on loopback.
+#
+#   bench/run.sh                      # full run (about 25 minutes)
+#   bench/run.sh --runs 1 --seconds 5 # a quick look
+#   bench/run.sh --only storm         # only the reload-under-load comparison
+#
+# Installs what it needs with apt-get when missing, builds Switchyard in
+# release mode, and writes the report to bench/results/latest.md. Do not run
+# it while the test suite runs: both want the two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --bin switchyard
+exec python3 bench/bench.py "$@"
