@@ -442,9 +442,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--storm-seconds", type=int, default=30)
     ap.add_argument("--only", choices=["series", "storm"], help="run one part")
+    ap.add_argument("--cases", help="comma-separated case numbers (1-based) to run")
+    ap.add_argument("--one-worker-only", action="store_true", help="skip the all-cores series")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
     args = ap.parse_args()
 
+    if args.cases:
+        keep = [int(c) - 1 for c in args.cases.split(",")]
+        CASES[:] = [CASES[i] for i in keep]
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     # nginx workers run as an unprivileged user and must read the files.
     workdir.chmod(0o755)
@@ -456,7 +461,10 @@ def main():
               f"Command: `bench/run.sh --runs {args.runs} --seconds {args.seconds} --storm-seconds {args.storm_seconds}`", ""]
     try:
         if args.only in (None, "series"):
-            for threads, label in ((1, "one worker each"), (os.cpu_count(), "all cores")):
+            series = [(1, "one worker each"), (os.cpu_count(), "all cores")]
+            if args.one_worker_only:
+                series = series[:1]
+            for threads, label in series:
                 procs = {
                     "switchyard": start_switchyard(workdir, threads),
                     "haproxy": start_haproxy(workdir, threads),

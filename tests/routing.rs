@@ -510,3 +510,65 @@ servers = ["{}"]
         .unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "b"));
 }
+
+/// A server that answers one request per connection with `Connection: close`.
+async fn one_shot_server() -> (
+    std::net::SocketAddr,
+    AbortOnDrop,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = io
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nonce",
+                    )
+                    .await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    (addr, AbortOnDrop(task), accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_closed_by_the_server_are_replaced() {
+    let (addr, _server, accepted) = one_shot_server().await;
+    let sy = Switchyard::start(&format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+[[backends]]
+name = "b"
+servers = ["{addr}"]
+"#
+    ))
+    .await;
+    let mut client = HttpClient::connect(sy.addr("web")).await;
+    for _ in 0..20 {
+        let (status, headers, body) = client.get("/", None).await.expect("every request answered");
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "once"));
+        assert!(
+            headers.get("connection").is_none(),
+            "hop-by-hop header leaked"
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+}

@@ -4,7 +4,10 @@
 //! (errors, the `respond` backend). Both carry a [`Completion`] that runs
 //! once when the response is over: it observes the request duration, ends the
 //! request's in-flight marks, and hands a cleanly finished upstream HTTP/1.1
-//! connection back to its pool.
+//! connection back to its pool or to the client connection's inline cache.
+//!
+//! An upstream body read from an inline connection also drives that
+//! connection: each poll for a frame first moves the connection's I/O.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::io::InflightGuard;
-use super::upstream::H1Sender;
+use super::upstream::{H1Sender, InlineCache, InlineConn};
 use crate::metrics::RequestMetrics;
 use crate::table::endpoints::ActiveGuard;
 
@@ -27,6 +30,7 @@ pub struct Completion {
     _inflight: InflightGuard,
     upstream: Option<ActiveGuard>,
     reusable: Option<H1Sender>,
+    inline_home: Option<Arc<InlineCache>>,
 }
 
 impl Completion {
@@ -37,6 +41,7 @@ impl Completion {
             _inflight: inflight,
             upstream: None,
             reusable: None,
+            inline_home: None,
         }
     }
 
@@ -48,15 +53,27 @@ impl Completion {
         self
     }
 
-    fn finish(mut self, body_complete: bool) {
-        if let (true, Some(sender), Some(active)) =
-            (body_complete, self.reusable.take(), self.upstream.as_ref())
-        {
-            active.endpoint().pool.checkin_h1(sender);
+    /// Ties the end of this response to returning an inline connection to
+    /// the client connection's cache.
+    pub fn with_inline(mut self, active: ActiveGuard, home: Arc<InlineCache>) -> Self {
+        self.upstream = Some(active);
+        self.inline_home = Some(home);
+        self
+    }
+
+    fn finish(mut self, body_complete: bool, driver: Option<Box<InlineConn>>) {
+        let now = Instant::now();
+        if body_complete {
+            if let (Some(sender), Some(active)) = (self.reusable.take(), self.upstream.as_ref()) {
+                active.endpoint().pool.checkin_h1(sender);
+            }
+            if let (Some(conn), Some(home)) = (driver, self.inline_home.take()) {
+                home.put(conn, now);
+            }
         }
         self.metrics
             .duration
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(self.started).as_secs_f64());
     }
 }
 
@@ -67,6 +84,8 @@ enum Kind {
 
 pub struct ProxyBody {
     kind: Kind,
+    /// The inline upstream connection the body comes from, if any.
+    driver: Option<Box<InlineConn>>,
     completion: Option<Completion>,
 }
 
@@ -74,6 +93,16 @@ impl ProxyBody {
     pub fn upstream(body: Incoming, completion: Completion) -> Self {
         Self {
             kind: Kind::Upstream(body),
+            driver: None,
+            completion: Some(completion),
+        }
+    }
+
+    /// An upstream body that arrives over `driver`, which it keeps driving.
+    pub fn inline(body: Incoming, driver: Box<InlineConn>, completion: Completion) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            driver: Some(driver),
             completion: Some(completion),
         }
     }
@@ -81,13 +110,14 @@ impl ProxyBody {
     pub fn local(data: Bytes, completion: Completion) -> Self {
         Self {
             kind: Kind::Local((!data.is_empty()).then_some(data)),
+            driver: None,
             completion: Some(completion),
         }
     }
 
     fn complete(&mut self, body_complete: bool) {
         if let Some(c) = self.completion.take() {
-            c.finish(body_complete);
+            c.finish(body_complete, self.driver.take());
         }
     }
 }
@@ -101,6 +131,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(driver) = &mut this.driver {
+            driver.drive(cx);
+        }
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),

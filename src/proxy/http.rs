@@ -23,7 +23,10 @@ use tokio_util::task::TaskTracker;
 use super::balance::{self, HashInput};
 use super::body::{Completion, ProxyBody};
 use super::io::ConnActivity;
-use super::upstream::{H1Sender, UpstreamError};
+use super::listener::Drain;
+use super::upstream::{
+    ExchangeError, H1Sender, InlineCache, InlineConn, InlineLookup, UpstreamError,
+};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::table::endpoints::ActiveGuard;
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
@@ -60,11 +63,13 @@ pub struct ConnCtx {
     /// The client IP, formatted once per connection for X-Forwarded-For.
     pub peer_header: HeaderValue,
     pub activity: Arc<ConnActivity>,
-    /// Cancelled when the listener drains: HTTP/1 responses then carry
+    /// Set when the listener drains: HTTP/1 responses then carry
     /// `Connection: close`.
-    pub drain: CancellationToken,
+    pub drain: Arc<Drain>,
     pub hard_stop: CancellationToken,
     pub tasks: TaskTracker,
+    /// Upstream connections this client connection drives itself.
+    pub inline: Arc<InlineCache>,
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -116,7 +121,11 @@ pub async fn handle(
     let completion = Completion::new(started, target.metrics.clone(), inflight);
     let response = match &target.backend.spec.target {
         BackendTarget::Respond(spec) => respond(&ctx, spec, completion),
-        BackendTarget::Servers(_) => forward(req, target, &ctx, completion).await,
+        // Boxed: hyper moves the request future by value, and the forwarding
+        // state (kilobytes) would be copied with it; one allocation is cheaper.
+        BackendTarget::Servers(_) => {
+            Box::pin(forward(req, target, &ctx, started, completion)).await
+        }
     };
     target.metrics.count(response.status());
     Ok(response)
@@ -178,7 +187,7 @@ fn error_response(ctx: &ConnCtx, error: ProxyError, completion: Completion) -> R
 /// A draining HTTP/1 connection answers its next request and closes, so the
 /// client never sends a request into a connection we are closing.
 fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
-    if ctx.drain.is_cancelled() && !ctx.activity.is_h2() {
+    if ctx.drain.is_draining() && !ctx.activity.is_h2() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
@@ -187,6 +196,7 @@ async fn forward(
     mut req: Request<Incoming>,
     target: &RouteTarget,
     ctx: &Arc<ConnCtx>,
+    started: Instant,
     completion: Completion,
 ) -> Response<ProxyBody> {
     let backend = &target.backend;
@@ -218,14 +228,29 @@ async fn forward(
         );
     }
     let addr = active.endpoint().addr;
+    // HTTP/1 clients send one request at a time, so their task can drive
+    // the upstream connection itself (see `InlineConn`).
+    let inline = (spec.protocol == Protocol::Http1 && upgrade.is_none() && !ctx.activity.is_h2())
+        .then(|| {
+            ctx.inline
+                .take(active.endpoint(), spec.timeouts.idle, started)
+        });
     let sent = tokio::time::timeout(spec.timeouts.request, async {
-        match spec.protocol {
-            Protocol::Http1 => send_h1(req, &active, spec.timeouts).await,
-            Protocol::Http2 => send_h2(req, &active, spec.timeouts).await,
+        match (spec.protocol, inline) {
+            (_, Some(InlineLookup::Hit(conn))) => {
+                send_inline(Some(conn), req, &active, spec.timeouts).await
+            }
+            (_, Some(InlineLookup::Miss { room: true })) => {
+                send_inline(None, req, &active, spec.timeouts).await
+            }
+            // Boxed: these paths are rarer for HTTP/1 clients, and their
+            // futures would enlarge every request's (moved) future.
+            (Protocol::Http1, _) => Box::pin(send_h1(req, &active, spec.timeouts)).await,
+            (Protocol::Http2, _) => Box::pin(send_h2(req, &active, spec.timeouts)).await,
         }
     })
     .await;
-    let (mut resp, sender) = match sent {
+    let (mut resp, via) = match sent {
         Ok(Ok(sent)) => sent,
         Ok(Err(e)) => {
             if matches!(e, ProxyError::Connect(_)) {
@@ -251,13 +276,38 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, completion.with_upstream(active, sender)),
-    )
+    let body = match via {
+        Via::Pooled(sender) => ProxyBody::upstream(body, completion.with_upstream(active, sender)),
+        Via::Inline(conn) => ProxyBody::inline(
+            body,
+            conn,
+            completion.with_inline(active, ctx.inline.clone()),
+        ),
+    };
+    Response::from_parts(parts, body)
 }
 
-type Sent = (Response<Incoming>, Option<H1Sender>);
+/// How the response arrived, which decides where its connection goes after.
+enum Via {
+    /// A pooled connection (HTTP/1.1 sender to return) or HTTP/2 (nothing).
+    Pooled(Option<H1Sender>),
+    Inline(Box<InlineConn>),
+}
+
+type Sent = (Response<Incoming>, Via);
+
+async fn send_inline(
+    cached: Option<Box<InlineConn>>,
+    req: Request<Incoming>,
+    active: &ActiveGuard,
+    timeouts: crate::config::UpstreamTimeouts,
+) -> Result<Sent, ProxyError> {
+    match InlineConn::exchange(cached, active.endpoint(), timeouts, req).await {
+        Ok((conn, resp)) => Ok((resp, Via::Inline(conn))),
+        Err(ExchangeError::Connect(e)) => Err(ProxyError::Connect(e)),
+        Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(e)),
+    }
+}
 
 async fn send_h1(
     mut req: Request<Incoming>,
@@ -271,7 +321,7 @@ async fn send_h1(
             .checkout_h1(endpoint.addr, timeouts.connect, timeouts.idle)
             .await?;
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Some(conn.sender))),
+            Ok(resp) => return Ok((resp, Via::Pooled(Some(conn.sender)))),
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before our request went out:
                 // nothing reached the server, so sending it again is safe.
@@ -297,7 +347,7 @@ async fn send_h2(
         .send_request(req)
         .await
         .map_err(ProxyError::Upstream)?;
-    Ok((resp, None))
+    Ok((resp, Via::Pooled(None)))
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and others).
@@ -317,21 +367,41 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by Connection are hop-by-hop too. Most requests carry
-    // none or `keep-alive`, so check before collecting.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Most messages carry none: one pass comparing names is cheaper than
+    // nine hashed removals.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
+            any = true;
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if !any {
+        return;
+    }
+    // Headers named by Connection are hop-by-hop too. The value is cloned
+    // (a reference count) so the map can be changed while reading it.
+    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+        for token in conn.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            // `keep-alive` and `close` are the usual tokens; both name
+            // nothing else to remove (keep-alive is in the fixed list).
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -354,6 +424,7 @@ fn prepare_request(
     let upgrade_proto = upgrade
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten();
+    let has_host_header = req.headers().contains_key(header::HOST);
     let host: Option<HeaderValue> = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -393,7 +464,8 @@ fn prepare_request(
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match protocol {
         Protocol::Http1 => {
-            if let Some(host) = host {
+            // HTTP/2 clients send the authority instead of a Host header.
+            if let (false, Some(host)) = (has_host_header, host) {
                 req.headers_mut().insert(header::HOST, host);
             }
             *req.version_mut() = Version::HTTP_11;

@@ -78,12 +78,20 @@ pub struct ClientIo<T> {
     inner: T,
     activity: Arc<ConnActivity>,
     timeouts: ClientTimeouts,
+    /// Reads and writes that moved bytes. The clock is read only when a read
+    /// blocks with nothing in flight, not on every I/O: `last_progress` is
+    /// stamped then if this count moved since the last stamp.
+    progress: u64,
+    stamped_progress: u64,
     last_progress: Instant,
-    /// When the first byte of a not-yet-complete request head arrived, and
-    /// the request count at that moment (a later count means it completed).
-    head_started: Option<(Instant, u64)>,
+    /// The request count when the first byte of a not-yet-complete request
+    /// head arrived (a later count means it completed), and when that was
+    /// first noticed by a blocked read.
+    head_started: Option<(u64, Option<Instant>)>,
     preface_checked: bool,
-    /// Armed lazily, only when a read would block with nothing in flight.
+    /// Armed lazily, only when a read would block with nothing in flight, and
+    /// reset only when it fires early or must fire earlier: one reset per
+    /// idle period instead of one per request.
     timer: Option<Pin<Box<Sleep>>>,
     armed_for: Option<Instant>,
     received: IntCounter,
@@ -102,6 +110,8 @@ impl<T> ClientIo<T> {
             inner,
             activity,
             timeouts,
+            progress: 0,
+            stamped_progress: 0,
             last_progress: Instant::now(),
             head_started: None,
             preface_checked: false,
@@ -116,8 +126,7 @@ impl<T> ClientIo<T> {
         if data.is_empty() {
             return;
         }
-        let now = Instant::now();
-        self.last_progress = now;
+        self.progress += 1;
         self.received.inc_by(data.len() as u64);
         if !self.preface_checked {
             self.preface_checked = true;
@@ -127,9 +136,16 @@ impl<T> ClientIo<T> {
         }
         if self.timeouts.header_read.is_some() && self.activity.idle() {
             let started = self.activity.started.load(Ordering::Relaxed);
-            if self.head_started.is_none_or(|(_, seen)| seen != started) {
-                self.head_started = Some((now, started));
+            if self.head_started.is_none_or(|(seen, _)| seen != started) {
+                self.head_started = Some((started, None));
             }
+        }
+    }
+
+    fn on_written(&mut self, n: usize) {
+        if n > 0 {
+            self.progress += 1;
+            self.sent.inc_by(n as u64);
         }
     }
 
@@ -139,9 +155,17 @@ impl<T> ClientIo<T> {
         if !self.activity.idle() {
             return Poll::Pending;
         }
+        let mut now: Option<Instant> = None;
+        if self.progress != self.stamped_progress {
+            let t = *now.get_or_insert_with(Instant::now);
+            self.last_progress = t;
+            self.stamped_progress = self.progress;
+        }
         let started = self.activity.started.load(Ordering::Relaxed);
-        let (deadline, what) = match (self.head_started, self.timeouts.header_read) {
-            (Some((at, seen)), Some(limit)) if seen == started && !self.activity.is_h2() => {
+        let header_read = self.timeouts.header_read.filter(|_| !self.activity.is_h2());
+        let (deadline, what) = match (&mut self.head_started, header_read) {
+            (Some((seen, at)), Some(limit)) if *seen == started => {
+                let at = *at.get_or_insert_with(|| *now.get_or_insert_with(Instant::now));
                 (at + limit, "request head not received in time")
             }
             _ => (
@@ -149,15 +173,24 @@ impl<T> ClientIo<T> {
                 "client connection idle",
             ),
         };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if self.armed_for != Some(deadline) {
+        let timer = self.timer.get_or_insert_with(|| {
+            self.armed_for = Some(deadline);
+            Box::pin(tokio::time::sleep_until(deadline))
+        });
+        if self.armed_for.is_some_and(|armed| armed > deadline) {
             timer.as_mut().reset(deadline);
             self.armed_for = Some(deadline);
         }
-        ready!(timer.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            // Armed for an earlier deadline that has since moved: re-arm.
+            if Instant::now() < deadline {
+                timer.as_mut().reset(deadline);
+                self.armed_for = Some(deadline);
+                continue;
+            }
+            return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
+        }
     }
 }
 
@@ -216,15 +249,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 }
 
-impl<T> ClientIo<T> {
-    fn on_written(&mut self, n: usize) {
-        if n > 0 {
-            self.last_progress = Instant::now();
-            self.sent.inc_by(n as u64);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +281,26 @@ mod tests {
         let err = io.read(&mut [0u8; 8]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_pushes_the_idle_deadline_back() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut io, _) = wrap(a, Some(Duration::from_secs(5)));
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        // Blocked for 30 s (the 60 s timer is armed), then some traffic.
+        let blocked = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(blocked.is_err());
+        io.write_all(b"x").await.unwrap();
+        assert_eq!(b.read(&mut buf).await.unwrap(), 1);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(90),
+            "60 s after the last traffic"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -55,7 +56,7 @@ struct RunningListener {
     /// Stops this listener's accept loop (and so closes its socket).
     stop_accept: CancellationToken,
     /// Tells this listener's connections to finish up.
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     /// Swapped when `max_connections` changes; connections keep the permit
     /// of the semaphore they were admitted by.
     limit: Arc<ArcSwap<Semaphore>>,
@@ -72,8 +73,6 @@ pub struct Prepared {
 pub struct ListenerSet {
     running: HashMap<ListenerKey, RunningListener>,
     table: TableHandle,
-    /// Parent of every listener's drain token: cancelled at shutdown.
-    drain_all: CancellationToken,
     /// Ends every remaining connection when the grace period is over.
     hard_stop: CancellationToken,
     /// Every connection and tunnel task, for waiting at shutdown.
@@ -85,7 +84,6 @@ impl ListenerSet {
         Self {
             running: HashMap::new(),
             table,
-            drain_all: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -127,7 +125,7 @@ impl ListenerSet {
                 name: name.clone(),
                 local_addr,
                 stop_accept: CancellationToken::new(),
-                drain: self.drain_all.child_token(),
+                drain: Arc::new(Drain::default()),
                 limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(
                     Semaphore::MAX_PERMITS,
                 ))),
@@ -164,7 +162,7 @@ impl ListenerSet {
             None => {
                 tracing::info!(listener = %running.name, addr = %running.local_addr, "Listener removed; draining");
                 running.stop_accept.cancel();
-                running.drain.cancel();
+                running.drain.start();
                 false
             }
         });
@@ -183,8 +181,8 @@ impl ListenerSet {
     pub async fn shutdown(&mut self, grace: Duration) -> bool {
         for running in self.running.values() {
             running.stop_accept.cancel();
+            running.drain.start();
         }
-        self.drain_all.cancel();
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         if !drained {
@@ -215,7 +213,7 @@ async fn accept_loop(
     table: TableHandle,
     limit: Arc<ArcSwap<Semaphore>>,
     stop: CancellationToken,
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     hard_stop: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -254,11 +252,34 @@ async fn accept_loop(
     }
 }
 
+/// Tells a listener's connections to finish up: set once, never cleared.
+/// Requests read the flag without locking; connection tasks await the token.
+#[derive(Default)]
+pub struct Drain {
+    flag: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.token.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    pub async fn started(&self) {
+        self.token.cancelled().await
+    }
+}
+
 /// What an accepted connection needs from its listener.
 struct Connection {
     key: ListenerKey,
     table: TableHandle,
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     hard_stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -309,6 +330,7 @@ impl Connection {
                     drain: self.drain.clone(),
                     hard_stop: self.hard_stop.clone(),
                     tasks: self.tasks,
+                    inline: Arc::default(),
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }
@@ -320,7 +342,7 @@ impl Connection {
 async fn serve_http(
     io: ClientIo<TcpStream>,
     ctx: Arc<ConnCtx>,
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     hard_stop: CancellationToken,
 ) {
     let activity = ctx.activity.clone();
@@ -341,7 +363,7 @@ async fn serve_http(
             log_conn_end(result);
             return;
         }
-        () = drain.cancelled() => {}
+        () = drain.started() => {}
         () = hard_stop.cancelled() => return,
     }
     // HTTP/1: keep serving; each response now says `Connection: close`.
