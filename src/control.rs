@@ -13,7 +13,7 @@
 pub mod status;
 mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -302,25 +302,21 @@ impl Control {
             .prepare(&config)
             .map_err(|e| vec![ErrorChain(&e).to_string()])?;
         let version = current.version + 1;
-        let draining = self.board.lock().draining.clone();
+        // Live and draining endpoint states by address, so each lookup is a
+        // hash probe even when a reload touches thousands of servers.
+        let mut known: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
+        for state in current
+            .endpoint_states()
+            .chain(self.board.lock().draining.iter().cloned())
+        {
+            known.entry(state.addr).or_default().push(state);
+        }
         let find_state = |backend: &str, addr: SocketAddr| {
-            current
-                .backends
-                .get(backend)
-                .and_then(|b| {
-                    b.endpoints
-                        .load()
-                        .endpoints
-                        .iter()
-                        .find(|e| e.addr == addr)
-                        .map(|e| e.state.clone())
-                })
-                .or_else(|| {
-                    draining
-                        .iter()
-                        .find(|s| &*s.backend == backend && s.addr == addr)
-                        .cloned()
-                })
+            known
+                .get(&addr)?
+                .iter()
+                .find(|s| &*s.backend == backend)
+                .cloned()
         };
         let table = table::compile(
             Arc::new(config),

@@ -20,7 +20,7 @@ pub mod diff;
 pub mod endpoints;
 pub mod routes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -98,6 +98,10 @@ pub struct Table {
     pub listeners: Vec<Arc<ListenerEntry>>,
     /// By name; sorted so `/status` is stable.
     pub backends: BTreeMap<Arc<str>, Arc<Backend>>,
+    /// Metric handles by (listener, backend), carried to the next table:
+    /// resolving a label set takes a lock in the prometheus crate, and a
+    /// 10,000-route reload would otherwise resolve 60,000 of them.
+    request_metrics: HashMap<(Arc<str>, Arc<str>), Arc<RequestMetrics>>,
 }
 
 impl Table {
@@ -137,27 +141,50 @@ pub fn compile(
     find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
     metrics: &Metrics,
 ) -> Result<Table, CompileError> {
+    // Hashed indexes for the lookups below: the sorted maps would cost a
+    // dozen string comparisons per lookup on large configs.
+    let previous_backends: HashMap<&str, &Arc<Backend>> = previous
+        .map(|t| t.backends.iter().map(|(k, v)| (&**k, v)).collect())
+        .unwrap_or_default();
+    let mut by_name: HashMap<&str, Arc<Backend>> = HashMap::with_capacity(config.backends.len());
     let mut backends = BTreeMap::new();
     for spec in &config.backends {
-        let reused = previous
-            .and_then(|t| t.backends.get(&spec.name))
-            .filter(|b| b.spec == *spec)
-            .cloned();
+        let before = previous_backends.get(&*spec.name);
+        let reused = before.filter(|b| b.spec == *spec).map(|b| Arc::clone(b));
         let backend = match reused {
             Some(b) => b,
-            None => Arc::new(new_backend(spec, find_state, metrics)),
+            None => {
+                let connect_errors = before
+                    .map(|b| b.connect_errors.clone())
+                    .unwrap_or_else(|| metrics.connect_errors(&spec.name));
+                Arc::new(new_backend(spec, find_state, connect_errors))
+            }
         };
+        by_name.insert(&spec.name, backend.clone());
         backends.insert(spec.name.clone(), backend);
     }
-    let target = |listener: &str, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
-        let backend = backends
-            .get(backend)
-            .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
-        Ok(RouteTarget {
-            backend: backend.clone(),
-            metrics: Arc::new(metrics.requests(listener, backend.name())),
-        })
-    };
+    let mut request_metrics = HashMap::with_capacity(config.routes.len() + config.listeners.len());
+    let mut target =
+        |listener: &Arc<str>, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
+            let backend = by_name
+                .get(&**backend)
+                .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
+            let key = (listener.clone(), backend.name().clone());
+            let handles = match request_metrics.get(&key) {
+                Some(m) => Arc::clone(m),
+                None => {
+                    let m = previous
+                        .and_then(|t| t.request_metrics.get(&key).cloned())
+                        .unwrap_or_else(|| Arc::new(metrics.requests(listener, backend.name())));
+                    request_metrics.insert(key, m.clone());
+                    m
+                }
+            };
+            Ok(RouteTarget {
+                backend: backend.clone(),
+                metrics: handles,
+            })
+        };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for spec in &config.listeners {
         let mut router = Router::default();
@@ -178,7 +205,7 @@ pub fn compile(
             spec: spec.clone(),
             router,
             default_target,
-            unrouted: Arc::new(metrics.requests(&spec.name, "")),
+            unrouted: target_metrics_unrouted(previous, spec, metrics),
             metrics: metrics.listener(&spec.name),
         }));
     }
@@ -187,13 +214,25 @@ pub fn compile(
         config,
         listeners,
         backends,
+        request_metrics,
     })
+}
+
+fn target_metrics_unrouted(
+    previous: Option<&Table>,
+    spec: &ListenerSpec,
+    metrics: &Metrics,
+) -> Arc<RequestMetrics> {
+    previous
+        .and_then(|t| t.listeners.iter().find(|l| l.spec.name == spec.name))
+        .map(|l| l.unrouted.clone())
+        .unwrap_or_else(|| Arc::new(metrics.requests(&spec.name, "")))
 }
 
 fn new_backend(
     spec: &BackendSpec,
     find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
-    metrics: &Metrics,
+    connect_errors: IntCounter,
 ) -> Backend {
     let endpoints = spec
         .servers()
@@ -211,7 +250,7 @@ fn new_backend(
         spec: spec.clone(),
         endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, with_ring)),
         turn: AtomicUsize::new(0),
-        connect_errors: metrics.connect_errors(&spec.name),
+        connect_errors,
     }
 }
 

@@ -232,13 +232,13 @@ impl InlineConn {
 
     /// Moves the connection's I/O forward; `false` once it has closed.
     pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed {
-            if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
-                if let Err(error) = result {
-                    tracing::debug!(%error, endpoint.addr = %self.endpoint.addr, "Upstream connection ended");
-                }
-                self.closed = true;
+        if !self.closed
+            && let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx)
+        {
+            if let Err(error) = result {
+                tracing::debug!(%error, endpoint.addr = %self.endpoint.addr, "Upstream connection ended");
             }
+            self.closed = true;
         }
         !self.closed
     }
@@ -302,7 +302,9 @@ impl InlineConn {
 /// it and put back after, so there is no lock; a concurrent request (HTTP/2
 /// streams) that finds the cell empty uses the shared pool instead.
 pub struct InlineCache {
-    /// Empty only while a request is looking into it.
+    /// Empty only while a request is looking into it. The Vec is boxed so
+    /// the cell holds one pointer, which it can swap without a lock.
+    #[allow(clippy::box_collection)]
     set: AtomicCell<Option<Box<Vec<Box<InlineConn>>>>>,
 }
 
