@@ -572,3 +572,35 @@ servers = ["{addr}"]
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_outlive_the_clients_that_opened_them() {
+    let b = Backend::start("b").await;
+    let sy = Switchyard::start(&balanced("round_robin", "", &[&b])).await;
+    let addr = sy.addr("web");
+    for _ in 0..10 {
+        // One request per client connection, as `Connection: close` clients do.
+        assert_eq!(get(addr, "/", None).await.1, "b");
+        eventually(
+            "the client connection is gone",
+            Duration::from_secs(5),
+            || async {
+                sy.admin_get("/metrics")
+                    .await
+                    .1
+                    .contains("switchyard_listener_active_connections{listener=\"web\"} 0")
+            },
+        )
+        .await;
+    }
+    // A keep-alive client reuses it too, then keeps its own.
+    let mut client = HttpClient::connect(addr).await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/", None).await.unwrap().2, "b");
+    }
+    assert!(
+        b.connections() <= 2,
+        "opened {} upstream connections",
+        b.connections()
+    );
+}

@@ -235,6 +235,17 @@ async fn forward(
             ctx.inline
                 .take(active.endpoint(), spec.timeouts.idle, started)
         });
+    // A client's first request prefers an idle pooled connection: a client
+    // sending one request per connection would otherwise cost an upstream
+    // connect every time.
+    let inline = match inline {
+        Some(InlineLookup::Miss { room: true })
+            if ctx.activity.requests_started() == 1 && active.endpoint().pool.has_idle() =>
+        {
+            None
+        }
+        other => other,
+    };
     let sent = tokio::time::timeout(spec.timeouts.request, async {
         match (spec.protocol, inline) {
             (_, Some(InlineLookup::Hit(conn))) => {

@@ -47,6 +47,11 @@ impl ConnActivity {
         InflightGuard(self.clone())
     }
 
+    /// Requests started on this connection, the current one included.
+    pub fn requests_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
     pub fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
     }

@@ -115,6 +115,11 @@ impl UpstreamPool {
         })
     }
 
+    /// Has an idle HTTP/1.1 connection to hand out (it may turn out closed).
+    pub fn has_idle(&self) -> bool {
+        self.idle.get().is_some_and(|q| !q.is_empty())
+    }
+
     /// Returns a connection whose last exchange completed.
     pub fn checkin_h1(&self, sender: H1Sender) {
         if sender.is_closed() {
@@ -276,6 +281,10 @@ impl InlineConn {
     /// Hands a connection that could not stay inline to a task of its own
     /// and the endpoint's shared pool.
     fn demote(self: Box<Self>) {
+        // Outside a runtime (process exit) there is nothing to hand it to.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.closed {
             return;
         }
@@ -286,7 +295,7 @@ impl InlineConn {
             ..
         } = *self;
         let addr = endpoint.addr;
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, endpoint.addr = %addr, "Upstream connection ended");
             }
@@ -312,6 +321,18 @@ impl Default for InlineCache {
     fn default() -> Self {
         Self {
             set: AtomicCell::new(Some(Box::new(Vec::with_capacity(INLINE_PER_CLIENT)))),
+        }
+    }
+}
+
+impl Drop for InlineCache {
+    /// The client left; its idle upstream connections go on serving others
+    /// through the shared pool instead of being closed.
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            for conn in *set {
+                conn.demote();
+            }
         }
     }
 }

@@ -96,6 +96,7 @@ pub struct Backend {
     pub name: &'static str,
     hits: Arc<AtomicUsize>,
     arrived: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     release: Option<Arc<Semaphore>>,
     _task: AbortOnDrop,
 }
@@ -129,8 +130,11 @@ impl Backend {
             Behaviour::Name => None,
         };
         let (h, a) = (hits.clone(), arrived.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((io, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (h, a, behaviour) = (h.clone(), a.clone(), behaviour.clone());
                 let svc = service_fn(move |req| {
                     let (h, a, behaviour) = (h.clone(), a.clone(), behaviour.clone());
@@ -156,6 +160,7 @@ impl Backend {
             name,
             hits,
             arrived,
+            connections,
             release,
             _task: AbortOnDrop(task),
         }
@@ -169,6 +174,11 @@ impl Backend {
     /// Requests received so far (answered or held).
     pub fn arrived(&self) -> usize {
         self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Connections the proxy opened to this backend so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Lets `n` held requests answer.
