@@ -36,6 +36,16 @@ PORTS = {
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# CPU placement for the one-worker series: each proxy on its own core, the
+# load generator and the backend on the other, so a proxy never competes with
+# wrk for its core and runs are comparable. Empty = let the kernel place.
+PIN = {"proxy": [], "load": []}
+
+
+def pinned(role, args):
+    cpus = PIN[role]
+    return (["taskset", "-c", ",".join(map(str, cpus))] + args) if cpus else args
+
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
@@ -55,6 +65,7 @@ class Proc:
         self.name = name
         self.log = open(workdir / f"{name}.log", "w")
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.args = args
 
     def pids(self):
         """This process and its children (nginx workers, haproxy worker)."""
@@ -244,7 +255,7 @@ def start_switchyard(workdir, threads):
     args = [str(SWITCHYARD), "--log-level", "warn", "run", "-c", str(conf), "--no-watch"]
     if threads:
         args += ["--threads", str(threads)]
-    proc = Proc("switchyard", args, workdir)
+    proc = Proc("switchyard", pinned("proxy", args), workdir)
     wait_port(PORTS["switchyard"]["http"])
     return proc
 
@@ -254,7 +265,7 @@ def start_haproxy(workdir, threads, master_worker=False, expose_fd=False):
     conf.write_text(haproxy_conf(workdir, threads, expose_fd))
     args = ["haproxy", "-f", str(conf)]
     args += ["-W", "-db"] if master_worker else ["-db"]
-    proc = Proc("haproxy", args, workdir)
+    proc = Proc("haproxy", pinned("proxy", args), workdir)
     wait_port(PORTS["haproxy"]["http"])
     return proc
 
@@ -262,7 +273,8 @@ def start_haproxy(workdir, threads, master_worker=False, expose_fd=False):
 def start_nginx(workdir, workers):
     conf = workdir / "nginx-proxy.conf"
     conf.write_text(nginx_conf(workdir, workers))
-    proc = Proc("nginx-proxy", ["nginx", "-c", str(conf), "-e", str(workdir / "nginx-proxy-error.log")], workdir)
+    args = ["nginx", "-c", str(conf), "-e", str(workdir / "nginx-proxy-error.log")]
+    proc = Proc("nginx-proxy", pinned("proxy", args), workdir)
     wait_port(PORTS["nginx"]["http"])
     return proc
 
@@ -297,6 +309,7 @@ def wrk(port, path, conns, seconds, close=False):
     if close:
         args += ["-H", "Connection: close"]
     args.append(f"http://127.0.0.1:{port}{path}")
+    args = pinned("load", args)
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
     return parse_wrk(out)
 
@@ -444,6 +457,9 @@ def main():
     ap.add_argument("--only", choices=["series", "storm"], help="run one part")
     ap.add_argument("--cases", help="comma-separated case numbers (1-based) to run")
     ap.add_argument("--one-worker-only", action="store_true", help="skip the all-cores series")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin one-worker proxies to core 1, wrk and the backend to core 0 (steadier, but the "
+                         "shared load core then caps throughput near the proxies' figures)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
     args = ap.parse_args()
 
@@ -455,16 +471,24 @@ def main():
     workdir.chmod(0o755)
     log(f"work dir {workdir}")
     (workdir / "backend.conf").write_text(backend_conf(workdir))
-    backend = Proc("backend", ["nginx", "-c", str(workdir / "backend.conf"), "-e", str(workdir / "backend-error.log")], workdir)
+    ap_pin = args.pin and (os.cpu_count() or 1) >= 2
+    if ap_pin:
+        PIN["load"] = [0]
+    backend_args = ["nginx", "-c", str(workdir / "backend.conf"), "-e", str(workdir / "backend-error.log")]
+    backend = Proc("backend", pinned("load", backend_args), workdir)
     wait_port(BACKEND_PORT)
     report = ["# Benchmark run", "", *versions(), "",
-              f"Command: `bench/run.sh --runs {args.runs} --seconds {args.seconds} --storm-seconds {args.storm_seconds}`", ""]
+              f"Command: `bench/run.sh --runs {args.runs} --seconds {args.seconds} --storm-seconds {args.storm_seconds}`"
+              + (" --pin" if args.pin else ""), "",
+              "CPU placement: " + ("one-worker proxies on core 1, wrk and the backend on core 0 (taskset)" if ap_pin else "unpinned"), ""]
     try:
         if args.only in (None, "series"):
             series = [(1, "one worker each"), (os.cpu_count(), "all cores")]
             if args.one_worker_only:
                 series = series[:1]
             for threads, label in series:
+                # One worker: the proxy gets core 1 to itself. All cores: no pinning.
+                PIN["proxy"] = [1] if (ap_pin and threads == 1) else []
                 procs = {
                     "switchyard": start_switchyard(workdir, threads),
                     "haproxy": start_haproxy(workdir, threads),
@@ -479,6 +503,7 @@ def main():
                 (args.out.parent).mkdir(parents=True, exist_ok=True)
                 args.out.write_text("\n".join(report))
         if args.only in (None, "storm"):
+            PIN["proxy"] = [1] if ap_pin else []
             report.append(reload_storm(workdir, args.storm_seconds, 1))
     finally:
         for proc in STARTED:
