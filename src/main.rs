@@ -11,12 +11,6 @@ use switchyard::control::{ReloadResult, Trigger};
 use switchyard::logging::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// mimalloc: reloads of large configs allocate and free many small objects,
-/// where glibc's allocator spends most of the time (measured in
-/// `bench/micro/table.rs`); the request path gains a little too.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "switchyard",

@@ -15,19 +15,8 @@ fn switchyard(args: &[&str]) -> std::process::Output {
         .expect("run switchyard")
 }
 
-fn one_backend(addr: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"{extra}
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-servers = ["{addr}"]
-"#
-    )
+fn one_backend(addr: std::net::SocketAddr, top: &str) -> String {
+    single_backend(addr, top, "")
 }
 
 #[test]

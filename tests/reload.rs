@@ -375,18 +375,7 @@ async fn endpoint_state_survives_a_swap() {
 async fn removed_listener_sends_goaway_to_h2_clients_and_finishes_their_streams() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let held = Backend::held("held").await;
-    let keep = format!(
-        r#"
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-[[backends]]
-name = "b"
-servers = ["{}"]
-"#,
-        held.addr
-    );
+    let keep = single_backend(held.addr, "", "");
     let with_h2 = format!(
         "{keep}\n[[listeners]]\nname = \"h2\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"b\"\n"
     );

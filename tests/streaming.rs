@@ -16,19 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 const MIB: usize = 1024 * 1024;
 
 fn one_backend(addr: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-servers = ["{addr}"]
-{extra}
-"#
-    )
+    single_backend(addr, "", extra)
 }
 
 /// Uploads and downloads 64 MiB through the real binary and checks that its

@@ -18,10 +18,6 @@ use switchyard::metrics::Metrics;
 use switchyard::proxy::balance::{self, ClientAddrKey};
 use switchyard::table::{self, Table, TableHandle};
 
-/// The binary's allocator, so compile times are the ones a reload sees.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const N: usize = 10_000;
 
 fn server(i: usize, j: usize) -> ServerSpec {

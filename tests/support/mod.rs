@@ -544,3 +544,22 @@ impl Drop for SwitchyardProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A config with one HTTP listener `web` whose default backend `b` has the
+/// one server `addr`. `top` goes before the listener (top-level sections),
+/// `backend_extra` inside the backend.
+pub fn single_backend(addr: SocketAddr, top: &str, backend_extra: &str) -> String {
+    format!(
+        r#"{top}
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+servers = ["{addr}"]
+{backend_extra}
+"#
+    )
+}
