@@ -111,6 +111,11 @@ impl ListenerSet {
     /// Starts the prepared listeners and stops the ones `config` no longer
     /// has. Call right after publishing the table made from `config`.
     pub fn commit(&mut self, prepared: Prepared, config: &Config) {
+        let wanted: HashMap<ListenerKey, &crate::config::ListenerSpec> = config
+            .listeners
+            .iter()
+            .map(|s| (ListenerKey::of(s), s))
+            .collect();
         for (key, name, socket) in prepared.bound {
             let local_addr = socket.local_addr().unwrap_or(key.bind);
             let listener = match TcpListener::from_std(socket) {
@@ -144,11 +149,6 @@ impl ListenerSet {
             tracing::info!(listener = %name, addr = %local_addr, "Listening");
             self.running.insert(key, running);
         }
-        let wanted: HashMap<ListenerKey, &crate::config::ListenerSpec> = config
-            .listeners
-            .iter()
-            .map(|s| (ListenerKey::of(s), s))
-            .collect();
         self.running.retain(|key, running| match wanted.get(key) {
             Some(spec) => {
                 running.name = spec.name.clone();
