@@ -126,15 +126,17 @@ impl ListenerSet {
                     continue;
                 }
             };
+            // The limit is in place before the accept loop starts, so no
+            // connection is ever admitted by an unlimited semaphore.
+            let max_connections = wanted.get(&key).and_then(|s| s.max_connections);
+            let permits = max_connections.unwrap_or(Semaphore::MAX_PERMITS);
             let running = RunningListener {
                 name: name.clone(),
                 local_addr,
                 stop_accept: CancellationToken::new(),
                 drain: Arc::new(Drain::default()),
-                limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(
-                    Semaphore::MAX_PERMITS,
-                ))),
-                max_connections: None,
+                limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(permits))),
+                max_connections,
             };
             tokio::spawn(accept_loop(
                 listener,
