@@ -20,7 +20,9 @@ pub mod diff;
 pub mod endpoints;
 pub mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -146,7 +148,8 @@ pub fn compile(
     let previous_backends: HashMap<&str, &Arc<Backend>> = previous
         .map(|t| t.backends.iter().map(|(k, v)| (&**k, v)).collect())
         .unwrap_or_default();
-    let mut by_name: HashMap<&str, Arc<Backend>> = HashMap::with_capacity(config.backends.len());
+    let mut by_name: HashMap<&str, Arc<Backend>> =
+        HashMap::with_capacity_and_hasher(config.backends.len(), Default::default());
     let mut backends = BTreeMap::new();
     for spec in &config.backends {
         let before = previous_backends.get(&*spec.name);
@@ -163,7 +166,10 @@ pub fn compile(
         by_name.insert(&spec.name, backend.clone());
         backends.insert(spec.name.clone(), backend);
     }
-    let mut request_metrics = HashMap::with_capacity(config.routes.len() + config.listeners.len());
+    let mut request_metrics = HashMap::with_capacity_and_hasher(
+        config.routes.len() + config.listeners.len(),
+        Default::default(),
+    );
     let mut target =
         |listener: &Arc<str>, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
             let backend = by_name

@@ -1,7 +1,7 @@
 //! What changed between two configs: shown in `/status` and logged in one
 //! line per applied reload.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -122,11 +122,6 @@ impl ConfigDiff {
             && self.routes.is_empty()
             && self.backends.is_empty()
             && self.servers.is_empty()
-    }
-
-    /// Names of the servers that left, for draining.
-    pub fn removed_servers(&self) -> BTreeSet<&str> {
-        self.servers.removed.iter().map(String::as_str).collect()
     }
 }
 

@@ -8,9 +8,14 @@
 //! Lookups cost a few hash probes: one for the exact host, one per dot in the
 //! host for suffixes, and one per distinct prefix length in a path table.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::HostPattern;
+
+// FxHash rather than SipHash: the keys come from the operator's config, not
+// from clients (a request's host only probes), so flooding the maps with
+// colliding keys is not open to an attacker, and Fx is several times faster
+// on short strings, on every request and in every compile.
 
 /// Longest host we normalise on the stack; longer ones never match a route
 /// because DNS names are limited to 253 bytes.
@@ -26,8 +31,8 @@ pub struct Router<T> {
 impl<T> Default for Router<T> {
     fn default() -> Self {
         Self {
-            exact: HashMap::new(),
-            suffix: HashMap::new(),
+            exact: HashMap::default(),
+            suffix: HashMap::default(),
             any: PathTable::default(),
         }
     }
@@ -106,7 +111,7 @@ impl<T> PathTable<T> {
         let pos = match self.by_len.binary_search_by(|(l, _)| len.cmp(l)) {
             Ok(pos) => pos,
             Err(pos) => {
-                self.by_len.insert(pos, (len, HashMap::new()));
+                self.by_len.insert(pos, (len, HashMap::default()));
                 pos
             }
         };
