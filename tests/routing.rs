@@ -364,18 +364,10 @@ servers = ["{dead}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_server_gives_504() {
     let slow = Backend::held("slow").await;
-    let sy = Switchyard::start(&format!(
-        r#"
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "slow"
-[[backends]]
-name = "slow"
-servers = ["{}"]
-timeouts = {{ request = "200ms" }}
-"#,
-        slow.addr
+    let sy = Switchyard::start(&single_backend(
+        slow.addr,
+        "",
+        "timeouts = { request = \"200ms\" }",
     ))
     .await;
     let (status, body) = get(sy.addr("web"), "/", None).await;
@@ -474,20 +466,7 @@ async fn metrics_and_status_report_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_connection_limit_holds_new_clients_in_the_backlog() {
     let b = Backend::start("b").await;
-    let sy = Switchyard::start(&format!(
-        r#"
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-max_connections = 1
-[[backends]]
-name = "b"
-servers = ["{}"]
-"#,
-        b.addr
-    ))
-    .await;
+    let sy = Switchyard::start(&single_backend_with(b.addr, "", "max_connections = 1", "")).await;
     let addr = sy.addr("web");
     let mut first = HttpClient::connect(addr).await;
     assert_eq!(first.get("/", None).await.unwrap().2, "b");

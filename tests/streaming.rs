@@ -150,22 +150,9 @@ async fn h2c_client_through_the_proxy_to_http1_and_http2_upstreams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_echo_with_half_close() {
     let (echo, _echo) = tcp_echo().await;
-    let sy = Switchyard::start(&format!(
-        r#"
-[[listeners]]
-name = "raw"
-bind = "127.0.0.1:0"
-mode = "tcp"
-default_backend = "echo"
-
-[[backends]]
-name = "echo"
-servers = ["{echo}"]
-"#
-    ))
-    .await;
+    let sy = Switchyard::start(&single_backend_with(echo, "", "mode = \"tcp\"", "")).await;
     for size in [5usize, 1024 * 1024] {
-        let mut conn = TcpStream::connect(sy.addr("raw")).await.unwrap();
+        let mut conn = TcpStream::connect(sy.addr("web")).await.unwrap();
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let (mut rd, mut wr) = conn.split();
         let writer = async {

@@ -216,7 +216,14 @@ async fn forward(
         }
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    if let Err(e) = prepare_request(&mut req, ctx, spec.protocol, upgrade.is_some()) {
+    let endpoint_addr = active.endpoint().addr;
+    if let Err(e) = prepare_request(
+        &mut req,
+        ctx,
+        endpoint_addr,
+        spec.protocol,
+        upgrade.is_some(),
+    ) {
         tracing::debug!(error = %e, "Request cannot be forwarded");
         let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
         return local_response(
@@ -227,7 +234,6 @@ async fn forward(
             completion,
         );
     }
-    let addr = active.endpoint().addr;
     // HTTP/1 clients send one request at a time, so their task can drive
     // the upstream connection itself (see `InlineConn`).
     let inline = (spec.protocol == Protocol::Http1 && upgrade.is_none() && !ctx.activity.is_h2())
@@ -271,7 +277,7 @@ async fn forward(
         }
         Err(_elapsed) => return error_response(ctx, ProxyError::Timeout, completion),
     };
-    tracing::trace!(endpoint.addr = %addr, status = %resp.status(), "Upstream answered");
+    tracing::trace!(endpoint.addr = %endpoint_addr, status = %resp.status(), "Upstream answered");
 
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -424,6 +430,7 @@ struct PrepareError(String);
 fn prepare_request(
     req: &mut Request<Incoming>,
     ctx: &ConnCtx,
+    endpoint: SocketAddr,
     protocol: Protocol,
     upgrade: bool,
 ) -> Result<(), PrepareError> {
@@ -487,7 +494,8 @@ fn prepare_request(
             let authority = host
                 .as_ref()
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                .map_or_else(|| Authority::try_from(ctx.peer.to_string()), Ok)
+                // No host from the client (HTTP/1.0): name the server itself.
+                .map_or_else(|| Authority::try_from(endpoint.to_string()), Ok)
                 .map_err(|e| PrepareError(e.to_string()))?;
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = Version::HTTP_2;

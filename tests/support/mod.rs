@@ -549,12 +549,23 @@ impl Drop for SwitchyardProcess {
 /// one server `addr`. `top` goes before the listener (top-level sections),
 /// `backend_extra` inside the backend.
 pub fn single_backend(addr: SocketAddr, top: &str, backend_extra: &str) -> String {
+    single_backend_with(addr, top, "", backend_extra)
+}
+
+/// Like [`single_backend`], with `listener_extra` inside the listener.
+pub fn single_backend_with(
+    addr: SocketAddr,
+    top: &str,
+    listener_extra: &str,
+    backend_extra: &str,
+) -> String {
     format!(
         r#"{top}
 [[listeners]]
 name = "web"
 bind = "127.0.0.1:0"
 default_backend = "b"
+{listener_extra}
 
 [[backends]]
 name = "b"
