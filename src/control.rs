@@ -13,12 +13,13 @@
 pub mod status;
 mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,7 +29,7 @@ use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
 use crate::table::endpoints::EndpointState;
-use crate::table::{self, CompileError, Table, TableHandle};
+use crate::table::{self, Backend, CompileError, Table, TableHandle};
 use watch::ConfigWatcher;
 
 /// Quiet time after the last file event before reloading: editors write a
@@ -230,11 +231,14 @@ impl Control {
 
     /// Applies the config files as they are now, or keeps the running table.
     pub fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
+        let started = Instant::now();
         let outcome = self.try_reload();
+        let took = started.elapsed();
         let version = self.table.current().version;
         let record = match outcome {
             Ok(Some(diff)) => {
-                tracing::info!(version, ?trigger, %diff, "Config applied");
+                // `took` covers reading, validating, compiling and publishing.
+                tracing::info!(version, ?trigger, %diff, ?took, "Config applied");
                 ReloadRecord {
                     at: now(),
                     trigger,
@@ -302,17 +306,14 @@ impl Control {
             .prepare(&config)
             .map_err(|e| vec![ErrorChain(&e).to_string()])?;
         let version = current.version + 1;
-        // Live and draining endpoint states by address, so each lookup is a
-        // hash probe even when a reload touches thousands of servers.
-        let mut known: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
-        for state in current
-            .endpoint_states()
-            .chain(self.board.lock().draining.iter().cloned())
-        {
-            known.entry(state.addr).or_default().push(state);
+        // Draining states by address: few, but a lookup per server of every
+        // changed backend should not scan them all.
+        let mut draining: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
+        for state in self.board.lock().draining.iter() {
+            draining.entry(state.addr).or_default().push(state.clone());
         }
-        let find_state = |backend: &str, addr: SocketAddr| {
-            known
+        let find_draining = |backend: &str, addr: SocketAddr| {
+            draining
                 .get(&addr)?
                 .iter()
                 .find(|s| &*s.backend == backend)
@@ -322,7 +323,7 @@ impl Control {
             Arc::new(config),
             version,
             Some(&current),
-            &find_state,
+            &find_draining,
             &self.metrics,
         )
         .map_err(|e| vec![e.to_string()])?;
@@ -333,15 +334,29 @@ impl Control {
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
+        // Freeing a large table takes milliseconds; the control task has
+        // better things to do, such as the next reload.
+        tokio::task::spawn_blocking(move || drop(current));
         Ok(Some(diff))
     }
 
     /// Endpoints of `old` that `new` lacks stop taking traffic and are kept
     /// for `/status` until their in-flight work ends; endpoints that came
-    /// back stop draining.
+    /// back stop draining. A backend that `new` reuses as it is keeps its
+    /// endpoints, so only changed, added and removed ones are compared.
     fn mark_draining(&self, old: &Table, new: &Table) {
-        let live: HashSet<*const EndpointState> =
-            new.endpoint_states().map(|s| Arc::as_ptr(&s)).collect();
+        let changed = |a: &Table, b: &Table| -> Vec<Arc<Backend>> {
+            a.backends
+                .iter()
+                .filter(|(name, x)| !b.backends.get(*name).is_some_and(|y| Arc::ptr_eq(x, y)))
+                .map(|(_, x)| x.clone())
+                .collect()
+        };
+        let live: FxHashSet<*const EndpointState> = changed(new, old)
+            .iter()
+            .flat_map(|b| b.endpoint_states())
+            .map(|s| Arc::as_ptr(&s))
+            .collect();
         let mut board = self.board.lock();
         board.draining.retain(|s| {
             let back = live.contains(&Arc::as_ptr(s));
@@ -350,10 +365,13 @@ impl Control {
             }
             !back
         });
-        for state in old.endpoint_states() {
-            if !live.contains(&Arc::as_ptr(&state)) {
+        let mut listed: FxHashSet<*const EndpointState> =
+            board.draining.iter().map(Arc::as_ptr).collect();
+        for state in changed(old, new).iter().flat_map(|b| b.endpoint_states()) {
+            let ptr = Arc::as_ptr(&state);
+            if !live.contains(&ptr) {
                 state.set_draining(true);
-                if !board.draining.iter().any(|s| Arc::ptr_eq(s, &state)) {
+                if listed.insert(ptr) {
                     board.draining.push(state);
                 }
             }

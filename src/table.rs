@@ -20,12 +20,11 @@ pub mod diff;
 pub mod endpoints;
 pub mod routes;
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustc_hash::FxHashMap as HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
@@ -61,11 +60,38 @@ pub struct Backend {
     /// Turn counter for round robin and tie-breaking; survives endpoint changes.
     pub(crate) turn: AtomicUsize,
     pub connect_errors: IntCounter,
+    /// Request metric handles of this backend per listener, carried to the
+    /// next definition of the backend: resolving a label set takes a lock in
+    /// the prometheus crate, and a 10,000-route reload would otherwise
+    /// resolve 60,000 of them. Only `compile` touches it.
+    request_metrics: Mutex<Vec<(Arc<str>, Arc<RequestMetrics>)>>,
 }
 
 impl Backend {
     pub fn name(&self) -> &Arc<str> {
         &self.spec.name
+    }
+
+    /// The states of the current endpoints.
+    pub fn endpoint_states(&self) -> impl Iterator<Item = Arc<EndpointState>> + use<> {
+        let set = self.endpoints.load_full();
+        (0..set.endpoints.len()).map(move |i| set.endpoints[i].state.clone())
+    }
+
+    /// The metric handles for requests from `listener`, created on first use.
+    fn request_metrics(&self, listener: &Arc<str>, metrics: &Metrics) -> Arc<RequestMetrics> {
+        // A poisoned lock only means another compile panicked mid-push; the
+        // vector itself is always valid.
+        let mut known = self
+            .request_metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, m)) = known.iter().find(|(l, _)| l == listener) {
+            return m.clone();
+        }
+        let m = Arc::new(metrics.requests(listener, self.name()));
+        known.push((listener.clone(), m.clone()));
+        m
     }
 }
 
@@ -98,12 +124,8 @@ pub struct Table {
     pub version: u64,
     pub config: Arc<Config>,
     pub listeners: Vec<Arc<ListenerEntry>>,
-    /// By name; sorted so `/status` is stable.
-    pub backends: BTreeMap<Arc<str>, Arc<Backend>>,
-    /// Metric handles by (listener, backend), carried to the next table:
-    /// resolving a label set takes a lock in the prometheus crate, and a
-    /// 10,000-route reload would otherwise resolve 60,000 of them.
-    request_metrics: HashMap<(Arc<str>, Arc<str>), Arc<RequestMetrics>>,
+    /// By name; also the index the next compile looks its backends up in.
+    pub backends: HashMap<Arc<str>, Arc<Backend>>,
 }
 
 impl Table {
@@ -115,12 +137,7 @@ impl Table {
 
     /// Every endpoint state of every backend, for status and metrics.
     pub fn endpoint_states(&self) -> impl Iterator<Item = Arc<EndpointState>> + '_ {
-        self.backends.values().flat_map(|b| {
-            let set = b.endpoints.load_full();
-            (0..set.endpoints.len())
-                .map(move |i| set.endpoints[i].state.clone())
-                .collect::<Vec<_>>()
-        })
+        self.backends.values().flat_map(|b| b.endpoint_states())
     }
 }
 
@@ -134,63 +151,37 @@ pub enum CompileError {
 /// Builds a table from a validated config.
 ///
 /// `previous` provides state to carry over: unchanged backends are reused as
-/// they are, and `find_state` returns the live state of a (backend, address)
-/// if one exists (in the previous table or still draining).
+/// they are, a changed backend keeps the state of every address it still
+/// lists, and `find_draining` returns the state of a (backend, address) that
+/// an earlier swap removed and that is still draining, so an address that
+/// comes back keeps its counters and connections.
 pub fn compile(
     config: Arc<Config>,
     version: u64,
     previous: Option<&Table>,
-    find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
     metrics: &Metrics,
 ) -> Result<Table, CompileError> {
-    // Hashed indexes for the lookups below: the sorted maps would cost a
-    // dozen string comparisons per lookup on large configs.
-    let previous_backends: HashMap<&str, &Arc<Backend>> = previous
-        .map(|t| t.backends.iter().map(|(k, v)| (&**k, v)).collect())
-        .unwrap_or_default();
-    let mut by_name: HashMap<&str, Arc<Backend>> =
+    let mut backends: HashMap<Arc<str>, Arc<Backend>> =
         HashMap::with_capacity_and_hasher(config.backends.len(), Default::default());
-    let mut backends = BTreeMap::new();
     for spec in &config.backends {
-        let before = previous_backends.get(&*spec.name);
-        let reused = before.filter(|b| b.spec == *spec).map(|b| Arc::clone(b));
+        let before = previous.and_then(|t| t.backends.get(&spec.name));
+        let reused = before.filter(|b| b.spec == *spec).map(Arc::clone);
         let backend = match reused {
             Some(b) => b,
-            None => {
-                let connect_errors = before
-                    .map(|b| b.connect_errors.clone())
-                    .unwrap_or_else(|| metrics.connect_errors(&spec.name));
-                Arc::new(new_backend(spec, find_state, connect_errors))
-            }
+            None => Arc::new(new_backend(spec, before, find_draining, metrics)),
         };
-        by_name.insert(&spec.name, backend.clone());
         backends.insert(spec.name.clone(), backend);
     }
-    let mut request_metrics = HashMap::with_capacity_and_hasher(
-        config.routes.len() + config.listeners.len(),
-        Default::default(),
-    );
-    let mut target =
-        |listener: &Arc<str>, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
-            let backend = by_name
-                .get(&**backend)
-                .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
-            let key = (listener.clone(), backend.name().clone());
-            let handles = match request_metrics.get(&key) {
-                Some(m) => Arc::clone(m),
-                None => {
-                    let m = previous
-                        .and_then(|t| t.request_metrics.get(&key).cloned())
-                        .unwrap_or_else(|| Arc::new(metrics.requests(listener, backend.name())));
-                    request_metrics.insert(key, m.clone());
-                    m
-                }
-            };
-            Ok(RouteTarget {
-                backend: backend.clone(),
-                metrics: handles,
-            })
-        };
+    let target = |listener: &Arc<str>, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
+        let backend = backends
+            .get(backend)
+            .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
+        Ok(RouteTarget {
+            backend: backend.clone(),
+            metrics: backend.request_metrics(listener, metrics),
+        })
+    };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for spec in &config.listeners {
         let mut router = Router::default();
@@ -220,7 +211,6 @@ pub fn compile(
         config,
         listeners,
         backends,
-        request_metrics,
     })
 }
 
@@ -235,11 +225,15 @@ fn target_metrics_unrouted(
         .unwrap_or_else(|| Arc::new(metrics.requests(&spec.name, "")))
 }
 
+/// A backend for a new or changed definition; `before` is the previous
+/// definition of the same name, whose metric handles it keeps.
 fn new_backend(
     spec: &BackendSpec,
-    find_state: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
-    connect_errors: IntCounter,
+    before: Option<&Arc<Backend>>,
+    find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    metrics: &Metrics,
 ) -> Backend {
+    let current = before.map(|b| b.endpoints.load());
     let endpoints = spec
         .servers()
         .iter()
@@ -247,7 +241,10 @@ fn new_backend(
             addr: s.addr,
             weight: s.weight,
             origin: Origin::Static,
-            state: find_state(&spec.name, s.addr)
+            state: current
+                .as_ref()
+                .and_then(|set| set.state_of(s.addr).cloned())
+                .or_else(|| find_draining(&spec.name, s.addr))
                 .unwrap_or_else(|| EndpointState::new(spec.name.clone(), s.addr)),
         })
         .collect();
@@ -256,7 +253,16 @@ fn new_backend(
         spec: spec.clone(),
         endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, with_ring)),
         turn: AtomicUsize::new(0),
-        connect_errors,
+        connect_errors: before.map_or_else(
+            || metrics.connect_errors(&spec.name),
+            |b| b.connect_errors.clone(),
+        ),
+        request_metrics: Mutex::new(before.map_or_else(Vec::new, |b| {
+            b.request_metrics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })),
     }
 }
 

@@ -147,6 +147,25 @@ async fn slow_request_to_a_removed_server_completes() {
     assert_eq!(draining["draining"], true);
     assert_eq!(draining["active_connections"], 1);
 
+    // The address comes back while its request is still in flight: it stops
+    // draining and keeps its state (the in-flight count) rather than
+    // starting over.
+    sy.write_config(&config_for("web", &[&new, &old]));
+    let record = sy.reload().await;
+    assert_eq!(record.result, ReloadResult::Success, "{:?}", record.errors);
+    let (_, status) = sy.admin_get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["draining_endpoints"], serde_json::json!([]));
+    let back = status["backends"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == old.addr.to_string())
+        .expect("old address listed again")
+        .clone();
+    assert_eq!(back["draining"], false);
+    assert_eq!(back["active_connections"], 1);
+
     old.release(1);
     let (status, body) = in_flight.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "old"));

@@ -92,9 +92,10 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             active_connections: l.metrics.active.get(),
         })
         .collect();
-    let backends = table
-        .backends
-        .values()
+    let mut sorted: Vec<_> = table.backends.values().collect();
+    sorted.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+    let backends = sorted
+        .into_iter()
         .map(|b| BackendStatus {
             name: b.name().to_string(),
             kind: match b.spec.target {

@@ -1,12 +1,16 @@
 //! What changed between two configs: shown in `/status` and logged in one
 //! line per applied reload.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::Hash;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use std::net::SocketAddr;
+
+use crate::config::{BackendSpec, Config, HostPattern, ListenerSpec};
 
 /// Names added, removed and changed in one kind of item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -17,20 +21,30 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn between<V: PartialEq>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Self {
+    /// Compares two keyed collections; `name` renders the keys that made it
+    /// into the result, so a large unchanged config formats nothing.
+    fn between<K, V>(
+        old: impl Iterator<Item = (K, V)>,
+        new: impl Iterator<Item = (K, V)>,
+        name: impl Fn(&K) -> String,
+    ) -> Self
+    where
+        K: Hash + Eq,
+        V: PartialEq,
+    {
+        let mut old: HashMap<K, V> = old.collect();
         let mut c = Self::default();
         for (k, v) in new {
-            match old.get(k) {
-                None => c.added.push(k.clone()),
-                Some(o) if o != v => c.changed.push(k.clone()),
+            match old.remove(&k) {
+                None => c.added.push(name(&k)),
+                Some(o) if o != v => c.changed.push(name(&k)),
                 Some(_) => {}
             }
         }
-        c.removed = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .cloned()
-            .collect();
+        c.removed = old.keys().map(&name).collect();
+        for list in [&mut c.added, &mut c.removed, &mut c.changed] {
+            list.sort_unstable();
+        }
         c
     }
 
@@ -62,44 +76,34 @@ pub struct ConfigDiff {
 
 impl ConfigDiff {
     pub fn between(old: &Config, new: &Config) -> Self {
-        let listeners = |c: &Config| {
-            c.listeners
-                .iter()
-                .map(|l| (l.name.to_string(), l.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let routes = |c: &Config| {
+        fn listeners(c: &Config) -> impl Iterator<Item = (&str, &ListenerSpec)> {
+            c.listeners.iter().map(|l| (&*l.name, l))
+        }
+        type RouteKey<'a> = (&'a str, &'a HostPattern, &'a str);
+        fn routes(c: &Config) -> impl Iterator<Item = (RouteKey<'_>, &str)> {
             c.routes
                 .iter()
-                .map(|r| {
-                    (
-                        format!("{} {}{}", r.listener, r.host, r.path_prefix),
-                        r.backend.clone(),
-                    )
-                })
-                .collect::<BTreeMap<_, _>>()
-        };
-        let backends = |c: &Config| {
-            c.backends
-                .iter()
-                .map(|b| (b.name.to_string(), b.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let servers = |c: &Config| {
-            c.backends
-                .iter()
-                .flat_map(|b| {
-                    b.servers()
-                        .iter()
-                        .map(move |s| (format!("{}/{}", b.name, s.addr), s.weight))
-                })
-                .collect::<BTreeMap<_, _>>()
-        };
+                .map(|r| ((&*r.listener, &r.host, &*r.path_prefix), &*r.backend))
+        }
+        fn backends(c: &Config) -> impl Iterator<Item = (&str, &BackendSpec)> {
+            c.backends.iter().map(|b| (&*b.name, b))
+        }
+        fn servers(c: &Config) -> impl Iterator<Item = ((&str, SocketAddr), u32)> {
+            c.backends.iter().flat_map(|b| {
+                b.servers()
+                    .iter()
+                    .map(move |s| ((&*b.name, s.addr), s.weight))
+            })
+        }
         Self {
-            listeners: Changes::between(&listeners(old), &listeners(new)),
-            routes: Changes::between(&routes(old), &routes(new)),
-            backends: Changes::between(&backends(old), &backends(new)),
-            servers: Changes::between(&servers(old), &servers(new)),
+            listeners: Changes::between(listeners(old), listeners(new), |n| n.to_string()),
+            routes: Changes::between(routes(old), routes(new), |(l, host, path)| {
+                format!("{l} {host}{path}")
+            }),
+            backends: Changes::between(backends(old), backends(new), |n| n.to_string()),
+            servers: Changes::between(servers(old), servers(new), |(b, addr)| {
+                format!("{b}/{addr}")
+            }),
         }
     }
 

@@ -120,12 +120,9 @@ pub struct EndpointSet {
 
 impl EndpointSet {
     pub fn new(endpoints: Vec<Endpoint>, with_ring: bool) -> Self {
-        let weights: Vec<u64> = endpoints
-            .iter()
-            .map(|e| u64::from(e.weight.max(1)))
-            .collect();
-        let total: u64 = weights.iter().sum();
-        let all_equal = weights.windows(2).all(|w| w[0] == w[1]);
+        let weight = |e: &Endpoint| u64::from(e.weight.max(1));
+        let total: u64 = endpoints.iter().map(weight).sum();
+        let all_equal = endpoints.windows(2).all(|w| weight(&w[0]) == weight(&w[1]));
         let mut set = Self {
             schedule: Box::default(),
             cumulative: Box::default(),
@@ -136,12 +133,14 @@ impl EndpointSet {
         if all_equal {
             set.schedule = (0..n as u32).collect();
         } else if (total as usize).saturating_mul(n) <= MAX_SCHEDULE * 16 {
+            let weights: Vec<u64> = set.endpoints.iter().map(weight).collect();
             set.schedule = smooth_weighted_schedule(&weights, total);
         } else {
-            set.cumulative = weights
+            set.cumulative = set
+                .endpoints
                 .iter()
-                .scan(0u64, |acc, w| {
-                    *acc += w;
+                .scan(0u64, |acc, e| {
+                    *acc += weight(e);
                     Some(*acc)
                 })
                 .collect();
@@ -154,6 +153,14 @@ impl EndpointSet {
 
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
+    }
+
+    /// The state of the endpoint at `addr`; a linear scan, as sets are small.
+    pub fn state_of(&self, addr: SocketAddr) -> Option<&Arc<EndpointState>> {
+        self.endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .map(|e| &e.state)
     }
 
     /// Index of the endpoint at position `turn` of the round-robin order.
