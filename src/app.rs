@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::control::{Control, ControlMsg, ReloadRecord, StartError, StatusBoard, Trigger};
-use crate::metrics::{EndpointCollector, EndpointSample, Metrics};
+use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics};
 use crate::table::{Table, TableHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,11 @@ impl App {
             options.watch_config,
             metrics.clone(),
             board.clone(),
-        )?;
+        )
+        .await?;
         metrics
             .register(Box::new(
-                EndpointCollector::new(endpoint_sampler(table.clone(), board.clone()))
+                LiveCollector::new(live_sampler(table.clone(), board.clone()))
                     .map_err(StartError::from)?,
             ))
             .map_err(StartError::from)?;
@@ -149,10 +150,10 @@ impl App {
     }
 }
 
-fn endpoint_sampler(
+fn live_sampler(
     table: TableHandle,
     board: Arc<StatusBoard>,
-) -> impl Fn() -> Vec<EndpointSample> + Send + Sync {
+) -> impl Fn() -> LiveSample + Send + Sync {
     move || {
         let sample = |s: &crate::table::endpoints::EndpointState| EndpointSample {
             backend: s.backend.clone(),
@@ -161,12 +162,27 @@ fn endpoint_sampler(
             healthy: s.is_healthy(),
             draining: s.is_draining(),
         };
-        let mut out: Vec<EndpointSample> = table
-            .current()
-            .endpoint_states()
-            .map(|s| sample(&s))
-            .collect();
-        out.extend(board.lock().draining.iter().map(|s| sample(s)));
-        out
+        let table = table.current();
+        let mut endpoints: Vec<EndpointSample> =
+            table.endpoint_states().map(|s| sample(&s)).collect();
+        let board = board.lock();
+        endpoints.extend(board.draining.iter().map(|s| sample(s)));
+        LiveSample {
+            endpoints,
+            backends: table
+                .backends
+                .values()
+                .map(|b| (b.name().clone(), b.endpoints.load().endpoints.len() as i64))
+                .collect(),
+            dns: board
+                .dns
+                .iter()
+                .map(|n| DnsSample {
+                    name: n.query.name.to_string(),
+                    addresses: n.answer().map_or(0, |a| a.records.len() as i64),
+                    seconds_since_change: n.seconds_since_change(),
+                })
+                .collect(),
+        }
     }
 }

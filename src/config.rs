@@ -34,6 +34,17 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9900";
+/// DNS defaults: HAProxy's `hold valid`/`hold nx` spirit, with TTLs clamped
+/// so a zero TTL cannot cause a query storm and a day-long TTL cannot pin a
+/// dead address.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_HOLD_VALID: Duration = Duration::from_secs(30);
+pub const DEFAULT_HOLD_NX: Duration = Duration::from_secs(30);
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_DNS_ATTEMPTS: usize = 2;
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(500);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Upper bound of a server weight, as HAProxy's (1..=256).
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -45,9 +56,48 @@ pub struct Config {
     pub admin_bind: SocketAddr,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
+    pub resolver: ResolverSpec,
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// The `[resolver]` section: how backend host names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverSpec {
+    /// `None`: the system's configuration (/etc/resolv.conf).
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// Bounds on the refresh interval, whatever the answer's TTL says.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How long the last good answer is kept while lookups fail
+    /// (timeout, SERVFAIL, refused).
+    pub hold_valid: Duration,
+    /// How long the last good answer is kept while the name does not exist
+    /// (NXDOMAIN) or has no addresses.
+    pub hold_nx: Duration,
+    /// Per query, and the number of tries per nameserver.
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Retry backoff after a failed lookup, doubled up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ResolverSpec {
+    fn default() -> Self {
+        Self {
+            nameservers: None,
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            hold_valid: DEFAULT_HOLD_VALID,
+            hold_nx: DEFAULT_HOLD_NX,
+            timeout: DEFAULT_DNS_TIMEOUT,
+            attempts: DEFAULT_DNS_ATTEMPTS,
+            retry_min: DEFAULT_RETRY_MIN,
+            retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
 }
 
 /// Client-side timeouts, process-wide.
@@ -171,10 +221,56 @@ pub enum BackendTarget {
     Respond(RespondSpec),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec {
-    pub addr: SocketAddr,
+    pub target: ServerTarget,
     pub weight: u32,
+    /// Start, or a reload that adds it, fails unless the name resolves.
+    pub required: bool,
+}
+
+/// What a `servers` entry names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerTarget {
+    Addr(SocketAddr),
+    /// Every A and AAAA record of `name`, each on `port`.
+    Host {
+        name: Arc<str>,
+        port: u16,
+    },
+    /// Every SRV record of `name` with the lowest priority: its target's
+    /// addresses on its port, weighted by its weight.
+    Srv {
+        name: Arc<str>,
+    },
+}
+
+impl ServerTarget {
+    /// The DNS name to watch, if any.
+    pub fn dns_query(&self) -> Option<crate::discovery::dns::DnsQuery> {
+        use crate::discovery::dns::{DnsQuery, QueryKind};
+        match self {
+            Self::Addr(_) => None,
+            Self::Host { name, .. } => Some(DnsQuery {
+                name: name.clone(),
+                kind: QueryKind::Addresses,
+            }),
+            Self::Srv { name } => Some(DnsQuery {
+                name: name.clone(),
+                kind: QueryKind::Srv,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ServerTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Host { name, port } => write!(f, "{name}:{port}"),
+            Self::Srv { name } => f.write_str(name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -24,12 +24,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigErrors};
+use crate::discovery::dns::{DnsName, DnsQuery, DnsWatcher};
 use crate::metrics::Metrics;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
 use crate::table::endpoints::EndpointState;
-use crate::table::{self, Backend, CompileError, Table, TableHandle};
+use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use watch::ConfigWatcher;
 
 /// Quiet time after the last file event before reloading: editors write a
@@ -50,6 +51,8 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("DNS:\n{}", .0.join("\n"))]
+    Dns(Vec<String>),
 }
 
 /// What made a reload happen, shown in `/status` and logs.
@@ -105,6 +108,8 @@ pub struct BoardState {
     pub listener_addrs: Vec<(Arc<str>, SocketAddr)>,
     /// Endpoints removed by a swap that still have work in flight.
     pub draining: Vec<Arc<EndpointState>>,
+    /// The DNS names being watched, sorted.
+    pub dns: Vec<Arc<DnsName>>,
     pub shutting_down: bool,
 }
 
@@ -125,12 +130,14 @@ pub struct Control {
     /// `None` when the config is reloaded only on request (`--no-watch`).
     watcher: Option<ConfigWatcher>,
     file_events: mpsc::Receiver<()>,
+    dns: DnsWatcher,
+    dns_events: mpsc::UnboundedReceiver<DnsQuery>,
 }
 
 impl Control {
     /// Loads the config and starts its listeners; fails when the first config
     /// is invalid or a listener cannot be bound.
-    pub fn start(
+    pub async fn start(
         path: &Path,
         watch_files: bool,
         metrics: Metrics,
@@ -138,7 +145,18 @@ impl Control {
     ) -> Result<(Self, TableHandle), StartError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let config = Arc::new(config::load(&path)?);
-        let table = table::compile(config.clone(), 1, None, &|_, _| None, &metrics)?;
+        let (dns_tx, dns_events) = mpsc::unbounded_channel();
+        let mut dns = DnsWatcher::new(dns_tx, metrics.dns_lookups.clone());
+        let plan = match dns.prepare(&config).await {
+            Ok(plan) => plan,
+            Err((_, errors)) => return Err(StartError::Dns(errors)),
+        };
+        let ctx = CompileContext {
+            find_draining: &|_, _| None,
+            dns: &|q| dns.get(q),
+        };
+        let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
+        dns.commit(plan, &config);
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -156,6 +174,7 @@ impl Control {
         {
             let mut b = board.lock();
             b.listener_addrs = listeners.local_addrs();
+            b.dns = dns.names();
             b.last_reload = Some(ReloadRecord {
                 at: now(),
                 trigger: Trigger::Start,
@@ -174,6 +193,8 @@ impl Control {
                 board,
                 watcher,
                 file_events,
+                dns,
+                dns_events,
             },
             handle,
         ))
@@ -186,7 +207,7 @@ impl Control {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(ControlMsg::Reload { trigger, reply }) => {
-                        let record = self.reload(trigger);
+                        let record = self.reload(trigger).await;
                         if let Some(reply) = reply {
                             let _ = reply.send(record);
                         }
@@ -200,7 +221,16 @@ impl Control {
                 },
                 Some(()) = self.file_events.recv() => {
                     self.debounce_files().await;
-                    self.reload(Trigger::FileChange);
+                    self.reload(Trigger::FileChange).await;
+                }
+                Some(query) = self.dns_events.recv() => {
+                    // Coalesce a burst (many names changing at once) into
+                    // one update per backend.
+                    let mut changed = vec![query];
+                    while let Ok(q) = self.dns_events.try_recv() {
+                        changed.push(q);
+                    }
+                    self.apply_dns(&changed);
                 }
                 _ = prune.tick() => self.prune_draining(),
             }
@@ -230,9 +260,9 @@ impl Control {
     }
 
     /// Applies the config files as they are now, or keeps the running table.
-    pub fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
+    pub async fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
         let started = Instant::now();
-        let outcome = self.try_reload();
+        let outcome = self.try_reload().await;
         let took = started.elapsed();
         let version = self.table.current().version;
         let record = match outcome {
@@ -282,7 +312,7 @@ impl Control {
         record
     }
 
-    fn try_reload(&mut self) -> Result<Option<ConfigDiff>, Vec<String>> {
+    async fn try_reload(&mut self) -> Result<Option<ConfigDiff>, Vec<String>> {
         let to_strings =
             |e: ConfigErrors| -> Vec<String> { e.0.iter().map(ToString::to_string).collect() };
         let config = config::load(&self.path).map_err(to_strings)?;
@@ -306,12 +336,7 @@ impl Control {
             .prepare(&config)
             .map_err(|e| vec![ErrorChain(&e).to_string()])?;
         let version = current.version + 1;
-        // Draining states by address: few, but a lookup per server of every
-        // changed backend should not scan them all.
-        let mut draining: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
-        for state in self.board.lock().draining.iter() {
-            draining.entry(state.addr).or_default().push(state.clone());
-        }
+        let draining = self.draining_index();
         let find_draining = |backend: &str, addr: SocketAddr| {
             draining
                 .get(&addr)?
@@ -319,18 +344,35 @@ impl Control {
                 .find(|s| &*s.backend == backend)
                 .cloned()
         };
-        let table = table::compile(
+        // New names are looked up before the compile, so new backends start
+        // with their addresses (or the reload fails on a required one).
+        let plan = self.dns.prepare(&config).await.map_err(|(plan, errors)| {
+            self.dns.abort(plan);
+            errors
+        })?;
+        let ctx = CompileContext {
+            find_draining: &find_draining,
+            dns: &|q| self.dns.get(q),
+        };
+        let table = match table::compile(
             Arc::new(config),
             version,
             Some(&current),
-            &find_draining,
+            &ctx,
             &self.metrics,
-        )
-        .map_err(|e| vec![e.to_string()])?;
+        ) {
+            Ok(table) => table,
+            Err(e) => {
+                self.dns.abort(plan);
+                return Err(vec![e.to_string()]);
+            }
+        };
         let diff = ConfigDiff::between(&current.config, &table.config);
         let config = table.config.clone();
         self.mark_draining(&current, &table);
         self.table.publish(table);
+        self.dns.commit(plan, &config);
+        self.board.lock().dns = self.dns.names();
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
@@ -352,11 +394,21 @@ impl Control {
                 .map(|(_, x)| x.clone())
                 .collect()
         };
-        let live: FxHashSet<*const EndpointState> = changed(new, old)
+        let live = changed(new, old)
             .iter()
             .flat_map(|b| b.endpoint_states())
-            .map(|s| Arc::as_ptr(&s))
-            .collect();
+            .collect::<Vec<_>>();
+        let left = changed(old, new)
+            .iter()
+            .flat_map(|b| b.endpoint_states())
+            .collect::<Vec<_>>();
+        self.retire(left, &live);
+    }
+
+    /// Marks the states in `left` that are not in `live` draining, and the
+    /// draining ones that are in `live` live again.
+    fn retire(&self, left: Vec<Arc<EndpointState>>, live: &[Arc<EndpointState>]) {
+        let live: FxHashSet<*const EndpointState> = live.iter().map(Arc::as_ptr).collect();
         let mut board = self.board.lock();
         board.draining.retain(|s| {
             let back = live.contains(&Arc::as_ptr(s));
@@ -367,7 +419,7 @@ impl Control {
         });
         let mut listed: FxHashSet<*const EndpointState> =
             board.draining.iter().map(Arc::as_ptr).collect();
-        for state in changed(old, new).iter().flat_map(|b| b.endpoint_states()) {
+        for state in left {
             let ptr = Arc::as_ptr(&state);
             if !live.contains(&ptr) {
                 state.set_draining(true);
@@ -376,6 +428,49 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Replaces the endpoint sets of the backends that use a name whose
+    /// answer changed; routes and every other backend stay as they are.
+    fn apply_dns(&self, changed: &[DnsQuery]) {
+        let table = self.table.current();
+        let draining = self.draining_index();
+        let find_draining = |backend: &str, addr: SocketAddr| {
+            draining
+                .get(&addr)?
+                .iter()
+                .find(|s| &*s.backend == backend)
+                .cloned()
+        };
+        for backend in table.backends.values() {
+            if !backend.dns.iter().any(|n| changed.contains(&n.query)) {
+                continue;
+            }
+            let old = backend.endpoints.load_full();
+            let new = table::endpoint_set(&backend.spec, &backend.dns, Some(&old), &find_draining);
+            let live: Vec<_> = new.endpoints.iter().map(|e| e.state.clone()).collect();
+            tracing::info!(
+                backend = %backend.name(),
+                before = old.endpoints.len(),
+                after = new.endpoints.len(),
+                "Endpoints updated from DNS"
+            );
+            backend.endpoints.store(Arc::new(new));
+            self.retire(
+                old.endpoints.iter().map(|e| e.state.clone()).collect(),
+                &live,
+            );
+        }
+    }
+
+    /// Draining states by address: few, but looked up once per server of
+    /// every changed backend.
+    fn draining_index(&self) -> HashMap<SocketAddr, Vec<Arc<EndpointState>>> {
+        let mut draining: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
+        for state in self.board.lock().draining.iter() {
+            draining.entry(state.addr).or_default().push(state.clone());
+        }
+        draining
     }
 
     fn prune_draining(&self) {

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -39,6 +39,9 @@ pub struct Metrics {
     sent_bytes: IntCounterVec,
     pub config_version: IntGauge,
     config_reloads: IntCounterVec,
+    /// DNS lookups by name and result; incremented by the resolver tasks
+    /// (a few per TTL, so resolving the label set each time is fine).
+    pub dns_lookups: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +108,14 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let dns_lookups = IntCounterVec::new(
+            Opts::new(
+                "switchyard_dns_lookups_total",
+                "DNS lookups of backend names by result (success, nxdomain, no_records, timeout, servfail, error)",
+            ),
+            &["name", "result"],
+        )?;
+        registry.register(Box::new(dns_lookups.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -128,6 +139,7 @@ impl Metrics {
             sent_bytes,
             config_version,
             config_reloads,
+            dns_lookups,
         })
     }
 
@@ -216,64 +228,116 @@ pub struct EndpointSample {
     pub draining: bool,
 }
 
-/// Reads per-endpoint gauges from a live source when Prometheus scrapes.
-pub struct EndpointCollector<F> {
+/// Everything read from the live table when Prometheus scrapes.
+#[derive(Default)]
+pub struct LiveSample {
+    pub endpoints: Vec<EndpointSample>,
+    /// Endpoints per backend in the current set.
+    pub backends: Vec<(Arc<str>, i64)>,
+    /// Per watched DNS name: its addresses now and seconds since they last
+    /// changed (`None` before the first answer).
+    pub dns: Vec<DnsSample>,
+}
+
+pub struct DnsSample {
+    pub name: String,
+    pub addresses: i64,
+    pub seconds_since_change: Option<f64>,
+}
+
+/// Gauges read from a live source at scrape time, so that series of
+/// endpoints, backends and names that left disappear with them.
+pub struct LiveCollector<F> {
     descs: Vec<Desc>,
     sample: F,
 }
 
-impl<F: Fn() -> Vec<EndpointSample> + Send + Sync> EndpointCollector<F> {
+/// (name, help, labels) of every family the live collector exports.
+const LIVE_FAMILIES: &[(&str, &str, &[&str])] = &[
+    (
+        "switchyard_endpoint_active_connections",
+        "Requests (HTTP) or connections (TCP) in flight to an endpoint",
+        &["backend", "endpoint"],
+    ),
+    (
+        "switchyard_endpoint_up",
+        "1 when an endpoint may receive new traffic",
+        &["backend", "endpoint"],
+    ),
+    (
+        "switchyard_backend_endpoints",
+        "Endpoints in a backend's current set (static, DNS and discovered)",
+        &["backend"],
+    ),
+    (
+        "switchyard_dns_addresses",
+        "Addresses in a watched DNS name's current answer (0 when none is held)",
+        &["name"],
+    ),
+    (
+        "switchyard_dns_seconds_since_change",
+        "Seconds since a watched DNS name's answer last changed",
+        &["name"],
+    ),
+];
+
+impl<F: Fn() -> LiveSample + Send + Sync> LiveCollector<F> {
     pub fn new(sample: F) -> Result<Self, MetricsError> {
-        let labels = vec!["backend".to_string(), "endpoint".to_string()];
-        let descs = vec![
-            Desc::new(
-                "switchyard_endpoint_active_connections".into(),
-                "Requests (HTTP) or connections (TCP) in flight to an endpoint".into(),
-                labels.clone(),
-                Default::default(),
-            )?,
-            Desc::new(
-                "switchyard_endpoint_up".into(),
-                "1 when an endpoint may receive new traffic".into(),
-                labels,
-                Default::default(),
-            )?,
-        ];
+        let descs = LIVE_FAMILIES
+            .iter()
+            .map(|(name, help, labels)| {
+                Desc::new(
+                    (*name).into(),
+                    (*help).into(),
+                    labels.iter().map(|l| (*l).to_string()).collect(),
+                    Default::default(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self { descs, sample })
     }
 }
 
-impl<F: Fn() -> Vec<EndpointSample> + Send + Sync> Collector for EndpointCollector<F> {
+impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let active = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_endpoint_active_connections",
-                "Requests (HTTP) or connections (TCP) in flight to an endpoint",
-            ),
-            &["backend", "endpoint"],
-        );
-        let up = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_endpoint_up",
-                "1 when an endpoint may receive new traffic",
-            ),
-            &["backend", "endpoint"],
-        );
-        let (Ok(active), Ok(up)) = (active, up) else {
+        let int_family = |i: usize| {
+            let (name, help, labels) = LIVE_FAMILIES[i];
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        let (Ok(active), Ok(up), Ok(backends), Ok(addresses)) =
+            (int_family(0), int_family(1), int_family(2), int_family(3))
+        else {
             return Vec::new();
         };
-        for s in (self.sample)() {
+        let (name, help, labels) = LIVE_FAMILIES[4];
+        let Ok(since_change) = prometheus::GaugeVec::new(Opts::new(name, help), labels) else {
+            return Vec::new();
+        };
+        let sample = (self.sample)();
+        for s in &sample.endpoints {
             let labels = [&*s.backend, s.addr.as_str()];
             active.with_label_values(&labels).add(s.active);
             up.with_label_values(&labels)
                 .set(i64::from(s.healthy && !s.draining));
         }
+        for (backend, count) in &sample.backends {
+            backends.with_label_values(&[&**backend]).set(*count);
+        }
+        for d in &sample.dns {
+            addresses.with_label_values(&[&d.name]).set(d.addresses);
+            if let Some(secs) = d.seconds_since_change {
+                since_change.with_label_values(&[&d.name]).set(secs);
+            }
+        }
         let mut families = active.collect();
         families.extend(up.collect());
+        families.extend(backends.collect());
+        families.extend(addresses.collect());
+        families.extend(since_change.collect());
         families
     }
 }

@@ -29,7 +29,8 @@ use rustc_hash::FxHashMap as HashMap;
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
-use crate::config::{BackendSpec, Balance, Config, ListenerSpec};
+use crate::config::{BackendSpec, Balance, Config, ListenerSpec, ServerTarget};
+use crate::discovery::dns::{DnsName, DnsQuery};
 use crate::metrics::{ListenerMetrics, Metrics, RequestMetrics};
 use endpoints::{Endpoint, EndpointSet, EndpointState, Origin};
 use routes::Router;
@@ -60,6 +61,9 @@ pub struct Backend {
     /// Turn counter for round robin and tie-breaking; survives endpoint changes.
     pub(crate) turn: AtomicUsize,
     pub connect_errors: IntCounter,
+    /// The DNS names among the servers, whose answers make up part of the
+    /// endpoint set.
+    pub dns: Vec<Arc<DnsName>>,
     /// Request metric handles of this backend per listener, carried to the
     /// next definition of the backend: resolving a label set takes a lock in
     /// the prometheus crate, and a 10,000-route reload would otherwise
@@ -70,6 +74,16 @@ pub struct Backend {
 impl Backend {
     pub fn name(&self) -> &Arc<str> {
         &self.spec.name
+    }
+
+    /// Counts a failed connection to one of the endpoints. Names the
+    /// endpoints came from are looked up again soon: the address may be
+    /// gone, replaced by one the TTL has not shown yet.
+    pub fn connect_failed(&self) {
+        self.connect_errors.inc();
+        for name in &self.dns {
+            name.refresh_soon();
+        }
     }
 
     /// The states of the current endpoints.
@@ -146,20 +160,39 @@ pub enum CompileError {
     /// Validation guarantees references resolve; this guards the invariant.
     #[error("route or listener refers to unknown backend `{0}`")]
     UnknownBackend(Arc<str>),
+    /// The control task starts watching every name before compiling.
+    #[error("DNS name {0} is not being watched")]
+    UnwatchedName(DnsQuery),
+}
+
+/// What a compile draws on besides the config and the previous table.
+pub struct CompileContext<'a> {
+    /// The state of a (backend, address) that an earlier swap removed and
+    /// that is still draining, so an address that comes back keeps its
+    /// counters and connections.
+    pub find_draining: &'a dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    /// The watched DNS name for a query (watching starts before a compile).
+    pub dns: &'a dyn Fn(&DnsQuery) -> Option<Arc<DnsName>>,
+}
+
+impl CompileContext<'_> {
+    /// No draining endpoints and no DNS names: for configs of addresses only.
+    pub const STATIC: CompileContext<'static> = CompileContext {
+        find_draining: &|_, _| None,
+        dns: &|_| None,
+    };
 }
 
 /// Builds a table from a validated config.
 ///
 /// `previous` provides state to carry over: unchanged backends are reused as
-/// they are, a changed backend keeps the state of every address it still
-/// lists, and `find_draining` returns the state of a (backend, address) that
-/// an earlier swap removed and that is still draining, so an address that
-/// comes back keeps its counters and connections.
+/// they are, and a changed backend keeps the state of every address it
+/// still lists.
 pub fn compile(
     config: Arc<Config>,
     version: u64,
     previous: Option<&Table>,
-    find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    ctx: &CompileContext<'_>,
     metrics: &Metrics,
 ) -> Result<Table, CompileError> {
     let mut backends: HashMap<Arc<str>, Arc<Backend>> =
@@ -169,7 +202,7 @@ pub fn compile(
         let reused = before.filter(|b| b.spec == *spec).map(Arc::clone);
         let backend = match reused {
             Some(b) => b,
-            None => Arc::new(new_backend(spec, before, find_draining, metrics)),
+            None => Arc::new(new_backend(spec, before, ctx, metrics)?),
         };
         backends.insert(spec.name.clone(), backend);
     }
@@ -226,44 +259,90 @@ fn target_metrics_unrouted(
 }
 
 /// A backend for a new or changed definition; `before` is the previous
-/// definition of the same name, whose metric handles it keeps.
+/// definition of the same name, whose metric handles and endpoint states it
+/// keeps.
 fn new_backend(
     spec: &BackendSpec,
     before: Option<&Arc<Backend>>,
-    find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+    ctx: &CompileContext<'_>,
     metrics: &Metrics,
-) -> Backend {
-    let current = before.map(|b| b.endpoints.load());
-    let endpoints = spec
-        .servers()
-        .iter()
-        .map(|s| Endpoint {
-            addr: s.addr,
-            weight: s.weight,
-            origin: Origin::Static,
-            state: current
-                .as_ref()
-                .and_then(|set| set.state_of(s.addr).cloned())
-                .or_else(|| find_draining(&spec.name, s.addr))
-                .unwrap_or_else(|| EndpointState::new(spec.name.clone(), s.addr)),
-        })
-        .collect();
-    let with_ring = matches!(spec.balance, Balance::Hash(_));
-    Backend {
+) -> Result<Backend, CompileError> {
+    let mut dns: Vec<Arc<DnsName>> = Vec::new();
+    for server in spec.servers() {
+        if let Some(query) = server.target.dns_query() {
+            let name = (ctx.dns)(&query).ok_or(CompileError::UnwatchedName(query))?;
+            if !dns.iter().any(|n| Arc::ptr_eq(n, &name)) {
+                dns.push(name);
+            }
+        }
+    }
+    let current = before.map(|b| b.endpoints.load_full());
+    let endpoints = endpoint_set(spec, &dns, current.as_deref(), ctx.find_draining);
+    Ok(Backend {
         spec: spec.clone(),
-        endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, with_ring)),
+        endpoints: ArcSwap::from_pointee(endpoints),
         turn: AtomicUsize::new(0),
         connect_errors: before.map_or_else(
             || metrics.connect_errors(&spec.name),
             |b| b.connect_errors.clone(),
         ),
+        dns,
         request_metrics: Mutex::new(before.map_or_else(Vec::new, |b| {
             b.request_metrics
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone()
         })),
+    })
+}
+
+/// The endpoints of `spec` as of now: its addresses, plus the current
+/// answers of its DNS names. Addresses `current` already has keep their
+/// state; an address listed twice (two names resolving to it) counts once.
+pub fn endpoint_set(
+    spec: &BackendSpec,
+    dns: &[Arc<DnsName>],
+    current: Option<&EndpointSet>,
+    find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
+) -> EndpointSet {
+    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(spec.servers().len());
+    let mut add = |addr: SocketAddr, weight: u32, origin: Origin| {
+        if endpoints.iter().any(|e| e.addr == addr) {
+            return;
+        }
+        let state = current
+            .and_then(|set| set.state_of(addr).cloned())
+            .or_else(|| find_draining(&spec.name, addr))
+            .unwrap_or_else(|| EndpointState::new(spec.name.clone(), addr));
+        endpoints.push(Endpoint {
+            addr,
+            weight,
+            origin,
+            state,
+        });
+    };
+    for server in spec.servers() {
+        let port = match &server.target {
+            ServerTarget::Addr(addr) => {
+                add(*addr, server.weight, Origin::Static);
+                continue;
+            }
+            ServerTarget::Host { port, .. } => *port,
+            // SRV records always carry their port.
+            ServerTarget::Srv { .. } => 0,
+        };
+        let answer = server
+            .target
+            .dns_query()
+            .and_then(|q| dns.iter().find(|n| n.query == q))
+            .and_then(|n| n.answer());
+        for record in answer.iter().flat_map(|a| a.records.iter()) {
+            let addr = SocketAddr::new(record.ip, record.port.unwrap_or(port));
+            add(addr, record.weight.unwrap_or(server.weight), Origin::Dns);
+        }
     }
+    let with_ring = matches!(spec.balance, Balance::Hash(_));
+    EndpointSet::new(endpoints, with_ring)
 }
 
 /// The published table, shared by every listener task.

@@ -12,18 +12,19 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard::config::{
     BackendSpec, BackendTarget, Balance, Config, HashOn, HostPattern, ListenerSpec, Location, Mode,
-    Protocol, RouteSpec, ServerSpec, Timeouts, UpstreamTimeouts,
+    Protocol, RouteSpec, ServerSpec, ServerTarget, Timeouts, UpstreamTimeouts,
 };
 use switchyard::metrics::Metrics;
 use switchyard::proxy::balance::{self, ClientAddrKey};
-use switchyard::table::{self, Table, TableHandle};
+use switchyard::table::{self, CompileContext, Table, TableHandle};
 
 const N: usize = 10_000;
 
 fn server(i: usize, j: usize) -> ServerSpec {
     let ip = Ipv4Addr::new(10, (i >> 8) as u8, (i & 0xff) as u8, j as u8 + 1);
     ServerSpec {
-        addr: SocketAddr::new(IpAddr::V4(ip), 8080),
+        target: ServerTarget::Addr(SocketAddr::new(IpAddr::V4(ip), 8080)),
+        required: false,
         weight: 1,
     }
 }
@@ -81,6 +82,7 @@ fn config(n: usize, generation: usize) -> Config {
             client_idle: Duration::from_secs(60),
         },
         shutdown_grace: Duration::from_secs(30),
+        resolver: Default::default(),
         listeners: vec![ListenerSpec {
             location: Location {
                 file: Arc::from(Path::new("bench.toml")),
@@ -98,7 +100,14 @@ fn config(n: usize, generation: usize) -> Config {
 }
 
 fn compile(config: Config, version: u64, previous: Option<&Table>, metrics: &Metrics) -> Table {
-    table::compile(Arc::new(config), version, previous, &|_, _| None, metrics).expect("compiles")
+    table::compile(
+        Arc::new(config),
+        version,
+        previous,
+        &CompileContext::STATIC,
+        metrics,
+    )
+    .expect("compiles")
 }
 
 fn route_lookup(c: &mut Criterion) {

@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
+    pub resolver: RawResolver,
+    #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -74,6 +76,22 @@ pub struct RawBackendTimeouts {
 pub struct RawShutdown {
     /// How long in-flight work may take to finish after SIGTERM.
     pub grace: Option<ConfigDuration>,
+}
+
+/// How backend host names are resolved (HAProxy's `resolvers` section).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    /// `"ip:port"` or `"ip"` (port 53); default: /etc/resolv.conf.
+    pub nameservers: Option<Vec<String>>,
+    pub min_ttl: Option<ConfigDuration>,
+    pub max_ttl: Option<ConfigDuration>,
+    pub hold_valid: Option<ConfigDuration>,
+    pub hold_nx: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub attempts: Option<usize>,
+    pub retry_min: Option<ConfigDuration>,
+    pub retry_max: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,7 +157,8 @@ pub enum RawProtocol {
     Http2,
 }
 
-/// `"10.0.0.1:80"` or `{ address = "10.0.0.1:80", weight = 3 }`.
+/// `"10.0.0.1:80"`, `"web.internal:80"`, `"_web._tcp.service.consul"` or
+/// `{ address = "...", weight = 3, required = true }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawServer {
@@ -152,6 +171,9 @@ pub enum RawServer {
 pub struct RawServerDetailed {
     pub address: String,
     pub weight: Option<u32>,
+    /// A host name that must resolve at start (and when a reload adds it).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// The built-in responder: a fixed answer with no upstream at all.

@@ -109,7 +109,7 @@ backend = "app"
 [[backends]]
 name = "app"
 hash_header = "x-user"
-servers = ["127.0.0.1:9001", "127.0.0.1:9001", "web.internal:80", { address = "127.0.0.1:1", weight = 0 }]
+servers = ["127.0.0.1:9001", "127.0.0.1:9001", "web internal:80", { address = "127.0.0.1:1", weight = 0 }]
 
 [[backends]]
 name = "app"
@@ -130,7 +130,7 @@ name = "empty"
         "`routes[1].listener`: listener `raw` is a tcp listener",
         "`backends[0].hash_header`: only used with balance = \"hash\"",
         "`backends[0].servers[1]`: 127.0.0.1:9001 is listed twice",
-        "`backends[0].servers[2]`: \"web.internal:80\": only IP addresses",
+        "`backends[0].servers[2]`: \"web internal:80\": a host name has only letters",
         "`backends[0].servers[3].weight`: must be between 1 and 256",
         "`backends[1].name`: backend `app` is already defined",
         "`backends[2]`: set `servers`",
@@ -205,4 +205,103 @@ fn an_item_defined_twice_across_files_names_both() {
     let e = result.unwrap_err().to_string();
     assert!(e.contains("more.toml: `backends[0].name`"), "{e}");
     assert!(e.contains("main.toml `backends[0]`"), "{e}");
+}
+
+#[test]
+fn servers_may_be_addresses_host_names_or_srv_names() {
+    let text = r#"
+[resolver]
+nameservers = ["127.0.0.1:8600", "10.0.0.2"]
+min_ttl = "2s"
+hold_nx = "5s"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = [
+    "[::1]:9000",
+    "Web.Internal:8080",
+    "_web._tcp.service.consul",
+    { address = "tasks.web:80", weight = 2, required = true },
+]
+"#;
+    let (_dir, result) = load_files(&[("main.toml", text)]);
+    let c = result.expect("valid");
+    let targets: Vec<String> = c.backends[0]
+        .servers()
+        .iter()
+        .map(|s| s.target.to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "[::1]:9000",
+            "web.internal:8080",
+            "_web._tcp.service.consul",
+            "tasks.web:80"
+        ]
+    );
+    assert!(matches!(
+        c.backends[0].servers()[2].target,
+        ServerTarget::Srv { .. }
+    ));
+    let last = &c.backends[0].servers()[3];
+    assert!(last.required && last.weight == 2);
+    assert_eq!(
+        c.resolver.nameservers,
+        Some(vec![
+            "127.0.0.1:8600".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap()
+        ])
+    );
+    assert_eq!(c.resolver.min_ttl, Duration::from_secs(2));
+    assert_eq!(c.resolver.hold_nx, Duration::from_secs(5));
+    assert_eq!(c.resolver.hold_valid, DEFAULT_HOLD_VALID);
+}
+
+#[test]
+fn bad_server_names_and_resolver_settings_are_reported() {
+    let text = r#"
+[resolver]
+nameservers = ["dns.example.com"]
+min_ttl = "10s"
+max_ttl = "1s"
+attempts = 0
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = [
+    "web.internal",
+    "web..internal:80",
+    "web.internal:http",
+    { address = "127.0.0.1:80", required = true },
+    "web.internal:80",
+    "WEB.internal:80",
+]
+"#;
+    let errors = errors_of(text).join("\n");
+    for expected in [
+        "`resolver.nameservers[0]`: \"dns.example.com\" is not a nameserver address",
+        "`resolver.max_ttl`: must not be less than `min_ttl`",
+        "`resolver.attempts`: must be between 1 and 10",
+        "`backends[0].servers[0]`: \"web.internal\" has no port",
+        "`backends[0].servers[1]`: \"web..internal:80\": each part of a host name",
+        "`backends[0].servers[2]`: \"web.internal:http\": bad port",
+        "`backends[0].servers[3].required`: only a host name or SRV name",
+        "`backends[0].servers[5]`: web.internal:80 is listed twice",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
 }

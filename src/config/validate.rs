@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
-    RawBackend, RawBalance, RawConfig, RawFragment, RawListener, RawMode, RawProtocol, RawRespond,
-    RawRoute, RawServer,
+    RawBackend, RawBalance, RawConfig, RawFragment, RawListener, RawMode, RawProtocol, RawResolver,
+    RawRespond, RawRoute, RawServer,
 };
 use super::*;
 
@@ -68,6 +68,8 @@ pub(super) fn validate(
             p.at(file, key, "must be greater than zero");
         }
     }
+
+    let resolver = check_resolver(file, &raw.resolver, &mut p);
 
     // Every section from every file, each with its file for messages.
     let mut listeners: Vec<(&Arc<Path>, usize, &RawListener)> = Vec::new();
@@ -323,6 +325,7 @@ pub(super) fn validate(
         admin_bind,
         timeouts,
         shutdown_grace: raw.shutdown.grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        resolver,
         listeners: listener_specs,
         routes: route_specs,
         backends: backend_specs,
@@ -414,9 +417,14 @@ fn check_servers(f: &Arc<Path>, key: &str, raw: &[RawServer], p: &mut Problems) 
     let mut seen = HashSet::new();
     let mut servers = Vec::with_capacity(raw.len());
     for (j, s) in raw.iter().enumerate() {
-        let (address, weight, at) = match s {
-            RawServer::Address(a) => (a, None, format!("{key}.servers[{j}]")),
-            RawServer::Detailed(d) => (&d.address, d.weight, format!("{key}.servers[{j}].address")),
+        let (address, weight, required, at) = match s {
+            RawServer::Address(a) => (a, None, false, format!("{key}.servers[{j}]")),
+            RawServer::Detailed(d) => (
+                &d.address,
+                d.weight,
+                d.required,
+                format!("{key}.servers[{j}].address"),
+            ),
         };
         let weight = weight.unwrap_or(1);
         if !(1..=MAX_WEIGHT).contains(&weight) {
@@ -426,32 +434,145 @@ fn check_servers(f: &Arc<Path>, key: &str, raw: &[RawServer], p: &mut Problems) 
                 format!("must be between 1 and {MAX_WEIGHT}"),
             );
         }
-        match address.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() == 0 => p.at(f, at, "port 0 is not a server port"),
-            Ok(addr) if !seen.insert(addr) => p.at(f, at, format!("{addr} is listed twice")),
-            Ok(addr) => servers.push(ServerSpec { addr, weight }),
-            Err(_)
-                if address
-                    .rsplit_once(':')
-                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) =>
-            {
-                p.at(
-                    f,
-                    at,
-                    format!(
-                        "{address:?}: only IP addresses are accepted in this version; \
-                         host names need runtime DNS re-resolution, which is not built yet"
-                    ),
-                )
+        let target = match parse_server(address) {
+            Ok(target) => target,
+            Err(problem) => {
+                p.at(f, &at, problem);
+                continue;
             }
-            Err(_) => p.at(
+        };
+        if required && matches!(target, ServerTarget::Addr(_)) {
+            p.at(
                 f,
-                at,
-                format!("{address:?} is not an address; expected \"ip:port\""),
-            ),
+                format!("{key}.servers[{j}].required"),
+                "only a host name or SRV name can be required",
+            );
         }
+        if !seen.insert(target.clone()) {
+            p.at(f, at, format!("{target} is listed twice"));
+            continue;
+        }
+        servers.push(ServerSpec {
+            target,
+            weight,
+            required,
+        });
     }
     servers
+}
+
+/// `"ip:port"`, `"host:port"`, or an SRV name (`"_web._tcp.example.com"`).
+fn parse_server(address: &str) -> Result<ServerTarget, String> {
+    const EXPECTED: &str =
+        "expected \"ip:port\", \"host:port\" or an SRV name such as \"_web._tcp.service.consul\"";
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err("port 0 is not a server port".into());
+        }
+        return Ok(ServerTarget::Addr(addr));
+    }
+    if address.starts_with('_') && !address.contains(':') {
+        return check_dns_name(address)
+            .map(|name| ServerTarget::Srv { name })
+            .map_err(|e| format!("{address:?}: {e}"));
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("{address:?} has no port; {EXPECTED}"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(0) => return Err("port 0 is not a server port".into()),
+        Ok(port) => port,
+        Err(_) => return Err(format!("{address:?}: bad port; {EXPECTED}")),
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') || host.contains(':') {
+        return Err(format!("{address:?} is not an address; {EXPECTED}"));
+    }
+    check_dns_name(host)
+        .map(|name| ServerTarget::Host { name, port })
+        .map_err(|e| format!("{address:?}: {e}; {EXPECTED}"))
+}
+
+/// A syntactically valid DNS name, lowercased (DNS is case-insensitive, and
+/// one spelling means one resolver task).
+fn check_dns_name(name: &str) -> Result<Arc<str>, String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return Err("a host name has 1 to 253 characters".into());
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each part of a host name has 1 to 63 characters".into());
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("a host name has only letters, digits, `-`, `_` and dots".into());
+        }
+    }
+    Ok(name.to_ascii_lowercase().into())
+}
+
+/// The `[resolver]` section.
+fn check_resolver(f: &Arc<Path>, r: &RawResolver, p: &mut Problems) -> ResolverSpec {
+    let d = ResolverSpec::default();
+    let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
+    let spec = ResolverSpec {
+        nameservers: r.nameservers.as_ref().map(|list| {
+            if list.is_empty() {
+                p.at(
+                    f,
+                    "resolver.nameservers",
+                    "list at least one nameserver, or leave the key out to use /etc/resolv.conf",
+                );
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, ns)| {
+                    parse_nameserver(ns)
+                        .map_err(|e| p.at(f, format!("resolver.nameservers[{i}]"), e))
+                        .ok()
+                })
+                .collect()
+        }),
+        min_ttl: pick(&r.min_ttl, d.min_ttl),
+        max_ttl: pick(&r.max_ttl, d.max_ttl),
+        hold_valid: pick(&r.hold_valid, d.hold_valid),
+        hold_nx: pick(&r.hold_nx, d.hold_nx),
+        timeout: pick(&r.timeout, d.timeout),
+        attempts: r.attempts.unwrap_or(d.attempts),
+        retry_min: pick(&r.retry_min, d.retry_min),
+        retry_max: pick(&r.retry_max, d.retry_max),
+    };
+    for (key, v) in [
+        ("resolver.min_ttl", spec.min_ttl),
+        ("resolver.timeout", spec.timeout),
+        ("resolver.retry_min", spec.retry_min),
+    ] {
+        if v.is_zero() {
+            p.at(f, key, "must be greater than zero");
+        }
+    }
+    if spec.max_ttl < spec.min_ttl {
+        p.at(f, "resolver.max_ttl", "must not be less than `min_ttl`");
+    }
+    if spec.retry_max < spec.retry_min {
+        p.at(f, "resolver.retry_max", "must not be less than `retry_min`");
+    }
+    if !(1..=10).contains(&spec.attempts) {
+        p.at(f, "resolver.attempts", "must be between 1 and 10");
+    }
+    spec
+}
+
+/// `"ip:port"`, or `"ip"` for port 53.
+fn parse_nameserver(ns: &str) -> Result<SocketAddr, String> {
+    ns.parse::<SocketAddr>()
+        .or_else(|_| {
+            ns.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{ns:?} is not a nameserver address; expected \"ip:port\" or \"ip\""))
 }
 
 fn check_respond(

@@ -47,7 +47,8 @@ pub struct BackendStatus {
 pub struct EndpointStatus {
     pub backend: String,
     pub address: String,
-    pub origin: Origin,
+    /// `None` for a draining endpoint: it left the set it came from.
+    pub origin: Option<Origin>,
     pub weight: Option<u32>,
     pub healthy: bool,
     pub draining: bool,
@@ -55,7 +56,7 @@ pub struct EndpointStatus {
 }
 
 impl EndpointStatus {
-    fn of(state: &EndpointState, origin: Origin, weight: Option<u32>) -> Self {
+    fn of(state: &EndpointState, origin: Option<Origin>, weight: Option<u32>) -> Self {
         Self {
             backend: state.backend.to_string(),
             address: state.addr.to_string(),
@@ -114,7 +115,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 .load()
                 .endpoints
                 .iter()
-                .map(|e| EndpointStatus::of(&e.state, e.origin, Some(e.weight)))
+                .map(|e| EndpointStatus::of(&e.state, Some(e.origin), Some(e.weight)))
                 .collect(),
         })
         .collect();
@@ -134,8 +135,12 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
         draining_endpoints: board
             .draining
             .iter()
-            .map(|s| EndpointStatus::of(s, Origin::Static, None))
+            .map(|s| EndpointStatus::of(s, None, None))
             .collect(),
-        watches: Vec::new(),
+        watches: board
+            .dns
+            .iter()
+            .filter_map(|n| serde_json::to_value(n.status()).ok())
+            .collect(),
     }
 }

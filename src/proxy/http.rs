@@ -271,7 +271,7 @@ async fn forward(
         Ok(Ok(sent)) => sent,
         Ok(Err(e)) => {
             if matches!(e, ProxyError::Connect(_)) {
-                backend.connect_errors.inc();
+                backend.connect_failed();
             }
             return error_response(ctx, e, completion);
         }

@@ -37,7 +37,7 @@ where
     let mut upstream = match connect_tcp(addr, backend.spec.timeouts.connect).await {
         Ok(s) => s,
         Err(error) => {
-            backend.connect_errors.inc();
+            backend.connect_failed();
             tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
             return;
         }

@@ -8,9 +8,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
-use std::net::SocketAddr;
-
-use crate::config::{BackendSpec, Config, HostPattern, ListenerSpec};
+use crate::config::{BackendSpec, Config, HostPattern, ListenerSpec, ServerTarget};
 
 /// Names added, removed and changed in one kind of item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -88,11 +86,11 @@ impl ConfigDiff {
         fn backends(c: &Config) -> impl Iterator<Item = (&str, &BackendSpec)> {
             c.backends.iter().map(|b| (&*b.name, b))
         }
-        fn servers(c: &Config) -> impl Iterator<Item = ((&str, SocketAddr), u32)> {
+        fn servers(c: &Config) -> impl Iterator<Item = ((&str, &ServerTarget), (u32, bool))> {
             c.backends.iter().flat_map(|b| {
                 b.servers()
                     .iter()
-                    .map(move |s| ((&*b.name, s.addr), s.weight))
+                    .map(move |s| ((&*b.name, &s.target), (s.weight, s.required)))
             })
         }
         Self {
@@ -114,6 +112,7 @@ impl ConfigDiff {
             admin_bind: config.admin_bind,
             timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
+            resolver: config.resolver.clone(),
             listeners: Vec::new(),
             routes: Vec::new(),
             backends: Vec::new(),

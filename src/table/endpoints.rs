@@ -17,6 +17,7 @@ use crate::proxy::upstream::UpstreamPool;
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Static,
+    Dns,
 }
 
 /// Live state of one (backend, address).

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod dns;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,7 +100,18 @@ pub struct Backend {
     arrived: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     release: Option<Arc<Semaphore>>,
+    /// Connection tasks, aborted with the backend: dropping a `Backend` is
+    /// like killing its process, open connections included.
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     _task: AbortOnDrop,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
 }
 
 impl Backend {
@@ -120,8 +133,51 @@ impl Backend {
         .await
     }
 
+    /// A backend on exactly `addr`; `None` if the address is taken.
+    pub async fn start_bound(addr: SocketAddr, name: &'static str) -> Option<Self> {
+        let listener = TcpListener::bind(addr).await.ok()?;
+        Some(Self::serve(listener, name, Behaviour::Name))
+    }
+
+    /// Two backends on the same port of two addresses (127.0.0.2 and
+    /// 127.0.0.3, say), as two instances behind one DNS name would be.
+    pub async fn pair_on_one_port(
+        a: (&str, &'static str),
+        b: (&str, &'static str),
+    ) -> (Self, Self) {
+        for _ in 0..20 {
+            let first = Self::start_at(a.0, a.1).await;
+            let second_addr = SocketAddr::new(a_ip(b.0), first.addr.port());
+            if let Some(second) = Self::start_bound(second_addr, b.1).await {
+                return (first, second);
+            }
+        }
+        panic!("no common free port on {} and {}", a.0, b.0);
+    }
+
+    /// Like [`pair_on_one_port`](Self::pair_on_one_port), the first one
+    /// holding every request until released.
+    pub async fn held_pair_on_one_port(
+        a: (&str, &'static str),
+        b: (&str, &'static str),
+    ) -> (Self, Self) {
+        for _ in 0..20 {
+            let held = Behaviour::Held(Arc::new(Semaphore::new(0)));
+            let first = Self::start_on(a.0, a.1, held).await;
+            let second_addr = SocketAddr::new(a_ip(b.0), first.addr.port());
+            if let Some(second) = Self::start_bound(second_addr, b.1).await {
+                return (first, second);
+            }
+        }
+        panic!("no common free port on {} and {}", a.0, b.0);
+    }
+
     async fn start_on(ip: &str, name: &'static str, behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.expect("bind backend");
+        Self::serve(listener, name, behaviour)
+    }
+
+    fn serve(listener: TcpListener, name: &'static str, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let arrived = Arc::new(AtomicUsize::new(0));
@@ -132,6 +188,8 @@ impl Backend {
         let (h, a) = (hits.clone(), arrived.clone());
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conn_tasks = conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((io, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
@@ -148,11 +206,14 @@ impl Backend {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .await;
                 });
+                let mut tasks = conn_tasks.lock().unwrap();
+                tasks.retain(|t: &tokio::task::AbortHandle| !t.is_finished());
+                tasks.push(conn.abort_handle());
             }
         });
         Self {
@@ -162,6 +223,7 @@ impl Backend {
             arrived,
             connections,
             release,
+            conns,
             _task: AbortOnDrop(task),
         }
     }
@@ -311,15 +373,47 @@ impl Switchyard {
     }
 
     async fn start_with(config: &str, options: AppOptions) -> Self {
+        Self::try_start_with(config, options)
+            .await
+            .expect("switchyard starts")
+    }
+
+    /// Starts, or returns the start error (as `switchyard run` prints it).
+    pub async fn try_start(config: &str) -> Result<Self, String> {
+        Self::try_start_with(
+            config,
+            AppOptions {
+                watch_config: false,
+            },
+        )
+        .await
+    }
+
+    async fn try_start_with(config: &str, options: AppOptions) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, with_admin(config)).expect("write config");
-        let app = App::start(&path, options).await.expect("switchyard starts");
-        Self {
+        let app = App::start(&path, options)
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        Ok(Self {
             app,
             dir,
             config: path,
-        }
+        })
+    }
+
+    /// The admin API's `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        let (_, body) = self.admin_get("/status").await;
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The value of one metric series in `/metrics` (exact label text).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -543,6 +637,10 @@ impl Drop for SwitchyardProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn a_ip(ip: &str) -> std::net::IpAddr {
+    ip.parse().expect("an IP address")
 }
 
 /// A config with one HTTP listener `web` whose default backend `b` has the

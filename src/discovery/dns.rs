@@ -1,0 +1,686 @@
+//! Runtime re-resolution of backend host names and SRV names.
+//!
+//! One task per distinct name (`web.internal` for A/AAAA, or an SRV name),
+//! shared by every backend that lists it. The task looks the name up, keeps
+//! the answer in its [`DnsName`], and looks again when the answer's TTL runs
+//! out (clamped to `min_ttl..=max_ttl`), or sooner when a connection to one
+//! of the addresses failed (at most once per `min_ttl`). When a lookup
+//! fails, the last good answer is kept for `hold_valid` (timeouts, SERVFAIL)
+//! or `hold_nx` (NXDOMAIN, no records) while retrying with backoff; after
+//! that the addresses go and the backend answers 503 until the name
+//! resolves again. A changed answer is reported to the control task, which
+//! replaces the endpoint sets of the backends that use the name.
+//!
+//! hickory's own cache is turned off: the refresh schedule here is the
+//! cache, and a cached answer would hide a change that `max_ttl` asked to
+//! see.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::{Resolver, TokioResolver};
+use prometheus::IntCounterVec;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::config::{Config, ResolverSpec};
+
+/// A name to watch and the kind of records it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsQuery {
+    /// Lowercased, as written in the config.
+    pub name: Arc<str>,
+    pub kind: QueryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum QueryKind {
+    /// A and AAAA records; the port comes from the server entry.
+    #[serde(rename = "A/AAAA")]
+    Addresses,
+    /// SRV records, each giving a target, a port and a weight.
+    #[serde(rename = "SRV")]
+    Srv,
+}
+
+impl fmt::Display for DnsQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            QueryKind::Addresses => "A/AAAA",
+            QueryKind::Srv => "SRV",
+        };
+        write!(f, "{} {kind}", self.name)
+    }
+}
+
+/// One address of an answer. SRV answers carry their own port and weight;
+/// A/AAAA answers take both from the server entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsRecord {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+    pub weight: Option<u32>,
+}
+
+impl DnsRecord {
+    fn describe(&self) -> String {
+        match (self.port, self.weight) {
+            (Some(port), Some(w)) => format!("{} weight {w}", SocketAddr::new(self.ip, port)),
+            (Some(port), None) => SocketAddr::new(self.ip, port).to_string(),
+            _ => self.ip.to_string(),
+        }
+    }
+}
+
+/// A usable answer: sorted, never empty.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DnsAnswer {
+    pub records: Vec<DnsRecord>,
+}
+
+/// Why a lookup failed, as a metric label and for choosing the hold time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    NxDomain,
+    NoRecords,
+    Timeout,
+    ServFail,
+    Other,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::NxDomain => "nxdomain",
+            Self::NoRecords => "no_records",
+            Self::Timeout => "timeout",
+            Self::ServFail => "servfail",
+            Self::Other => "error",
+        }
+    }
+
+    fn hold(self, settings: &ResolverSpec) -> Duration {
+        match self {
+            Self::NxDomain | Self::NoRecords => settings.hold_nx,
+            Self::Timeout | Self::ServFail | Self::Other => settings.hold_valid,
+        }
+    }
+
+    fn of(error: &NetError) -> Self {
+        if error.is_nx_domain() {
+            Self::NxDomain
+        } else if error.is_no_records_found() {
+            Self::NoRecords
+        } else {
+            match error {
+                NetError::Timeout => Self::Timeout,
+                NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => Self::ServFail,
+                _ => Self::Other,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LookupFailure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl From<NetError> for LookupFailure {
+    fn from(error: NetError) -> Self {
+        Self {
+            kind: FailureKind::of(&error),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Where a watched name stands, for `/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameState {
+    /// No lookup has finished yet.
+    #[default]
+    Pending,
+    /// The last lookup succeeded.
+    Resolved,
+    /// Lookups fail; the last good answer is still used until the hold ends.
+    Holding,
+    /// Lookups fail and no answer is held: the name has no endpoints.
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct NameStatus {
+    state: NameState,
+    ttl: Option<Duration>,
+    next_refresh: Option<SystemTime>,
+    last_success: Option<SystemTime>,
+    last_change: Option<(SystemTime, Instant)>,
+    last_error: Option<String>,
+    /// Since when lookups have failed without a success in between.
+    failing_since: Option<Instant>,
+}
+
+/// One watched name: its current answer and what `/status` shows of it.
+/// Shared by the name's task (the only writer), the backends that use it,
+/// and the admin API.
+pub struct DnsName {
+    pub query: DnsQuery,
+    answer: ArcSwapOption<DnsAnswer>,
+    /// Asks the task for an early lookup (a connection to an address failed).
+    refresh: Notify,
+    /// Lookups finished so far, to wait for the first one.
+    lookups_done: watch::Sender<u64>,
+    status: Mutex<NameStatus>,
+}
+
+impl fmt::Debug for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsName")
+            .field("query", &self.query)
+            .field("answer", &self.answer.load())
+            .finish()
+    }
+}
+
+/// `/status` view of one watched name.
+#[derive(Debug, Serialize)]
+pub struct DnsWatchStatus {
+    pub kind: &'static str,
+    pub name: String,
+    pub query: QueryKind,
+    pub state: NameState,
+    pub addresses: Vec<String>,
+    pub ttl_seconds: Option<f64>,
+    pub next_refresh: Option<String>,
+    pub last_success: Option<String>,
+    pub last_change: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl DnsName {
+    fn new(query: DnsQuery) -> Self {
+        Self {
+            query,
+            answer: ArcSwapOption::empty(),
+            refresh: Notify::new(),
+            lookups_done: watch::Sender::new(0),
+            status: Mutex::new(NameStatus::default()),
+        }
+    }
+
+    /// The addresses to use now; `None` before the first answer and after a
+    /// hold expired.
+    pub fn answer(&self) -> Option<Arc<DnsAnswer>> {
+        self.answer.load_full()
+    }
+
+    /// Asks for a lookup sooner than the TTL would; the task rate-limits.
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Seconds since the answer last changed, if it ever did.
+    pub fn seconds_since_change(&self) -> Option<f64> {
+        self.lock()
+            .last_change
+            .map(|(_, at)| at.elapsed().as_secs_f64())
+    }
+
+    pub fn status(&self) -> DnsWatchStatus {
+        let s = self.lock();
+        let time =
+            |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
+        DnsWatchStatus {
+            kind: "dns",
+            name: self.query.name.to_string(),
+            query: self.query.kind,
+            state: s.state,
+            addresses: self
+                .answer()
+                .map(|a| a.records.iter().map(DnsRecord::describe).collect())
+                .unwrap_or_default(),
+            ttl_seconds: s.ttl.map(|t| t.as_secs_f64()),
+            next_refresh: time(s.next_refresh),
+            last_success: time(s.last_success),
+            last_change: time(s.last_change.map(|(t, _)| t)),
+            last_error: s.last_error.clone(),
+        }
+    }
+
+    /// Waits until at least one lookup has finished.
+    async fn first_lookup(&self) {
+        let mut done = self.lookups_done.subscribe();
+        // Only fails if the sender is gone, and `self` owns it.
+        let _ = done.wait_for(|n| *n > 0).await;
+    }
+
+    /// Never held across an await; a poisoned lock still holds valid data.
+    fn lock(&self) -> MutexGuard<'_, NameStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a good answer; `true` when the addresses changed.
+    fn succeeded(&self, records: Vec<DnsRecord>, ttl: Duration) -> bool {
+        let answer = DnsAnswer { records };
+        let changed = self.answer.load().as_deref() != Some(&answer);
+        if changed {
+            self.answer.store(Some(Arc::new(answer)));
+        }
+        let mut s = self.lock();
+        s.state = NameState::Resolved;
+        s.ttl = Some(ttl);
+        s.last_success = Some(SystemTime::now());
+        s.failing_since = None;
+        if changed {
+            s.last_change = Some((SystemTime::now(), Instant::now()));
+        }
+        changed
+    }
+
+    /// Records a failed lookup. Returns whether the addresses changed (the
+    /// hold ran out) and until when the held answer may still be used.
+    fn failed(&self, failure: &LookupFailure, hold: Duration) -> (bool, Option<Instant>) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.last_error = Some(format!("{}: {}", failure.kind.label(), failure.message));
+        s.ttl = None;
+        let since = *s.failing_since.get_or_insert(now);
+        if self.answer.load().is_none() {
+            s.state = NameState::Failed;
+            return (false, None);
+        }
+        let hold_until = since + hold;
+        if now >= hold_until {
+            self.answer.store(None);
+            s.state = NameState::Failed;
+            s.last_change = Some((SystemTime::now(), now));
+            (true, None)
+        } else {
+            s.state = NameState::Holding;
+            (false, Some(hold_until))
+        }
+    }
+}
+
+/// Looks `query` up once. Returns the sorted addresses and how long they
+/// are valid.
+async fn lookup(
+    resolver: &TokioResolver,
+    query: &DnsQuery,
+) -> Result<(Vec<DnsRecord>, Duration), LookupFailure> {
+    let (mut records, valid_until) = match query.kind {
+        QueryKind::Addresses => {
+            let found = resolver.lookup_ip(&*query.name).await?;
+            let records = found
+                .iter()
+                .map(|ip| DnsRecord {
+                    ip,
+                    port: None,
+                    weight: None,
+                })
+                .collect::<Vec<_>>();
+            (records, found.valid_until())
+        }
+        QueryKind::Srv => lookup_srv(resolver, &query.name).await?,
+    };
+    records.sort();
+    records.dedup();
+    if records.is_empty() {
+        return Err(LookupFailure {
+            kind: FailureKind::NoRecords,
+            message: format!("no addresses for {query}"),
+        });
+    }
+    Ok((
+        records,
+        valid_until.saturating_duration_since(Instant::now()),
+    ))
+}
+
+/// SRV records of the lowest priority, each target resolved to its
+/// addresses (from the additional section when the server sent them).
+async fn lookup_srv(
+    resolver: &TokioResolver,
+    name: &str,
+) -> Result<(Vec<DnsRecord>, Instant), LookupFailure> {
+    let found = resolver.srv_lookup(name).await?;
+    let srvs: Vec<_> = found
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.clone()),
+            _ => None,
+        })
+        .collect();
+    let Some(best) = srvs.iter().map(|s| s.priority).min() else {
+        return Err(LookupFailure {
+            kind: FailureKind::NoRecords,
+            message: format!("no SRV records for {name}"),
+        });
+    };
+    let mut valid_until = found.valid_until();
+    let mut records = Vec::new();
+    let mut last_failure = None;
+    for srv in srvs.iter().filter(|s| s.priority == best) {
+        let weight = Some(u32::from(srv.weight.max(1)));
+        let record = |ip| DnsRecord {
+            ip,
+            port: Some(srv.port),
+            weight,
+        };
+        let glue: Vec<IpAddr> = found
+            .additionals()
+            .iter()
+            .filter(|r| r.name == srv.target)
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        if !glue.is_empty() {
+            records.extend(glue.into_iter().map(record));
+            continue;
+        }
+        match resolver.lookup_ip(Name::clone(&srv.target)).await {
+            Ok(ips) => {
+                valid_until = valid_until.min(ips.valid_until());
+                records.extend(ips.iter().map(record));
+            }
+            // One target failing leaves the others usable.
+            Err(error) => last_failure = Some(LookupFailure::from(error)),
+        }
+    }
+    match (records.is_empty(), last_failure) {
+        (true, Some(failure)) => Err(failure),
+        _ => Ok((records, valid_until)),
+    }
+}
+
+/// What one name's task needs.
+struct NameTask {
+    name: Arc<DnsName>,
+    resolver: Arc<TokioResolver>,
+    settings: ResolverSpec,
+    changed: mpsc::UnboundedSender<DnsQuery>,
+    lookups: IntCounterVec,
+}
+
+impl NameTask {
+    async fn run(self) {
+        let s = &self.settings;
+        let mut backoff = s.retry_min;
+        loop {
+            let started = Instant::now();
+            let result = lookup(&self.resolver, &self.name.query).await;
+            let label = result
+                .as_ref()
+                .map_or_else(|f| f.kind.label(), |_| "success");
+            self.lookups
+                .with_label_values(&[&*self.name.query.name, label])
+                .inc();
+            let (changed, next) = match result {
+                Ok((records, ttl)) => {
+                    backoff = s.retry_min;
+                    let ttl = ttl.clamp(s.min_ttl, s.max_ttl);
+                    (self.name.succeeded(records, ttl), started + ttl)
+                }
+                Err(failure) => {
+                    tracing::debug!(name = %self.name.query, error = %failure.message, "DNS lookup failed");
+                    let (changed, hold_until) = self.name.failed(&failure, failure.kind.hold(s));
+                    let retry = started + backoff;
+                    backoff = (backoff * 2).min(s.retry_max);
+                    // Wake at the end of the hold even if the backoff is longer,
+                    // so held addresses never outlive it.
+                    (changed, hold_until.map_or(retry, |h| retry.min(h)))
+                }
+            };
+            if changed {
+                let addresses = self.name.answer().map_or(0, |a| a.records.len());
+                tracing::info!(name = %self.name.query, addresses, "DNS answer changed");
+                if self.changed.send(self.name.query.clone()).is_err() {
+                    return; // the control task is gone
+                }
+            }
+            self.name.lock().next_refresh =
+                Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
+            self.name.lookups_done.send_modify(|n| *n += 1);
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.name.refresh.notified() => {
+                    // Early refresh after a connect failure, rate-limited.
+                    tokio::time::sleep_until((started + s.min_ttl).into()).await;
+                }
+            }
+        }
+    }
+}
+
+/// A watched name and its task; the task stops when this is dropped.
+struct Watched {
+    name: Arc<DnsName>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error("reading the system DNS configuration (set `resolver.nameservers` instead): {0}")]
+    SystemConfig(#[source] NetError),
+    #[error("building the DNS resolver: {0}")]
+    Build(#[source] NetError),
+}
+
+/// A hickory resolver for the `[resolver]` section.
+fn build_resolver(settings: &ResolverSpec) -> Result<TokioResolver, ResolverError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match &settings.nameservers {
+        Some(servers) => {
+            let servers = servers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    // TCP for answers too large for a datagram (many SRV records).
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        }
+        None => Resolver::builder(provider).map_err(ResolverError::SystemConfig)?,
+    };
+    let options = builder.options_mut();
+    options.cache_size = 0;
+    options.timeout = settings.timeout;
+    options.attempts = settings.attempts;
+    builder.build().map_err(ResolverError::Build)
+}
+
+/// The names the running config watches, each with its task.
+pub struct DnsWatcher {
+    settings: ResolverSpec,
+    resolver: Option<Arc<TokioResolver>>,
+    names: HashMap<DnsQuery, Watched>,
+    changed: mpsc::UnboundedSender<DnsQuery>,
+    lookups: IntCounterVec,
+}
+
+/// What [`DnsWatcher::prepare`] started, to commit or undo.
+pub struct DnsPlan {
+    settings: ResolverSpec,
+    resolver: Option<Arc<TokioResolver>>,
+    started: Vec<DnsQuery>,
+}
+
+impl DnsWatcher {
+    /// `changed` receives a name each time its addresses change.
+    pub fn new(changed: mpsc::UnboundedSender<DnsQuery>, lookups: IntCounterVec) -> Self {
+        Self {
+            settings: ResolverSpec::default(),
+            resolver: None,
+            names: HashMap::new(),
+            changed,
+            lookups,
+        }
+    }
+
+    /// The watched name for `query`, if the running or prepared config has it.
+    pub fn get(&self, query: &DnsQuery) -> Option<Arc<DnsName>> {
+        self.names.get(query).map(|w| w.name.clone())
+    }
+
+    /// Every watched name, sorted, for `/status` and metrics.
+    pub fn names(&self) -> Vec<Arc<DnsName>> {
+        let mut names: Vec<_> = self.names.values().map(|w| w.name.clone()).collect();
+        names.sort_by(|a, b| a.query.cmp(&b.query));
+        names
+    }
+
+    /// Starts watching the names `config` adds and waits (one lookup's time
+    /// at most) for their first answers, so a new backend starts with its
+    /// addresses. Fails when a new `required` server does not resolve, or
+    /// the resolver cannot be built; call [`abort`](Self::abort) then.
+    pub async fn prepare(&mut self, config: &Config) -> Result<DnsPlan, (DnsPlan, Vec<String>)> {
+        let mut plan = DnsPlan {
+            settings: config.resolver.clone(),
+            resolver: self.resolver.clone(),
+            started: Vec::new(),
+        };
+        let wanted = wanted(config);
+        if wanted.is_empty() {
+            return Ok(plan);
+        }
+        if plan.resolver.is_none() || config.resolver != self.settings {
+            match build_resolver(&config.resolver) {
+                Ok(r) => plan.resolver = Some(Arc::new(r)),
+                Err(e) => return Err((plan, vec![format!("resolver: {e}")])),
+            }
+        }
+        let Some(resolver) = plan.resolver.clone() else {
+            return Ok(plan);
+        };
+        for query in wanted.keys() {
+            if !self.names.contains_key(query) {
+                let name = Arc::new(DnsName::new(query.clone()));
+                self.names.insert(
+                    query.clone(),
+                    self.spawn(name, resolver.clone(), &plan.settings),
+                );
+                plan.started.push(query.clone());
+            }
+        }
+        let first_lookups = plan
+            .started
+            .iter()
+            .filter_map(|q| self.names.get(q).map(|w| w.name.clone()))
+            .collect::<Vec<_>>();
+        let s = &plan.settings;
+        let budget = s.timeout * (s.attempts as u32) + Duration::from_millis(500);
+        let _ = tokio::time::timeout(budget, async {
+            for name in &first_lookups {
+                name.first_lookup().await;
+            }
+        })
+        .await;
+        let mut errors: Vec<String> = wanted
+            .iter()
+            .filter(|(q, required)| **required && plan.started.contains(q))
+            .filter_map(|(q, _)| {
+                let name = self.names.get(q)?;
+                if name.name.answer().is_some() {
+                    return None;
+                }
+                let why = name.name.lock().last_error.clone();
+                Some(format!(
+                    "required server name {q} does not resolve: {}",
+                    why.unwrap_or_else(|| "no answer in time".into())
+                ))
+            })
+            .collect();
+        errors.sort();
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err((plan, errors))
+        }
+    }
+
+    /// Makes `config`'s names the watched set: stops the others, and moves
+    /// the rest to a new resolver if the `[resolver]` settings changed.
+    pub fn commit(&mut self, plan: DnsPlan, config: &Config) {
+        let wanted = wanted(config);
+        self.names.retain(|q, _| wanted.contains_key(q));
+        let restart = plan.settings != self.settings;
+        self.settings = plan.settings;
+        self.resolver = plan.resolver;
+        if restart && let Some(resolver) = self.resolver.clone() {
+            for query in self.names.keys().cloned().collect::<Vec<_>>() {
+                if plan.started.contains(&query) {
+                    continue;
+                }
+                if let Some(old) = self.names.remove(&query) {
+                    let name = old.name.clone();
+                    drop(old);
+                    let watched = self.spawn(name, resolver.clone(), &self.settings.clone());
+                    self.names.insert(query, watched);
+                }
+            }
+        }
+    }
+
+    /// Undoes [`prepare`](Self::prepare): stops the names it started.
+    pub fn abort(&mut self, plan: DnsPlan) {
+        for query in plan.started {
+            self.names.remove(&query);
+        }
+    }
+
+    fn spawn(
+        &self,
+        name: Arc<DnsName>,
+        resolver: Arc<TokioResolver>,
+        settings: &ResolverSpec,
+    ) -> Watched {
+        let task = tokio::spawn(
+            NameTask {
+                name: name.clone(),
+                resolver,
+                settings: settings.clone(),
+                changed: self.changed.clone(),
+                lookups: self.lookups.clone(),
+            }
+            .run(),
+        );
+        Watched { name, task }
+    }
+}
+
+/// Every DNS name `config` uses, with whether any use marks it required.
+fn wanted(config: &Config) -> HashMap<DnsQuery, bool> {
+    let mut wanted: HashMap<DnsQuery, bool> = HashMap::new();
+    for server in config.backends.iter().flat_map(|b| b.servers()) {
+        if let Some(query) = server.target.dns_query() {
+            *wanted.entry(query).or_default() |= server.required;
+        }
+    }
+    wanted
+}

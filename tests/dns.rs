@@ -1,0 +1,432 @@
+//! Backends named by DNS, against an in-process DNS server whose records
+//! change while clients run.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use http::StatusCode;
+use support::dns::{DnsServer, SrvRecord};
+use support::{Backend, HttpClient, Switchyard, eventually, get};
+use switchyard::control::ReloadResult;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One HTTP listener `web` in front of backend `b`, whose servers are
+/// `servers` (TOML array items), resolved through `dns`.
+fn config(dns: &DnsServer, resolver_extra: &str, servers: &str) -> String {
+    format!(
+        r#"
+[resolver]
+nameservers = ["{dns}"]
+timeout = "500ms"
+attempts = 1
+retry_min = "100ms"
+retry_max = "400ms"
+{resolver_extra}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+servers = [{servers}]
+"#,
+        dns = dns.addr
+    )
+}
+
+/// Keep-alive clients sending requests until stopped; counts answers by body
+/// and anything that is not a 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failed) = (stop.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut client = HttpClient::connect(addr).await;
+                    let mut sent = 0;
+                    // Bounded: stops when told, or after 100,000 requests.
+                    while !stop.load(Ordering::SeqCst) && sent < 100_000 {
+                        match client.get("/", None).await {
+                            Ok((StatusCode::OK, _, _)) => {}
+                            _ => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                client = HttpClient::connect(addr).await;
+                            }
+                        }
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut sent = 0;
+        for t in self.tasks {
+            sent += t.await.expect("client task");
+        }
+        (sent, self.failed.load(Ordering::SeqCst))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_a_record_change_with_no_failed_requests() {
+    let dns = DnsServer::start().await;
+    let (a, b) = Backend::pair_on_one_port(("127.0.0.2", "a"), ("127.0.0.3", "b")).await;
+    let port = a.addr.port();
+    dns.set_addresses("web.test", &[ip("127.0.0.2")], 1);
+    let sy = Switchyard::start(&config(&dns, "", &format!("\"web.test:{port}\""))).await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+
+    let load = Load::start(addr, 4);
+    eventually("load reaches a", WAIT, || async { a.hits() > 50 }).await;
+    let changed_at = Instant::now();
+    dns.set_addresses("web.test", &[ip("127.0.0.3")], 1);
+    eventually("traffic reaches b", WAIT, || async { b.hits() > 0 }).await;
+    let moved_after = changed_at.elapsed();
+    // Once b is in, a is out: a few requests already routed may still land
+    // on a, then nothing more.
+    eventually("a stops receiving traffic", WAIT, || async {
+        let before = a.hits();
+        let b_before = b.hits();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.hits() == before && b.hits() > b_before + 20
+    })
+    .await;
+    let (sent, failed) = load.finish().await;
+    eprintln!("record change to traffic on b: {moved_after:?}; {sent} requests, {failed} failed");
+    assert_eq!(failed, 0, "no request may fail during the move");
+    let status = sy.status().await;
+    let endpoints = &status["backends"][0]["endpoints"];
+    assert_eq!(endpoints.as_array().unwrap().len(), 1);
+    assert_eq!(endpoints[0]["address"], format!("127.0.0.3:{port}"));
+    assert_eq!(endpoints[0]["origin"], "dns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_are_respected_and_one_lookup_serves_every_backend() {
+    let dns = DnsServer::start().await;
+    let web = Backend::start("web").await;
+    dns.set_addresses("web.test", &[ip("127.0.0.1")], 1);
+    // Two backends list the same name: one resolver task serves both.
+    let cfg = format!(
+        "{}\n[[backends]]\nname = \"other\"\nservers = [\"web.test:{port}\"]\n",
+        config(&dns, "", &format!("\"web.test:{}\"", web.addr.port())),
+        port = web.addr.port()
+    );
+    let sy = Switchyard::start(&cfg).await;
+    let addr = sy.addr("web");
+    let since = Instant::now();
+    // Traffic does not cause lookups.
+    let mut client = HttpClient::connect(addr).await;
+    for _ in 0..200 {
+        assert_eq!(client.get("/", None).await.unwrap().0, StatusCode::OK);
+    }
+    // Refreshes keep coming (the answer is never kept past its TTL)...
+    eventually("four refreshes", WAIT, || async {
+        dns.queries_since("web.test", RecordType::A, since) >= 4
+    })
+    .await;
+    let elapsed = since.elapsed();
+    let a_queries = dns.queries_since("web.test", RecordType::A, since);
+    // ...but no faster than the TTL allows: with a 1 s TTL, four refreshes
+    // take at least three seconds, whatever the traffic and however many
+    // backends share the name.
+    assert!(
+        elapsed >= Duration::from_millis(2900),
+        "{a_queries} A queries in {elapsed:?}: faster than the 1 s TTL allows"
+    );
+    assert!(
+        a_queries as f64 <= elapsed.as_secs_f64() + 2.0,
+        "{a_queries} A queries in {elapsed:?}: more than one per TTL"
+    );
+    let status = sy.status().await;
+    let watches = status["watches"].as_array().unwrap();
+    assert_eq!(
+        watches.len(),
+        1,
+        "one watch for the shared name: {watches:?}"
+    );
+    assert_eq!(watches[0]["name"], "web.test");
+    assert_eq!(watches[0]["query"], "A/AAAA");
+    assert_eq!(watches[0]["state"], "resolved");
+    assert_eq!(watches[0]["addresses"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(watches[0]["ttl_seconds"], 1.0);
+    assert!(watches[0]["next_refresh"].is_string());
+    let success = sy
+        .metric(r#"switchyard_dns_lookups_total{name="web.test",result="success"}"#)
+        .await
+        .unwrap();
+    assert!(success >= 4.0, "lookups counted: {success}");
+    assert_eq!(
+        sy.metric(r#"switchyard_backend_endpoints{backend="other"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sy.metric(r#"switchyard_dns_addresses{name="web.test"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        sy.metric(r#"switchyard_dns_seconds_since_change{name="web.test"}"#)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_holds_the_last_answer_nxdomain_ends_it_and_recovery_follows() {
+    let dns = DnsServer::start().await;
+    let web = Backend::start("web").await;
+    dns.set_addresses("web.test", &[ip("127.0.0.1")], 1);
+    let resolver = "hold_valid = \"60s\"\nhold_nx = \"1s\"";
+    let sy = Switchyard::start(&config(
+        &dns,
+        resolver,
+        &format!("\"web.test:{}\"", web.addr.port()),
+    ))
+    .await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await.0, StatusCode::OK);
+
+    // SERVFAIL: the last answer is held (hold_valid is long).
+    dns.set_servfail("web.test");
+    eventually("servfail seen twice", WAIT, || async {
+        sy.metric(r#"switchyard_dns_lookups_total{name="web.test",result="servfail"}"#)
+            .await
+            .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "web".into()));
+    let status = sy.status().await;
+    assert_eq!(status["watches"][0]["state"], "holding");
+    assert!(
+        status["watches"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("servfail")
+    );
+
+    // NXDOMAIN: held for hold_nx (1 s), then the addresses go: 503.
+    dns.remove("web.test");
+    eventually("503 once the hold ends", WAIT, || async {
+        get(addr, "/", None).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let status = sy.status().await;
+    assert_eq!(status["watches"][0]["state"], "failed");
+    assert_eq!(status["backends"][0]["endpoints"], serde_json::json!([]));
+
+    // The name comes back: so does the traffic.
+    dns.set_addresses("web.test", &[ip("127.0.0.1")], 1);
+    eventually("200 after recovery", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "web".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_balance_over_their_targets_and_aaaa_works() {
+    let dns = DnsServer::start().await;
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let backup = Backend::start("backup").await;
+    let v6 = Backend::start_at("::1", "v6").await;
+    dns.set_addresses("one.test", &[ip("127.0.0.1")], 30);
+    dns.set_addresses("two.test", &[ip("127.0.0.1")], 30);
+    dns.set_addresses("v6.test", &[ip("::1")], 30);
+    let srv = |target: &str, priority, port| SrvRecord {
+        priority,
+        weight: 10,
+        port,
+        target: target.into(),
+    };
+    dns.set_srv(
+        "_web._tcp.test",
+        vec![
+            srv("one.test", 1, one.addr.port()),
+            srv("two.test", 1, two.addr.port()),
+            // A higher priority number is only for when the others are gone.
+            srv("one.test", 5, backup.addr.port()),
+        ],
+        30,
+    );
+    let cfg = format!(
+        "{}\n[[listeners]]\nname = \"v6\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"v6\"\n\n\
+         [[backends]]\nname = \"v6\"\nservers = [\"v6.test:{}\"]\n",
+        config(&dns, "", "\"_web._tcp.test\""),
+        v6.addr.port()
+    );
+    let sy = Switchyard::start(&cfg).await;
+    let addr = sy.addr("web");
+    let mut client = HttpClient::connect(addr).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("/", None).await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!((one.hits(), two.hits(), backup.hits()), (10, 10, 0));
+    let status = sy.status().await;
+    let srv_watch = status["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["query"] == "SRV")
+        .unwrap()
+        .clone();
+    assert_eq!(srv_watch["addresses"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        get(sy.addr("v6"), "/", None).await,
+        (StatusCode::OK, "v6".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_address_triggers_an_early_lookup() {
+    let dns = DnsServer::start().await;
+    let (a, b) = Backend::pair_on_one_port(("127.0.0.2", "a"), ("127.0.0.3", "b")).await;
+    let port = a.addr.port();
+    // A long TTL: without early re-resolution the move would take minutes.
+    dns.set_addresses("web.test", &[ip("127.0.0.2")], 300);
+    let sy = Switchyard::start(&config(&dns, "", &format!("\"web.test:{port}\""))).await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+    dns.set_addresses("web.test", &[ip("127.0.0.3")], 300);
+    let queries_before = dns.queries("web.test");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+    assert_eq!(dns.queries("web.test"), queries_before, "TTL not over yet");
+
+    drop(a); // the instance dies; the record already points elsewhere
+    eventually("traffic moves to b", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "b".into())
+    })
+    .await;
+    assert!(dns.queries("web.test") > queries_before);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_that_stay_keep_their_state_and_leavers_drain() {
+    let dns = DnsServer::start().await;
+    let (a, _b) = Backend::held_pair_on_one_port(("127.0.0.2", "a"), ("127.0.0.3", "b")).await;
+    let port = a.addr.port();
+    let a_addr = format!("127.0.0.2:{port}");
+    dns.set_addresses("web.test", &[ip("127.0.0.2")], 1);
+    let sy = Switchyard::start(&config(&dns, "", &format!("\"web.test:{port}\""))).await;
+    let addr = sy.addr("web");
+    let in_flight = tokio::spawn(async move { get(addr, "/slow", None).await });
+    eventually("request parked on a", WAIT, || async { a.arrived() == 1 }).await;
+
+    // a stays, b joins: a keeps its in-flight count.
+    dns.set_addresses("web.test", &[ip("127.0.0.2"), ip("127.0.0.3")], 1);
+    eventually("b joins", WAIT, || async {
+        sy.status().await["backends"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let status = sy.status().await;
+    let a_state = status["backends"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == a_addr)
+        .unwrap()
+        .clone();
+    assert_eq!(a_state["active_connections"], 1);
+
+    // a leaves: it drains, its request still completes.
+    dns.set_addresses("web.test", &[ip("127.0.0.3")], 1);
+    eventually("a drains", WAIT, || async {
+        sy.status().await["draining_endpoints"][0]["address"] == a_addr
+    })
+    .await;
+    assert_eq!(
+        sy.status().await["draining_endpoints"][0]["active_connections"],
+        1
+    );
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "b".into()));
+    a.release(1);
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (StatusCode::OK, "a".into()),
+        "the request on the leaving address completes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_do_not_resolve_block_start_only_when_required() {
+    let dns = DnsServer::start().await;
+    let web = Backend::start("web").await;
+    let server = format!("\"missing.test:{}\"", web.addr.port());
+
+    // Not required: starts, answers 503, recovers when the name appears.
+    let sy = Switchyard::start(&config(&dns, "", &server)).await;
+    let addr = sy.addr("web");
+    assert_eq!(
+        get(addr, "/", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    dns.set_addresses("missing.test", &[ip("127.0.0.1")], 1);
+    eventually("resolves later", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "web".into())
+    })
+    .await;
+
+    // Required: start fails with the reason.
+    let required = format!(
+        "{{ address = \"gone.test:{}\", required = true }}",
+        web.addr.port()
+    );
+    let err = Switchyard::try_start(&config(&dns, "", &required))
+        .await
+        .err()
+        .expect("start fails");
+    assert!(
+        err.contains("required server name gone.test A/AAAA does not resolve: nxdomain"),
+        "{err}"
+    );
+
+    // A reload that adds a required name that does not resolve changes nothing.
+    let version = sy.app.table().version;
+    sy.write_config(&config(&dns, "", &format!("{server}, {required}")));
+    let record = sy.reload().await;
+    assert_eq!(record.result, ReloadResult::Failure);
+    assert!(
+        record.errors[0].contains("gone.test"),
+        "{:?}",
+        record.errors
+    );
+    assert_eq!(sy.app.table().version, version);
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "web".into()));
+    assert_eq!(sy.status().await["watches"].as_array().unwrap().len(), 1);
+}
