@@ -4,6 +4,7 @@
 #   bench/run.sh                      # full run (about 25 minutes)
 #   bench/run.sh --runs 1 --seconds 5 # a quick look
 #   bench/run.sh --only storm         # only the reload-under-load comparison
+#   bench/run.sh --only dns           # only the DNS convergence figure
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -23,5 +24,20 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The DNS convergence figure needs no other proxy: an in-process DNS server,
+# Switchyard and backends (bench/dns_convergence.rs).
+dns_convergence() {
+  mkdir -p bench/results
+  cargo bench --bench dns_convergence | tee bench/results/dns.md
+}
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "dns" ]; then
+  dns_convergence
+  exit 0
+fi
+
 cargo build --release --bin switchyard
-exec python3 bench/bench.py "$@"
+python3 bench/bench.py "$@"
+case " $* " in
+  *" --only "*) ;;
+  *) dns_convergence ;;
+esac

@@ -99,8 +99,18 @@ fn check(path: &Path) -> ExitCode {
             for b in &c.backends {
                 match &b.target {
                     BackendTarget::Servers(s) => {
+                        let names: Vec<String> = s
+                            .iter()
+                            .filter(|s| s.target.dns_query().is_some())
+                            .map(|s| s.target.to_string())
+                            .collect();
+                        let dns = if names.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (resolved at runtime: {})", names.join(", "))
+                        };
                         println!(
-                            "  backend {}: {} server(s), {:?}",
+                            "  backend {}: {} server(s){dns}, {:?}",
                             b.name,
                             s.len(),
                             b.balance

@@ -132,6 +132,16 @@ impl DnsServer {
         zone.queries.iter().filter(|(n, _, _)| *n == name).count()
     }
 
+    /// When the first query of one type for `name` arrived at or after `since`.
+    pub fn first_query_since(&self, name: &str, kind: RecordType, since: Instant) -> Option<Instant> {
+        let name = key(name);
+        let zone = self.zone.lock().unwrap();
+        zone.queries
+            .iter()
+            .find(|(n, t, at)| *n == name && *t == kind && *at >= since)
+            .map(|(_, _, at)| *at)
+    }
+
     /// Queries for `name` of one type received at or after `since`.
     pub fn queries_since(&self, name: &str, kind: RecordType, since: Instant) -> usize {
         let name = key(name);
