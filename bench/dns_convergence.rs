@@ -15,7 +15,7 @@
 //! Run: `cargo bench --bench dns_convergence` (about 25 s).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::net::IpAddr;
@@ -95,10 +95,18 @@ servers = ["web.test:{}"]
             ms(v[v.len() - 1])
         );
     };
-    println!("\nDNS record change to traffic moving: {ROUNDS} changes, TTL {TTL} s, {failed} failed requests\n");
+    println!(
+        "\nDNS record change to traffic moving: {ROUNDS} changes, TTL {TTL} s, {failed} failed requests\n"
+    );
     println!("| interval | p50 ms | p90 ms | max ms |");
     println!("| --- | ---: | ---: | ---: |");
-    report("record change → first answer from the new address", &mut change_to_traffic);
-    report("lookup that saw the change → first answer from the new address", &mut refresh_to_traffic);
+    report(
+        "record change → first answer from the new address",
+        &mut change_to_traffic,
+    );
+    report(
+        "lookup that saw the change → first answer from the new address",
+        &mut refresh_to_traffic,
+    );
     drop((a, b));
 }

@@ -264,19 +264,20 @@ async fn srv_records_balance_over_their_targets_and_aaaa_works() {
     dns.set_addresses("one.test", &[ip("127.0.0.1")], 30);
     dns.set_addresses("two.test", &[ip("127.0.0.1")], 30);
     dns.set_addresses("v6.test", &[ip("::1")], 30);
-    let srv = |target: &str, priority, port| SrvRecord {
+    let srv = |target: &str, priority, weight, port| SrvRecord {
         priority,
-        weight: 10,
+        weight,
         port,
         target: target.into(),
     };
     dns.set_srv(
         "_web._tcp.test",
         vec![
-            srv("one.test", 1, one.addr.port()),
-            srv("two.test", 1, two.addr.port()),
+            // SRV weights become balancing weights: 3 to 1.
+            srv("one.test", 1, 30, one.addr.port()),
+            srv("two.test", 1, 10, two.addr.port()),
             // A higher priority number is only for when the others are gone.
-            srv("one.test", 5, backup.addr.port()),
+            srv("one.test", 5, 10, backup.addr.port()),
         ],
         30,
     );
@@ -292,7 +293,7 @@ async fn srv_records_balance_over_their_targets_and_aaaa_works() {
     for _ in 0..20 {
         assert_eq!(client.get("/", None).await.unwrap().0, StatusCode::OK);
     }
-    assert_eq!((one.hits(), two.hits(), backup.hits()), (10, 10, 0));
+    assert_eq!((one.hits(), two.hits(), backup.hits()), (15, 5, 0));
     let status = sy.status().await;
     let srv_watch = status["watches"]
         .as_array()

@@ -133,7 +133,12 @@ impl DnsServer {
     }
 
     /// When the first query of one type for `name` arrived at or after `since`.
-    pub fn first_query_since(&self, name: &str, kind: RecordType, since: Instant) -> Option<Instant> {
+    pub fn first_query_since(
+        &self,
+        name: &str,
+        kind: RecordType,
+        since: Instant,
+    ) -> Option<Instant> {
         let name = key(name);
         let zone = self.zone.lock().unwrap();
         zone.queries
