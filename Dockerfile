@@ -11,8 +11,13 @@ COPY . .
 RUN cargo build --release --locked --bin switchyard
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin switchyard \
-    && mkdir -p /etc/switchyard
+# ca-certificates: https to Consul without a `ca_file` trusts the system roots.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin switchyard \
+    && mkdir -p /etc/switchyard /var/lib/switchyard \
+    && chown switchyard /var/lib/switchyard
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 COPY examples/docker.toml /etc/switchyard/switchyard.toml
 USER switchyard

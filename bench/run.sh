@@ -5,6 +5,7 @@
 #   bench/run.sh --runs 1 --seconds 5 # a quick look
 #   bench/run.sh --only storm         # only the reload-under-load comparison
 #   bench/run.sh --only dns           # only the DNS convergence figure
+#   bench/run.sh --only consul        # only the Consul convergence figure
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -30,8 +31,17 @@ dns_convergence() {
   mkdir -p bench/results
   cargo bench --bench dns_convergence | tee bench/results/dns.md
 }
+# Likewise Consul: the Consul-compatible test server (bench/consul_convergence.rs).
+consul_convergence() {
+  mkdir -p bench/results
+  cargo bench --bench consul_convergence | tee bench/results/consul.md
+}
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "dns" ]; then
   dns_convergence
+  exit 0
+fi
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "consul" ]; then
+  consul_convergence
   exit 0
 fi
 
@@ -39,5 +49,5 @@ cargo build --release --bin switchyard
 python3 bench/bench.py "$@"
 case " $* " in
   *" --only "*) ;;
-  *) dns_convergence ;;
+  *) dns_convergence; consul_convergence ;;
 esac

@@ -183,6 +183,11 @@ fn live_sampler(
                     seconds_since_change: n.seconds_since_change(),
                 })
                 .collect(),
+            consul: board
+                .consul
+                .iter()
+                .map(|w| (w.key.to_string(), w.is_ok(), w.staleness()))
+                .collect(),
         }
     }
 }

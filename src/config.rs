@@ -45,6 +45,11 @@ pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DNS_ATTEMPTS: usize = 2;
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(500);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(10);
+/// Consul defaults: consul-template's blocking wait and retry backoff.
+pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
+pub const DEFAULT_CONSUL_WAIT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONSUL_RETRY_MIN: Duration = Duration::from_millis(250);
+pub const DEFAULT_CONSUL_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Upper bound of a server weight, as HAProxy's (1..=256).
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -57,9 +62,26 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub resolver: ResolverSpec,
+    /// Set when the file has `[consul]` or a backend uses Consul.
+    pub consul: Option<ConsulSpec>,
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// The `[consul]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulSpec {
+    /// Scheme, host and port, without a trailing slash.
+    pub address: String,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub datacenter: Option<String>,
+    pub stale: bool,
+    pub wait: Duration,
+    pub state_file: Option<PathBuf>,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 /// The `[resolver]` section: how backend host names are resolved.
@@ -219,6 +241,15 @@ pub enum Protocol {
 pub enum BackendTarget {
     Servers(Vec<ServerSpec>),
     Respond(RespondSpec),
+    /// Passing instances of a Consul service.
+    Consul(ConsulTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsulTarget {
+    pub service: Arc<str>,
+    pub tag: Option<Arc<str>>,
+    pub datacenter: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +315,7 @@ impl BackendSpec {
     pub fn servers(&self) -> &[ServerSpec] {
         match &self.target {
             BackendTarget::Servers(s) => s,
-            BackendTarget::Respond(_) => &[],
+            BackendTarget::Respond(_) | BackendTarget::Consul(_) => &[],
         }
     }
 }

@@ -24,7 +24,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigErrors};
-use crate::discovery::dns::{DnsName, DnsQuery, DnsWatcher};
+use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
+use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::metrics::Metrics;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
@@ -51,8 +52,8 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
-    #[error("DNS:\n{}", .0.join("\n"))]
-    Dns(Vec<String>),
+    #[error("discovery:\n{}", .0.join("\n"))]
+    Discovery(Vec<String>),
 }
 
 /// What made a reload happen, shown in `/status` and logs.
@@ -110,6 +111,8 @@ pub struct BoardState {
     pub draining: Vec<Arc<EndpointState>>,
     /// The DNS names being watched, sorted.
     pub dns: Vec<Arc<DnsName>>,
+    /// The Consul watches, sorted.
+    pub consul: Vec<Arc<ConsulWatch>>,
     pub shutting_down: bool,
 }
 
@@ -130,8 +133,55 @@ pub struct Control {
     /// `None` when the config is reloaded only on request (`--no-watch`).
     watcher: Option<ConfigWatcher>,
     file_events: mpsc::Receiver<()>,
-    dns: DnsWatcher,
+    sources: Sources,
     dns_events: mpsc::UnboundedReceiver<DnsQuery>,
+    consul_events: mpsc::UnboundedReceiver<WatchKey>,
+}
+
+/// The discovery sources, prepared and committed together with each config.
+struct Sources {
+    dns: DnsWatcher,
+    consul: ConsulWatcher,
+}
+
+struct SourcesPlan {
+    dns: DnsPlan,
+    consul: ConsulPlan,
+}
+
+impl Sources {
+    /// Starts what `config` adds; on failure nothing it started is left.
+    async fn prepare(&mut self, config: &config::Config) -> Result<SourcesPlan, Vec<String>> {
+        let dns = match self.dns.prepare(config).await {
+            Ok(plan) => plan,
+            Err((plan, errors)) => {
+                self.dns.abort(plan);
+                return Err(errors);
+            }
+        };
+        match self.consul.prepare(config).await {
+            Ok(consul) => Ok(SourcesPlan { dns, consul }),
+            Err((consul, error)) => {
+                self.consul.abort(consul);
+                self.dns.abort(dns);
+                Err(vec![error])
+            }
+        }
+    }
+
+    fn commit(&mut self, plan: SourcesPlan, config: &config::Config, board: &StatusBoard) {
+        self.dns.commit(plan.dns, config);
+        self.consul.commit(plan.consul, config);
+        self.consul.save_state();
+        let mut b = board.lock();
+        b.dns = self.dns.names();
+        b.consul = self.consul.watches();
+    }
+
+    fn abort(&mut self, plan: SourcesPlan) {
+        self.dns.abort(plan.dns);
+        self.consul.abort(plan.consul);
+    }
 }
 
 impl Control {
@@ -146,17 +196,19 @@ impl Control {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let config = Arc::new(config::load(&path)?);
         let (dns_tx, dns_events) = mpsc::unbounded_channel();
-        let mut dns = DnsWatcher::new(dns_tx, metrics.dns_lookups.clone());
-        let plan = match dns.prepare(&config).await {
-            Ok(plan) => plan,
-            Err((_, errors)) => return Err(StartError::Dns(errors)),
+        let (consul_tx, consul_events) = mpsc::unbounded_channel();
+        let mut sources = Sources {
+            dns: DnsWatcher::new(dns_tx, metrics.dns_lookups.clone()),
+            consul: ConsulWatcher::new(consul_tx),
         };
+        let plan = sources.prepare(&config).await.map_err(StartError::Discovery)?;
         let ctx = CompileContext {
             find_draining: &|_, _| None,
-            dns: &|q| dns.get(q),
+            dns: &|q| sources.dns.get(q),
+            consul: &|k| sources.consul.get(k),
         };
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
-        dns.commit(plan, &config);
+        sources.commit(plan, &config, &board);
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -174,7 +226,6 @@ impl Control {
         {
             let mut b = board.lock();
             b.listener_addrs = listeners.local_addrs();
-            b.dns = dns.names();
             b.last_reload = Some(ReloadRecord {
                 at: now(),
                 trigger: Trigger::Start,
@@ -193,8 +244,9 @@ impl Control {
                 board,
                 watcher,
                 file_events,
-                dns,
+                sources,
                 dns_events,
+                consul_events,
             },
             handle,
         ))
@@ -230,7 +282,15 @@ impl Control {
                     while let Ok(q) = self.dns_events.try_recv() {
                         changed.push(q);
                     }
-                    self.apply_dns(&changed);
+                    self.apply_discovery(&changed, &[]);
+                }
+                Some(key) = self.consul_events.recv() => {
+                    let mut changed = vec![key];
+                    while let Ok(k) = self.consul_events.try_recv() {
+                        changed.push(k);
+                    }
+                    self.apply_discovery(&[], &changed);
+                    self.sources.consul.save_state();
                 }
                 _ = prune.tick() => self.prune_draining(),
             }
@@ -346,13 +406,11 @@ impl Control {
         };
         // New names are looked up before the compile, so new backends start
         // with their addresses (or the reload fails on a required one).
-        let plan = self.dns.prepare(&config).await.map_err(|(plan, errors)| {
-            self.dns.abort(plan);
-            errors
-        })?;
+        let plan = self.sources.prepare(&config).await?;
         let ctx = CompileContext {
             find_draining: &find_draining,
-            dns: &|q| self.dns.get(q),
+            dns: &|q| self.sources.dns.get(q),
+            consul: &|k| self.sources.consul.get(k),
         };
         let table = match table::compile(
             Arc::new(config),
@@ -363,7 +421,7 @@ impl Control {
         ) {
             Ok(table) => table,
             Err(e) => {
-                self.dns.abort(plan);
+                self.sources.abort(plan);
                 return Err(vec![e.to_string()]);
             }
         };
@@ -371,8 +429,7 @@ impl Control {
         let config = table.config.clone();
         self.mark_draining(&current, &table);
         self.table.publish(table);
-        self.dns.commit(plan, &config);
-        self.board.lock().dns = self.dns.names();
+        self.sources.commit(plan, &config, &self.board);
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
@@ -430,9 +487,10 @@ impl Control {
         }
     }
 
-    /// Replaces the endpoint sets of the backends that use a name whose
-    /// answer changed; routes and every other backend stay as they are.
-    fn apply_dns(&self, changed: &[DnsQuery]) {
+    /// Replaces the endpoint sets of the backends that use a DNS name or a
+    /// Consul watch whose data changed; routes and every other backend stay
+    /// as they are.
+    fn apply_discovery(&self, dns: &[DnsQuery], consul: &[WatchKey]) {
         let table = self.table.current();
         let draining = self.draining_index();
         let find_draining = |backend: &str, addr: SocketAddr| {
@@ -443,17 +501,26 @@ impl Control {
                 .cloned()
         };
         for backend in table.backends.values() {
-            if !backend.dns.iter().any(|n| changed.contains(&n.query)) {
+            let uses = backend.dns.iter().any(|n| dns.contains(&n.query))
+                || backend.consul.as_ref().is_some_and(|w| consul.contains(&w.key));
+            if !uses {
                 continue;
             }
             let old = backend.endpoints.load_full();
-            let new = table::endpoint_set(&backend.spec, &backend.dns, Some(&old), &find_draining);
+            let new = table::endpoint_set(
+                &backend.spec,
+                &backend.dns,
+                backend.consul.as_deref(),
+                Some(&old),
+                &find_draining,
+            );
+            self.metrics.discovery_updates.inc();
             let live: Vec<_> = new.endpoints.iter().map(|e| e.state.clone()).collect();
             tracing::info!(
                 backend = %backend.name(),
                 before = old.endpoints.len(),
                 after = new.endpoints.len(),
-                "Endpoints updated from DNS"
+                "Endpoints updated from discovery"
             );
             backend.endpoints.store(Arc::new(new));
             self.retire(

@@ -5,4 +5,5 @@
 //! design), and the control task does the replacing so that config reloads
 //! and discovery updates are applied one at a time, in order.
 
+pub mod consul;
 pub mod dns;

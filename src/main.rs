@@ -116,6 +116,13 @@ fn check(path: &Path) -> ExitCode {
                             b.balance
                         )
                     }
+                    BackendTarget::Consul(c) => {
+                        let tag = c.tag.as_deref().map_or(String::new(), |t| format!(", tag {t}"));
+                        println!(
+                            "  backend {}: Consul service {}{tag}, {:?}",
+                            b.name, c.service, b.balance
+                        )
+                    }
                     BackendTarget::Respond(r) => {
                         println!("  backend {}: responds {}", b.name, r.status)
                     }

@@ -42,6 +42,9 @@ pub struct Metrics {
     /// DNS lookups by name and result; incremented by the resolver tasks
     /// (a few per TTL, so resolving the label set each time is fine).
     pub dns_lookups: IntCounterVec,
+    /// Endpoint sets replaced by discovery (DNS or Consul), one per backend
+    /// per applied change: how many rebuilds a burst of changes caused.
+    pub discovery_updates: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +119,11 @@ impl Metrics {
             &["name", "result"],
         )?;
         registry.register(Box::new(dns_lookups.clone()))?;
+        let discovery_updates = IntCounter::new(
+            "switchyard_discovery_updates_total",
+            "Backend endpoint sets replaced because DNS or Consul data changed",
+        )?;
+        registry.register(Box::new(discovery_updates.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -140,6 +148,7 @@ impl Metrics {
             config_version,
             config_reloads,
             dns_lookups,
+            discovery_updates,
         })
     }
 
@@ -237,6 +246,9 @@ pub struct LiveSample {
     /// Per watched DNS name: its addresses now and seconds since they last
     /// changed (`None` before the first answer).
     pub dns: Vec<DnsSample>,
+    /// Per Consul watch: its display key, whether its last request
+    /// succeeded, and seconds since its last successful answer.
+    pub consul: Vec<(String, bool, f64)>,
 }
 
 pub struct DnsSample {
@@ -279,6 +291,16 @@ const LIVE_FAMILIES: &[(&str, &str, &[&str])] = &[
         "Seconds since a watched DNS name's answer last changed",
         &["name"],
     ),
+    (
+        "switchyard_discovery_staleness_seconds",
+        "Seconds since a Consul watch last got an answer: alert on stale routing",
+        &["watch"],
+    ),
+    (
+        "switchyard_consul_up",
+        "1 when the last request of every Consul watch succeeded",
+        &[],
+    ),
 ];
 
 impl<F: Fn() -> LiveSample + Send + Sync> LiveCollector<F> {
@@ -313,8 +335,13 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
         else {
             return Vec::new();
         };
-        let (name, help, labels) = LIVE_FAMILIES[4];
-        let Ok(since_change) = prometheus::GaugeVec::new(Opts::new(name, help), labels) else {
+        let float_family = |i: usize| {
+            let (name, help, labels) = LIVE_FAMILIES[i];
+            prometheus::GaugeVec::new(Opts::new(name, help), labels)
+        };
+        let (Ok(since_change), Ok(staleness), Ok(consul_up)) =
+            (float_family(4), float_family(5), int_family(6))
+        else {
             return Vec::new();
         };
         let sample = (self.sample)();
@@ -333,11 +360,20 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
                 since_change.with_label_values(&[&d.name]).set(secs);
             }
         }
+        for (watch, _, secs) in &sample.consul {
+            staleness.with_label_values(&[watch]).set(*secs);
+        }
+        if !sample.consul.is_empty() {
+            let all_ok = sample.consul.iter().all(|(_, ok, _)| *ok);
+            consul_up.with_label_values::<&str>(&[]).set(i64::from(all_ok));
+        }
         let mut families = active.collect();
         families.extend(up.collect());
         families.extend(backends.collect());
         families.extend(addresses.collect());
         families.extend(since_change.collect());
+        families.extend(staleness.collect());
+        families.extend(consul_up.collect());
         families
     }
 }

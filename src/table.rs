@@ -29,7 +29,8 @@ use rustc_hash::FxHashMap as HashMap;
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
-use crate::config::{BackendSpec, Balance, Config, ListenerSpec, ServerTarget};
+use crate::config::{BackendSpec, BackendTarget, Balance, Config, ListenerSpec, ServerTarget};
+use crate::discovery::consul::{self, ConsulWatch, WatchData, WatchKey};
 use crate::discovery::dns::{DnsName, DnsQuery};
 use crate::metrics::{ListenerMetrics, Metrics, RequestMetrics};
 use endpoints::{Endpoint, EndpointSet, EndpointState, Origin};
@@ -64,6 +65,8 @@ pub struct Backend {
     /// The DNS names among the servers, whose answers make up part of the
     /// endpoint set.
     pub dns: Vec<Arc<DnsName>>,
+    /// The Consul watch of a `consul_service` backend.
+    pub consul: Option<Arc<ConsulWatch>>,
     /// Request metric handles of this backend per listener, carried to the
     /// next definition of the backend: resolving a label set takes a lock in
     /// the prometheus crate, and a 10,000-route reload would otherwise
@@ -163,6 +166,8 @@ pub enum CompileError {
     /// The control task starts watching every name before compiling.
     #[error("DNS name {0} is not being watched")]
     UnwatchedName(DnsQuery),
+    #[error("Consul query {0} is not being watched")]
+    UnwatchedConsul(WatchKey),
 }
 
 /// What a compile draws on besides the config and the previous table.
@@ -173,6 +178,8 @@ pub struct CompileContext<'a> {
     pub find_draining: &'a dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
     /// The watched DNS name for a query (watching starts before a compile).
     pub dns: &'a dyn Fn(&DnsQuery) -> Option<Arc<DnsName>>,
+    /// The running Consul watch for a key (likewise).
+    pub consul: &'a dyn Fn(&WatchKey) -> Option<Arc<ConsulWatch>>,
 }
 
 impl CompileContext<'_> {
@@ -180,6 +187,7 @@ impl CompileContext<'_> {
     pub const STATIC: CompileContext<'static> = CompileContext {
         find_draining: &|_, _| None,
         dns: &|_| None,
+        consul: &|_| None,
     };
 }
 
@@ -276,8 +284,21 @@ fn new_backend(
             }
         }
     }
+    let consul = match &spec.target {
+        BackendTarget::Consul(target) => {
+            let key = consul::service_watch(target);
+            Some((ctx.consul)(&key).ok_or(CompileError::UnwatchedConsul(key))?)
+        }
+        _ => None,
+    };
     let current = before.map(|b| b.endpoints.load_full());
-    let endpoints = endpoint_set(spec, &dns, current.as_deref(), ctx.find_draining);
+    let endpoints = endpoint_set(
+        spec,
+        &dns,
+        consul.as_deref(),
+        current.as_deref(),
+        ctx.find_draining,
+    );
     Ok(Backend {
         spec: spec.clone(),
         endpoints: ArcSwap::from_pointee(endpoints),
@@ -287,6 +308,7 @@ fn new_backend(
             |b| b.connect_errors.clone(),
         ),
         dns,
+        consul,
         request_metrics: Mutex::new(before.map_or_else(Vec::new, |b| {
             b.request_metrics
                 .lock()
@@ -296,12 +318,14 @@ fn new_backend(
     })
 }
 
-/// The endpoints of `spec` as of now: its addresses, plus the current
-/// answers of its DNS names. Addresses `current` already has keep their
-/// state; an address listed twice (two names resolving to it) counts once.
+/// The endpoints of `spec` as of now: its addresses, the current answers
+/// of its DNS names, or the passing instances of its Consul service.
+/// Addresses `current` already has keep their state; an address listed
+/// twice (two names resolving to it) counts once.
 pub fn endpoint_set(
     spec: &BackendSpec,
     dns: &[Arc<DnsName>],
+    consul: Option<&ConsulWatch>,
     current: Option<&EndpointSet>,
     find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
 ) -> EndpointSet {
@@ -321,6 +345,26 @@ pub fn endpoint_set(
             state,
         });
     };
+    if let Some(WatchData::Service(instances)) = consul.and_then(|w| w.data()).as_deref() {
+        for instance in instances {
+            // Consul registrations carry IP addresses in practice; a host
+            // name here would need its own DNS watch, which is not built.
+            match instance.address.parse::<std::net::IpAddr>() {
+                Ok(ip) if instance.port != 0 => add(
+                    SocketAddr::new(ip, instance.port),
+                    instance.weight,
+                    Origin::Consul,
+                ),
+                _ => tracing::debug!(
+                    backend = %spec.name,
+                    instance = %instance.id,
+                    address = %instance.address,
+                    port = instance.port,
+                    "Skipping a Consul instance without an IP address and port"
+                ),
+            }
+        }
+    }
     for server in spec.servers() {
         let port = match &server.target {
             ServerTarget::Addr(addr) => {

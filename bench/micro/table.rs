@@ -83,6 +83,7 @@ fn config(n: usize, generation: usize) -> Config {
         },
         shutdown_grace: Duration::from_secs(30),
         resolver: Default::default(),
+        consul: None,
         listeners: vec![ListenerSpec {
             location: Location {
                 file: Arc::from(Path::new("bench.toml")),

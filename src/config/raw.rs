@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub resolver: RawResolver,
+    pub consul: Option<RawConsul>,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
@@ -94,6 +95,28 @@ pub struct RawResolver {
     pub retry_max: Option<ConfigDuration>,
 }
 
+/// How to reach Consul. The token is never part of the file: it comes from
+/// CONSUL_HTTP_TOKEN or `token_file`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsul {
+    /// `http://host:port` or `https://host:port`; default CONSUL_HTTP_ADDR,
+    /// then http://127.0.0.1:8500.
+    pub address: Option<String>,
+    pub token_file: Option<String>,
+    /// PEM file of the CA that signed Consul's certificate (https).
+    pub ca_file: Option<String>,
+    pub datacenter: Option<String>,
+    /// Allow any server to answer reads (`?stale`), as consul-template does.
+    pub stale: Option<bool>,
+    /// How long one blocking query may wait.
+    pub wait: Option<ConfigDuration>,
+    /// Last known good discovery data, for starting while Consul is down.
+    pub state_file: Option<String>,
+    pub retry_min: Option<ConfigDuration>,
+    pub retry_max: Option<ConfigDuration>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
@@ -134,6 +157,10 @@ pub struct RawBackend {
     #[serde(default)]
     pub servers: Vec<RawServer>,
     pub respond: Option<RawRespond>,
+    /// Endpoints from Consul: passing instances of this service.
+    pub consul_service: Option<String>,
+    pub consul_tag: Option<String>,
+    pub consul_datacenter: Option<String>,
     /// `http1` (default) or `http2` (prior knowledge, h2c) towards the servers.
     pub protocol: Option<RawProtocol>,
     #[serde(default)]

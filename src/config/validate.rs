@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
-    RawBackend, RawBalance, RawConfig, RawFragment, RawListener, RawMode, RawProtocol, RawResolver,
-    RawRespond, RawRoute, RawServer,
+    RawBackend, RawBalance, RawConfig, RawConsul, RawFragment, RawListener, RawMode, RawProtocol,
+    RawResolver, RawRespond, RawRoute, RawServer,
 };
 use super::*;
 
@@ -315,6 +315,8 @@ pub(super) fn validate(
         });
     }
 
+    let uses_consul = backends.iter().any(|(_, _, b)| b.consul_service.is_some());
+    let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
     let (Some(admin_bind), true) = (admin_bind, p.0.is_empty()) else {
         return Err(ConfigErrors(p.0));
     };
@@ -326,6 +328,7 @@ pub(super) fn validate(
         timeouts,
         shutdown_grace: raw.shutdown.grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         resolver,
+        consul,
         listeners: listener_specs,
         routes: route_specs,
         backends: backend_specs,
@@ -343,22 +346,46 @@ fn check_backend(
     if b.name.is_empty() {
         p.at(f, format!("{key}.name"), "must not be empty");
     }
-    let target = match (&b.respond, b.servers.is_empty()) {
-        (Some(_), false) => {
-            p.at(f, key, "set either `servers` or `respond`, not both");
-            None
-        }
-        (None, true) => {
+    let set = [
+        !b.servers.is_empty(),
+        b.respond.is_some(),
+        b.consul_service.is_some(),
+    ];
+    let target = match set {
+        [true, false, false] => Some(BackendTarget::Servers(check_servers(f, key, &b.servers, p))),
+        [false, true, false] => b
+            .respond
+            .as_ref()
+            .and_then(|r| check_respond(f, key, r, p))
+            .map(BackendTarget::Respond),
+        [false, false, true] => check_consul_target(f, key, b, p).map(BackendTarget::Consul),
+        [false, false, false] => {
             p.at(
                 f,
                 key,
-                "set `servers` (at least one \"ip:port\") or `respond`",
+                "set one of `servers` (at least one \"ip:port\"), `respond` or `consul_service`",
             );
             None
         }
-        (Some(r), true) => check_respond(f, key, r, p).map(BackendTarget::Respond),
-        (None, false) => Some(BackendTarget::Servers(check_servers(f, key, &b.servers, p))),
+        _ => {
+            p.at(
+                f,
+                key,
+                "set only one of `servers`, `respond` and `consul_service`",
+            );
+            None
+        }
     };
+    if b.consul_service.is_none() {
+        for (name, set) in [
+            ("consul_tag", b.consul_tag.is_some()),
+            ("consul_datacenter", b.consul_datacenter.is_some()),
+        ] {
+            if set {
+                p.at(f, format!("{key}.{name}"), "only used with `consul_service`");
+            }
+        }
+    }
     let hash_on = match &b.hash_header {
         Some(h) if b.balance != RawBalance::Hash => {
             p.at(
@@ -511,6 +538,105 @@ fn check_dns_name(name: &str) -> Result<Arc<str>, String> {
         }
     }
     Ok(name.to_ascii_lowercase().into())
+}
+
+fn check_consul_target(
+    f: &Arc<Path>,
+    key: &str,
+    b: &RawBackend,
+    p: &mut Problems,
+) -> Option<ConsulTarget> {
+    let service = b.consul_service.as_deref().unwrap_or_default();
+    // Consul service names and tags are DNS-label-like; a slash or a space
+    // would break the request path.
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    };
+    let before = p.0.len();
+    for (name, value) in [
+        ("consul_service", Some(service)),
+        ("consul_tag", b.consul_tag.as_deref()),
+        ("consul_datacenter", b.consul_datacenter.as_deref()),
+    ] {
+        if let Some(v) = value
+            && !valid(v)
+        {
+            p.at(
+                f,
+                format!("{key}.{name}"),
+                format!("{v:?}: use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+    }
+    (p.0.len() == before).then(|| ConsulTarget {
+        service: service.into(),
+        tag: b.consul_tag.as_deref().map(Into::into),
+        datacenter: b.consul_datacenter.as_deref().map(Into::into),
+    })
+}
+
+/// The `[consul]` section, or its defaults when only backends use Consul.
+/// The address comes from the file, else CONSUL_HTTP_ADDR, else the default.
+fn check_consul(f: &Arc<Path>, raw: Option<&RawConsul>, used: bool, p: &mut Problems) -> Option<ConsulSpec> {
+    if raw.is_none() && !used {
+        return None;
+    }
+    let default = RawConsul::default();
+    let r = raw.unwrap_or(&default);
+    let (address, key) = match &r.address {
+        Some(a) => (a.clone(), "consul.address"),
+        None => match std::env::var("CONSUL_HTTP_ADDR") {
+            Ok(a) if !a.is_empty() => (a, "consul.address (from CONSUL_HTTP_ADDR)"),
+            _ => (DEFAULT_CONSUL_ADDRESS.to_string(), "consul.address"),
+        },
+    };
+    // CONSUL_HTTP_ADDR is often written without a scheme.
+    let address = if address.contains("://") {
+        address
+    } else {
+        format!("http://{address}")
+    };
+    let address = address.trim_end_matches('/').to_string();
+    match address.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some()
+                && uri.path() == "/" => {}
+        _ => p.at(
+            f,
+            key,
+            format!("{address:?} is not a Consul address; expected \"http://host:port\" or \"https://host:port\""),
+        ),
+    }
+    let relative = |path: &str| {
+        let path = Path::new(path);
+        f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
+    };
+    let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
+    let spec = ConsulSpec {
+        address,
+        token_file: r.token_file.as_deref().map(relative),
+        ca_file: r.ca_file.as_deref().map(relative),
+        datacenter: r.datacenter.clone(),
+        stale: r.stale.unwrap_or(false),
+        wait: pick(&r.wait, DEFAULT_CONSUL_WAIT),
+        state_file: r.state_file.as_deref().map(relative),
+        retry_min: pick(&r.retry_min, DEFAULT_CONSUL_RETRY_MIN),
+        retry_max: pick(&r.retry_max, DEFAULT_CONSUL_RETRY_MAX),
+    };
+    if spec.wait.is_zero() || spec.wait > Duration::from_secs(600) {
+        p.at(f, "consul.wait", "must be between 1ms and 10m (Consul's cap)");
+    }
+    if spec.retry_min.is_zero() {
+        p.at(f, "consul.retry_min", "must be greater than zero");
+    }
+    if spec.retry_max < spec.retry_min {
+        p.at(f, "consul.retry_max", "must not be less than `retry_min`");
+    }
+    Some(spec)
 }
 
 /// The `[resolver]` section.

@@ -102,6 +102,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             kind: match b.spec.target {
                 BackendTarget::Servers(_) => "servers",
                 BackendTarget::Respond(_) => "respond",
+                BackendTarget::Consul(_) => "consul",
             },
             balance: match b.spec.balance {
                 Balance::RoundRobin => "round_robin",
@@ -141,6 +142,12 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             .dns
             .iter()
             .filter_map(|n| serde_json::to_value(n.status()).ok())
+            .chain(
+                board
+                    .consul
+                    .iter()
+                    .filter_map(|w| serde_json::to_value(w.status()).ok()),
+            )
             .collect(),
     }
 }

@@ -123,7 +123,7 @@ pub async fn handle(
         BackendTarget::Respond(spec) => respond(&ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
         // state (kilobytes) would be copied with it; one allocation is cheaper.
-        BackendTarget::Servers(_) => {
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
             Box::pin(forward(req, target, &ctx, started, completion)).await
         }
     };

@@ -113,6 +113,7 @@ impl ConfigDiff {
             timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
             resolver: config.resolver.clone(),
+            consul: config.consul.clone(),
             listeners: Vec::new(),
             routes: Vec::new(),
             backends: Vec::new(),

@@ -18,6 +18,7 @@ use crate::proxy::upstream::UpstreamPool;
 pub enum Origin {
     Static,
     Dns,
+    Consul,
 }
 
 /// Live state of one (backend, address).

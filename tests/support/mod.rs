@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod consul;
 pub mod dns;
 
 use std::convert::Infallible;

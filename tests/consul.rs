@@ -1,0 +1,568 @@
+//! Consul services as backends, and the blocking-query watches behind them,
+//! against the Consul-compatible test server in `support::consul`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::consul::{AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance};
+use support::{Backend, HttpClient, Switchyard, SwitchyardProcess, eventually, get};
+use switchyard::config::ConsulSpec;
+use switchyard::discovery::consul::watch::WatchTask;
+use switchyard::discovery::consul::{ConsulClient, ConsulWatch, KvPair, WatchData, WatchKey};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SERVICE_PATH: &str = "/v1/health/service/web";
+
+/// `web` instance `id` on 127.0.0.1 at `backend`'s port.
+fn instance(id: &str, backend: &Backend) -> ServiceInstance {
+    let mut i = ServiceInstance::new("web", id);
+    i.node = format!("node-{id}");
+    i.node_address = "127.0.0.1".into();
+    i.port = backend.addr.port();
+    i
+}
+
+/// One HTTP listener `web` whose default backend `b` is the `web` service.
+fn config(consul: SocketAddr, consul_extra: &str) -> String {
+    format!(
+        r#"
+[consul]
+address = "http://{consul}"
+wait = "2s"
+retry_min = "50ms"
+retry_max = "400ms"
+{consul_extra}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+consul_service = "web"
+"#
+    )
+}
+
+fn watch_status(status: &serde_json::Value) -> serde_json::Value {
+    status["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "consul")
+        .cloned()
+        .expect("a consul watch in /status")
+}
+
+/// Keep-alive clients sending requests until stopped; counts non-200s.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failed) = (stop.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut client = HttpClient::connect(addr).await;
+                    let mut sent = 0;
+                    while !stop.load(Ordering::SeqCst) && sent < 100_000 {
+                        match client.get("/", None).await {
+                            Ok((StatusCode::OK, _, _)) => {}
+                            _ => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                client = HttpClient::connect(addr).await;
+                            }
+                        }
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut sent = 0;
+        for t in self.tasks {
+            sent += t.await.expect("client task");
+        }
+        (sent, self.failed.load(Ordering::SeqCst))
+    }
+}
+
+/// `backend` gets no more requests while the others keep getting some.
+async fn stops_receiving(what: &str, backend: &Backend, others: &[&Backend]) {
+    eventually(what, WAIT, || async {
+        let before = backend.hits();
+        let others_before: usize = others.iter().map(|b| b.hits()).sum();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let others_after: usize = others.iter().map(|b| b.hits()).sum();
+        backend.hits() == before && others_after > others_before + 10
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_registration_deregistration_and_health() {
+    let consul = ConsulServer::start().await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    consul.register(instance("a", &a));
+    consul.register(instance("b", &b));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let addr = sy.addr("web");
+    let load = Load::start(addr, 4);
+    eventually("a and b serve", WAIT, || async { a.hits() > 20 && b.hits() > 20 }).await;
+
+    consul.register(instance("c", &c));
+    eventually("c joins", WAIT, || async { c.hits() > 20 }).await;
+    consul.set_service_status("a", "critical");
+    stops_receiving("a leaves when critical", &a, &[&b, &c]).await;
+    consul.deregister("b");
+    stops_receiving("b leaves when deregistered", &b, &[&c]).await;
+
+    let (sent, failed) = load.finish().await;
+    eprintln!("{sent} requests while instances came and went");
+    assert_eq!(failed, 0, "no request failed");
+    let status = sy.status().await;
+    let endpoints = status["backends"][0]["endpoints"].as_array().unwrap().clone();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["address"], c.addr.to_string());
+    assert_eq!(endpoints[0]["origin"], "consul");
+    let watch = watch_status(&status);
+    assert_eq!(watch["watch"], "health.service(web|passing)");
+    assert_eq!(watch["ok"], true);
+    assert!(watch["index"].as_u64().unwrap() > 1);
+    assert_eq!(sy.metric("switchyard_consul_up").await, Some(1.0));
+    assert!(
+        sy.metric(r#"switchyard_discovery_staleness_seconds{watch="health.service(web|passing)"}"#)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_weights_and_node_address_fallback() {
+    let consul = ConsulServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut heavy = instance("a", &a);
+    heavy.weights = Some((3, 1));
+    // Service address set explicitly; the other instance falls back to its
+    // node's address.
+    heavy.address = "127.0.0.1".into();
+    heavy.node_address = "10.255.255.1".into();
+    consul.register(heavy);
+    consul.register(instance("b", &b));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let mut client = HttpClient::connect(sy.addr("web")).await;
+    for _ in 0..40 {
+        assert_eq!(client.get("/", None).await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!((a.hits(), b.hits()), (30, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_goes_backwards_causes_a_full_reread() {
+    let consul = ConsulServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    consul.register(instance("a", &a));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let addr = sy.addr("web");
+    eventually("watch blocking", WAIT, || async {
+        consul.blocking_requests(SERVICE_PATH) >= 1
+    })
+    .await;
+    let before = watch_status(&sy.status().await)["index"].as_u64().unwrap();
+    let plain_before = consul.requests(SERVICE_PATH) - consul.blocking_requests(SERVICE_PATH);
+
+    consul.lower_index(1); // a snapshot restore
+    eventually("a non-blocking re-read", WAIT, || async {
+        consul.requests(SERVICE_PATH) - consul.blocking_requests(SERVICE_PATH) > plain_before
+    })
+    .await;
+    eventually("the watch follows the lower index", WAIT, || async {
+        watch_status(&sy.status().await)["index"].as_u64().unwrap() < before
+    })
+    .await;
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+    // And it keeps working from there.
+    consul.register(instance("b", &b));
+    eventually("b joins after the reset", WAIT, || async {
+        get(addr, "/", None).await.1 == "b"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_backs_off_keeps_serving_and_recovers() {
+    let consul = ConsulServer::start().await;
+    let a = Backend::start("a").await;
+    consul.register(instance("a", &a));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let addr = sy.addr("web");
+    eventually("consul up", WAIT, || async {
+        sy.metric("switchyard_consul_up").await == Some(1.0)
+    })
+    .await;
+
+    consul.set_leader(false);
+    eventually("consul down", WAIT, || async {
+        sy.metric("switchyard_consul_up").await == Some(0.0)
+    })
+    .await;
+    let status = sy.status().await;
+    assert!(
+        watch_status(&status)["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no cluster leader"),
+        "{status}"
+    );
+    // Backing off: 50 ms doubling to 400 ms gives a handful of requests per
+    // second, not hundreds.
+    let since = Instant::now();
+    let count = consul.requests(SERVICE_PATH);
+    eventually("a few retries", WAIT, || async {
+        consul.requests(SERVICE_PATH) >= count + 3
+    })
+    .await;
+    let retries = consul.requests(SERVICE_PATH) - count;
+    assert!(
+        since.elapsed() >= Duration::from_millis(300),
+        "{retries} retries in {:?}: no backoff",
+        since.elapsed()
+    );
+    // The last data still routes.
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+
+    consul.set_leader(true);
+    eventually("consul up again", WAIT, || async {
+        sy.metric("switchyard_consul_up").await == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_after_consul_restarts() {
+    let consul = ConsulServer::start().await;
+    let port = consul.addr().port();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    consul.register(instance("a", &a));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+
+    consul.shutdown().await;
+    eventually("consul seen down", WAIT, || async {
+        sy.metric("switchyard_consul_up").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+
+    // A new server on the same address, with different data (and indexes
+    // that start over).
+    let consul = ConsulServer::start_with(ConsulOptions {
+        port: Some(port),
+        ..Default::default()
+    })
+    .await;
+    consul.register(instance("b", &b));
+    eventually("traffic follows the restarted consul", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "b".into())
+    })
+    .await;
+    eventually("consul up again", WAIT, || async {
+        sy.metric("switchyard_consul_up").await == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_gives_few_rebuilds() {
+    let consul = ConsulServer::start().await;
+    let (a, x) = (Backend::start("a").await, Backend::start("x").await);
+    consul.register(instance("a", &a));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    eventually("watch blocking", WAIT, || async {
+        consul.blocking_requests(SERVICE_PATH) >= 1
+    })
+    .await;
+    let updates_before = sy
+        .metric("switchyard_discovery_updates_total")
+        .await
+        .unwrap();
+    const CHANGES: u32 = 500;
+    for i in 1..=CHANGES {
+        let mut changed = instance("x", &x);
+        changed.weights = Some((i % 7 + 1, 1));
+        consul.register(changed);
+    }
+    let final_weight = CHANGES % 7 + 1;
+    eventually("the last change is applied", WAIT, || async {
+        let status = sy.status().await;
+        status["backends"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["address"] == x.addr.to_string() && e["weight"] == final_weight)
+    })
+    .await;
+    let rebuilds = sy
+        .metric("switchyard_discovery_updates_total")
+        .await
+        .unwrap()
+        - updates_before;
+    eprintln!("{CHANGES} changes in a burst: {rebuilds} endpoint rebuilds");
+    assert!((1.0..=25.0).contains(&rebuilds), "{rebuilds} rebuilds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_backends_on_one_service_share_one_watch() {
+    let consul = ConsulServer::start().await;
+    let a = Backend::start("a").await;
+    consul.register(instance("a", &a));
+    let mut cfg = config(consul.addr(), "");
+    for i in 0..10 {
+        cfg.push_str(&format!(
+            "\n[[backends]]\nname = \"copy{i}\"\nconsul_service = \"web\"\n"
+        ));
+    }
+    let sy = Switchyard::start(&cfg).await;
+    eventually("one blocking query open", WAIT, || async {
+        consul.open_blocking() == 1
+    })
+    .await;
+    // One initial read and one long poll (a 2 s wait) so far: not eleven.
+    let requests = consul.requests(SERVICE_PATH);
+    assert!(requests <= 3, "{requests} requests for eleven backends");
+    let watches = sy.status().await["watches"].as_array().unwrap().len();
+    assert_eq!(watches, 1);
+    assert_eq!(
+        sy.metric(r#"switchyard_backend_endpoints{backend="copy9"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("consul-state.json");
+    let extra = format!("state_file = {:?}", state.display().to_string());
+    let consul = ConsulServer::start().await;
+    let port = consul.addr().port();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    consul.register(instance("a", &a));
+    {
+        let first = Switchyard::start(&config(consul.addr(), &extra)).await;
+        assert_eq!(
+            get(first.addr("web"), "/", None).await,
+            (StatusCode::OK, "a".into())
+        );
+        eventually("state saved", WAIT, || async {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&a.addr.port().to_string()))
+        })
+        .await;
+        first.app.shutdown().await;
+    }
+    consul.shutdown().await;
+
+    // Consul is down: start from the state file.
+    let second = Switchyard::start(&config(consul_addr(port), &extra)).await;
+    let addr = second.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+    let watch = watch_status(&second.status().await);
+    assert_eq!(watch["stale_from_state_file"], true);
+    assert_eq!(watch["ok"], false);
+
+    // Consul comes back with newer data: Switchyard catches up.
+    let consul = ConsulServer::start_with(ConsulOptions {
+        port: Some(port),
+        ..Default::default()
+    })
+    .await;
+    consul.register(instance("b", &b));
+    eventually("caught up", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "b".into())
+    })
+    .await;
+    let watch = watch_status(&second.status().await);
+    assert_eq!(watch["stale_from_state_file"], false);
+    assert_eq!(watch["ok"], true);
+}
+
+fn consul_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[test]
+fn a_bad_token_is_reported_once_and_never_logged() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let secret = "6a1e1d3b-0000-4000-8000-00000000dead";
+        let consul = ConsulServer::start_with(ConsulOptions {
+            acl: Some(AclOptions::new(Policy::Deny).token(AclToken::management(
+                "11111111-2222-3333-4444-555555555555",
+            ))),
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+        let cfg = config(
+            consul.addr(),
+            &format!("token_file = {:?}", token_file.display().to_string()),
+        );
+        let mut sy = SwitchyardProcess::start(&cfg);
+        eventually("several refused attempts", WAIT, || async {
+            consul.requests(SERVICE_PATH) >= 4
+        })
+        .await;
+        assert_eq!(consul.last_token(SERVICE_PATH).as_deref(), Some(secret));
+        sy.signal(libc::SIGTERM);
+        sy.wait_exit(WAIT).await;
+        let logs = sy.log_lines();
+        let refused: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("Consul refused the watch"))
+            .collect();
+        assert_eq!(refused.len(), 1, "reported once: {logs:#?}");
+        assert!(refused[0].contains("ACL token"), "{}", refused[0]);
+        assert!(
+            logs.iter().all(|l| !l.contains(secret)),
+            "the token must never be logged"
+        );
+    });
+}
+
+/// A watch of any kind, straight on the library.
+async fn watch(consul: &ConsulServer, key: WatchKey) -> (Arc<ConsulWatch>, support::AbortOnDrop) {
+    let spec = ConsulSpec {
+        address: format!("http://{}", consul.addr()),
+        token_file: None,
+        ca_file: None,
+        datacenter: None,
+        stale: false,
+        wait: Duration::from_secs(2),
+        state_file: None,
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(400),
+    };
+    let client = Arc::new(ConsulClient::new(&spec).unwrap());
+    let watch = Arc::new(ConsulWatch::new(key));
+    let (changed, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(
+        WatchTask {
+            watch: watch.clone(),
+            client,
+            changed,
+            retry_min: spec.retry_min,
+            retry_max: spec.retry_max,
+        }
+        .run(),
+    );
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    watch.first_answer().await;
+    (watch, support::AbortOnDrop(task))
+}
+
+async fn data_is(watch: &ConsulWatch, want: WatchData) {
+    eventually(&format!("{} data", watch.key), WAIT, || async {
+        watch.data().as_deref() == Some(&want)
+    })
+    .await;
+}
+
+fn pair(key: &str, value: &str) -> KvPair {
+    KvPair {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefix_listing_and_catalog_watches() {
+    let consul = ConsulServer::start().await;
+    let (key, _k) = watch(&consul, WatchKey::Key("app/limit".into())).await;
+    let (prefix, _p) = watch(&consul, WatchKey::Prefix("app/".into())).await;
+    let (keys, _l) = watch(
+        &consul,
+        WatchKey::Keys {
+            prefix: "app/".into(),
+            separator: Some("/".into()),
+        },
+    )
+    .await;
+    let (catalog, _c) = watch(&consul, WatchKey::Catalog { datacenter: None }).await;
+    // A missing key is empty data, not an error.
+    data_is(&key, WatchData::Kv(Vec::new())).await;
+    assert!(key.status().ok);
+
+    consul.kv_put("app/limit", b"250");
+    consul.kv_put("app/routes/api", b"pool=api");
+    data_is(&key, WatchData::Kv(vec![pair("app/limit", "250")])).await;
+    data_is(
+        &prefix,
+        WatchData::Kv(vec![
+            pair("app/limit", "250"),
+            pair("app/routes/api", "pool=api"),
+        ]),
+    )
+    .await;
+    data_is(
+        &keys,
+        WatchData::Keys(vec!["app/limit".into(), "app/routes/".into()]),
+    )
+    .await;
+    consul.kv_delete("app/limit");
+    data_is(&key, WatchData::Kv(Vec::new())).await;
+    data_is(
+        &prefix,
+        WatchData::Kv(vec![pair("app/routes/api", "pool=api")]),
+    )
+    .await;
+
+    let mut tagged = ServiceInstance::new("api", "api-1");
+    tagged.tags = vec!["v2".into(), "blue".into()];
+    tagged.port = 7000;
+    consul.register(tagged);
+    eventually("catalog lists api", WAIT, || async {
+        matches!(catalog.data().as_deref(), Some(WatchData::Catalog(m))
+            if m.get("api") == Some(&vec!["blue".to_string(), "v2".to_string()]))
+    })
+    .await;
+    let (v1_only, _s) = watch(
+        &consul,
+        WatchKey::Service {
+            name: "api".into(),
+            tag: Some("v1".into()),
+            datacenter: None,
+            passing_only: true,
+        },
+    )
+    .await;
+    data_is(&v1_only, WatchData::Service(Vec::new())).await;
+}
