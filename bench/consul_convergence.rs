@@ -65,19 +65,28 @@ consul_service = "web"
         let deadline = changed + Duration::from_secs(10);
         let mut in_a_row = 0;
         while in_a_row < 2 {
-            in_a_row = if next(&mut client).await == "b" { in_a_row + 1 } else { 0 };
+            in_a_row = if next(&mut client).await == "b" {
+                in_a_row + 1
+            } else {
+                0
+            };
             assert!(Instant::now() < deadline, "traffic did not leave a in 10 s");
         }
         leave.push(changed.elapsed());
         tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
         consul.set_service_status("a", "passing");
         while next(&mut client).await != "a" {
-            assert!(Instant::now() < deadline + Duration::from_secs(10), "a did not come back");
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(10),
+                "a did not come back"
+            );
         }
     }
     leave.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("\nConsul instance turning critical to traffic leaving it: {ROUNDS} changes, 0 failed requests\n");
+    println!(
+        "\nConsul instance turning critical to traffic leaving it: {ROUNDS} changes, 0 failed requests\n"
+    );
     println!("| p50 ms | p99 ms | max ms |");
     println!("| ---: | ---: | ---: |");
     println!(

@@ -201,7 +201,10 @@ impl Control {
             dns: DnsWatcher::new(dns_tx, metrics.dns_lookups.clone()),
             consul: ConsulWatcher::new(consul_tx),
         };
-        let plan = sources.prepare(&config).await.map_err(StartError::Discovery)?;
+        let plan = sources
+            .prepare(&config)
+            .await
+            .map_err(StartError::Discovery)?;
         let ctx = CompileContext {
             find_draining: &|_, _| None,
             dns: &|q| sources.dns.get(q),
@@ -502,7 +505,10 @@ impl Control {
         };
         for backend in table.backends.values() {
             let uses = backend.dns.iter().any(|n| dns.contains(&n.query))
-                || backend.consul.as_ref().is_some_and(|w| consul.contains(&w.key));
+                || backend
+                    .consul
+                    .as_ref()
+                    .is_some_and(|w| consul.contains(&w.key));
             if !uses {
                 continue;
             }

@@ -117,7 +117,10 @@ fn check(path: &Path) -> ExitCode {
                         )
                     }
                     BackendTarget::Consul(c) => {
-                        let tag = c.tag.as_deref().map_or(String::new(), |t| format!(", tag {t}"));
+                        let tag = c
+                            .tag
+                            .as_deref()
+                            .map_or(String::new(), |t| format!(", tag {t}"));
                         println!(
                             "  backend {}: Consul service {}{tag}, {:?}",
                             b.name, c.service, b.balance

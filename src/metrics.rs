@@ -365,7 +365,9 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
         }
         if !sample.consul.is_empty() {
             let all_ok = sample.consul.iter().all(|(_, ok, _)| *ok);
-            consul_up.with_label_values::<&str>(&[]).set(i64::from(all_ok));
+            consul_up
+                .with_label_values::<&str>(&[])
+                .set(i64::from(all_ok));
         }
         let mut families = active.collect();
         families.extend(up.collect());

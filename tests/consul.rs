@@ -133,7 +133,10 @@ async fn traffic_follows_registration_deregistration_and_health() {
     let sy = Switchyard::start(&config(consul.addr(), "")).await;
     let addr = sy.addr("web");
     let load = Load::start(addr, 4);
-    eventually("a and b serve", WAIT, || async { a.hits() > 20 && b.hits() > 20 }).await;
+    eventually("a and b serve", WAIT, || async {
+        a.hits() > 20 && b.hits() > 20
+    })
+    .await;
 
     consul.register(instance("c", &c));
     eventually("c joins", WAIT, || async { c.hits() > 20 }).await;
@@ -146,7 +149,10 @@ async fn traffic_follows_registration_deregistration_and_health() {
     eprintln!("{sent} requests while instances came and went");
     assert_eq!(failed, 0, "no request failed");
     let status = sy.status().await;
-    let endpoints = status["backends"][0]["endpoints"].as_array().unwrap().clone();
+    let endpoints = status["backends"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(endpoints[0]["address"], c.addr.to_string());
     assert_eq!(endpoints[0]["origin"], "consul");
@@ -422,9 +428,10 @@ fn a_bad_token_is_reported_once_and_never_logged() {
     runtime.block_on(async {
         let secret = "6a1e1d3b-0000-4000-8000-00000000dead";
         let consul = ConsulServer::start_with(ConsulOptions {
-            acl: Some(AclOptions::new(Policy::Deny).token(AclToken::management(
-                "11111111-2222-3333-4444-555555555555",
-            ))),
+            acl: Some(
+                AclOptions::new(Policy::Deny)
+                    .token(AclToken::management("11111111-2222-3333-4444-555555555555")),
+            ),
             ..Default::default()
         })
         .await;

@@ -133,7 +133,7 @@ name = "empty"
         "`backends[0].servers[2]`: \"web internal:80\": a host name has only letters",
         "`backends[0].servers[3].weight`: must be between 1 and 256",
         "`backends[1].name`: backend `app` is already defined",
-        "`backends[2]`: set `servers`",
+        "`backends[2]`: set one of `servers`",
     ] {
         assert!(
             errors.contains(expected),
@@ -298,6 +298,80 @@ servers = [
         "`backends[0].servers[2]`: \"web.internal:http\": bad port",
         "`backends[0].servers[3].required`: only a host name or SRV name",
         "`backends[0].servers[5]`: web.internal:80 is listed twice",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
+}
+
+#[test]
+fn consul_backends_and_settings() {
+    let text = r#"
+[consul]
+address = "https://consul.internal:8501"
+token_file = "secrets/token"
+stale = true
+wait = "30s"
+state_file = "state/consul.json"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "api"
+
+[[backends]]
+name = "api"
+consul_service = "api"
+consul_tag = "v2"
+"#;
+    let (dir, result) = load_files(&[("main.toml", text)]);
+    let c = result.expect("valid");
+    let consul = c.consul.expect("consul section");
+    assert_eq!(consul.address, "https://consul.internal:8501");
+    assert_eq!(consul.token_file, Some(dir.path().join("secrets/token")));
+    assert_eq!(
+        consul.state_file,
+        Some(dir.path().join("state/consul.json"))
+    );
+    assert!(consul.stale);
+    assert_eq!(consul.wait, Duration::from_secs(30));
+    assert_eq!(consul.retry_min, DEFAULT_CONSUL_RETRY_MIN);
+    let BackendTarget::Consul(target) = &c.backends[0].target else {
+        panic!("a consul backend");
+    };
+    assert_eq!(
+        (&*target.service, target.tag.as_deref()),
+        ("api", Some("v2"))
+    );
+
+    let bad = r#"
+[consul]
+address = "consul:8500/v1"
+wait = "20m"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "api"
+
+[[backends]]
+name = "api"
+consul_service = "api service"
+servers = ["127.0.0.1:80"]
+
+[[backends]]
+name = "other"
+servers = ["127.0.0.1:81"]
+consul_tag = "v2"
+"#;
+    let errors = errors_of(bad).join("\n");
+    for expected in [
+        "`consul.address`: \"http://consul:8500/v1\" is not a Consul address",
+        "`consul.wait`: must be between 1ms and 10m",
+        "`backends[0]`: set only one of `servers`, `respond` and `consul_service`",
+        "`backends[1].consul_tag`: only used with `consul_service`",
     ] {
         assert!(
             errors.contains(expected),

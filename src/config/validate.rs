@@ -382,7 +382,11 @@ fn check_backend(
             ("consul_datacenter", b.consul_datacenter.is_some()),
         ] {
             if set {
-                p.at(f, format!("{key}.{name}"), "only used with `consul_service`");
+                p.at(
+                    f,
+                    format!("{key}.{name}"),
+                    "only used with `consul_service`",
+                );
             }
         }
     }
@@ -551,8 +555,7 @@ fn check_consul_target(
     // would break the request path.
     let valid = |s: &str| {
         !s.is_empty()
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
     };
     let before = p.0.len();
@@ -580,7 +583,12 @@ fn check_consul_target(
 
 /// The `[consul]` section, or its defaults when only backends use Consul.
 /// The address comes from the file, else CONSUL_HTTP_ADDR, else the default.
-fn check_consul(f: &Arc<Path>, raw: Option<&RawConsul>, used: bool, p: &mut Problems) -> Option<ConsulSpec> {
+fn check_consul(
+    f: &Arc<Path>,
+    raw: Option<&RawConsul>,
+    used: bool,
+    p: &mut Problems,
+) -> Option<ConsulSpec> {
     if raw.is_none() && !used {
         return None;
     }
@@ -628,7 +636,11 @@ fn check_consul(f: &Arc<Path>, raw: Option<&RawConsul>, used: bool, p: &mut Prob
         retry_max: pick(&r.retry_max, DEFAULT_CONSUL_RETRY_MAX),
     };
     if spec.wait.is_zero() || spec.wait > Duration::from_secs(600) {
-        p.at(f, "consul.wait", "must be between 1ms and 10m (Consul's cap)");
+        p.at(
+            f,
+            "consul.wait",
+            "must be between 1ms and 10m (Consul's cap)",
+        );
     }
     if spec.retry_min.is_zero() {
         p.at(f, "consul.retry_min", "must be greater than zero");

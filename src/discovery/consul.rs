@@ -132,18 +132,15 @@ impl ConsulWatcher {
                 plan.started.push(key.clone());
             }
         }
-        let new: Vec<Arc<ConsulWatch>> = plan
-            .started
-            .iter()
-            .filter_map(|k| self.get(k))
-            .collect();
+        let new: Vec<Arc<ConsulWatch>> = plan.started.iter().filter_map(|k| self.get(k)).collect();
         let _ = tokio::time::timeout(FIRST_ANSWER_BUDGET, async {
             for w in &new {
                 w.first_answer().await;
             }
         })
         .await;
-        let unanswered: Vec<&Arc<ConsulWatch>> = new.iter().filter(|w| w.data().is_none()).collect();
+        let unanswered: Vec<&Arc<ConsulWatch>> =
+            new.iter().filter(|w| w.data().is_none()).collect();
         if let (false, Some(path)) = (unanswered.is_empty(), &spec.state_file) {
             let saved = load_state(path).await;
             for w in unanswered {
@@ -164,7 +161,8 @@ impl ConsulWatcher {
         let restart = plan.spec != self.spec;
         self.spec = plan.spec;
         self.client = plan.client;
-        if let (true, Some(client), Some(spec)) = (restart, self.client.clone(), self.spec.clone()) {
+        if let (true, Some(client), Some(spec)) = (restart, self.client.clone(), self.spec.clone())
+        {
             let keys: Vec<WatchKey> = self
                 .running
                 .keys()
@@ -211,7 +209,12 @@ impl ConsulWatcher {
         });
     }
 
-    fn spawn(&self, watch: Arc<ConsulWatch>, client: Arc<ConsulClient>, spec: &ConsulSpec) -> Running {
+    fn spawn(
+        &self,
+        watch: Arc<ConsulWatch>,
+        client: Arc<ConsulClient>,
+        spec: &ConsulSpec,
+    ) -> Running {
         let task = tokio::spawn(
             watch::WatchTask {
                 watch: watch.clone(),

@@ -309,11 +309,8 @@ fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, Co
             if roots.is_empty() {
                 return Err(ca_error("no certificate in the file".into()));
             }
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                builder
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(builder.with_root_certificates(roots).with_no_client_auth())
         }
         None => {
             let mut roots = rustls::RootCertStore::empty();
@@ -322,11 +319,8 @@ fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, Co
             for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
             }
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                builder
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(builder.with_root_certificates(roots).with_no_client_auth())
         }
     };
     Ok(https.https_or_http().enable_http1().build())

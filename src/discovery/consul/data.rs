@@ -105,10 +105,7 @@ impl WatchKey {
             }
             Self::Catalog { datacenter } => (
                 "catalog/services".into(),
-                datacenter
-                    .iter()
-                    .map(|dc| ("dc", dc.clone()))
-                    .collect(),
+                datacenter.iter().map(|dc| ("dc", dc.clone())).collect(),
             ),
         }
     }
@@ -123,7 +120,8 @@ impl WatchKey {
                 let Some(body) = body else {
                     return Ok(WatchData::Kv(Vec::new()));
                 };
-                let entries: Vec<RawKv> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                let entries: Vec<RawKv> =
+                    serde_json::from_slice(body).map_err(|e| e.to_string())?;
                 let mut pairs = entries
                     .into_iter()
                     .map(KvPair::try_from)
@@ -135,7 +133,8 @@ impl WatchKey {
                 let Some(body) = body else {
                     return Ok(WatchData::Keys(Vec::new()));
                 };
-                let mut keys: Vec<String> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                let mut keys: Vec<String> =
+                    serde_json::from_slice(body).map_err(|e| e.to_string())?;
                 keys.sort();
                 Ok(WatchData::Keys(keys))
             }
@@ -143,7 +142,8 @@ impl WatchKey {
                 let body = body.ok_or("404 from a health endpoint")?;
                 let entries: Vec<RawHealthEntry> =
                     serde_json::from_slice(body).map_err(|e| e.to_string())?;
-                let mut instances: Vec<Instance> = entries.into_iter().map(Instance::from).collect();
+                let mut instances: Vec<Instance> =
+                    entries.into_iter().map(Instance::from).collect();
                 instances.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
                 Ok(WatchData::Service(instances))
             }

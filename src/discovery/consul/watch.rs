@@ -50,8 +50,8 @@ impl TokenBucket {
         self.tokens = (self.tokens + refilled).min(BURST);
         self.at = now;
         if self.tokens < 1.0 {
-            let wait = REFILL.mul_f64(1.0 - self.tokens)
-                + Duration::from_millis(fastrand::u64(0..20));
+            let wait =
+                REFILL.mul_f64(1.0 - self.tokens) + Duration::from_millis(fastrand::u64(0..20));
             tokio::time::sleep(wait).await;
             self.tokens = 1.0;
             self.at = Instant::now();
@@ -141,7 +141,8 @@ impl ConsulWatch {
     pub fn status(&self) -> ConsulWatchStatus {
         let staleness = self.staleness();
         let s = self.lock();
-        let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
+        let time =
+            |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
         ConsulWatchStatus {
             kind: "consul",
             watch: self.key.to_string(),
@@ -256,11 +257,7 @@ impl WatchTask {
         }
         drop(s);
         let body = (reply.status != http::StatusCode::NOT_FOUND).then_some(&reply.body[..]);
-        let data = self
-            .watch
-            .key
-            .decode(body)
-            .map_err(ConsulError::Decode)?;
+        let data = self.watch.key.decode(body).map_err(ConsulError::Decode)?;
         let mut s = self.watch.lock();
         let from_file = std::mem::take(&mut s.from_state_file);
         if !from_file && self.watch.data.load().as_deref() == Some(&data) {
