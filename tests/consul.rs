@@ -573,3 +573,78 @@ async fn key_prefix_listing_and_catalog_watches() {
     .await;
     data_is(&v1_only, WatchData::Service(Vec::new())).await;
 }
+
+/// A TLS front for `upstream` with a fresh self-signed certificate for
+/// 127.0.0.1: Consul's https listener, as far as the client can tell.
+/// Returns its address and the certificate (PEM), which is its own CA.
+async fn tls_front(upstream: SocketAddr) -> (SocketAddr, String, support::AbortOnDrop) {
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(io).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, cert.cert.pem(), support::AbortOnDrop(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_file() {
+    let consul = ConsulServer::start().await;
+    let a = Backend::start("a").await;
+    consul.register(instance("a", &a));
+    let (front, ca_pem, _front) = tls_front(consul.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let cfg = config(consul.addr(), "").replace(
+        &format!("address = \"http://{}\"", consul.addr()),
+        &format!(
+            "address = \"https://{front}\"\nca_file = {:?}",
+            ca_file.display().to_string()
+        ),
+    );
+    let sy = Switchyard::start(&cfg).await;
+    eventually("served through https", WAIT, || async {
+        get(sy.addr("web"), "/", None).await == (StatusCode::OK, "a".into())
+    })
+    .await;
+    assert!(consul.requests(SERVICE_PATH) >= 1);
+
+    // Without the CA, the certificate is refused and nothing is routed.
+    let untrusted = config(consul.addr(), "").replace(
+        &format!("address = \"http://{}\"", consul.addr()),
+        &format!("address = \"https://{front}\""),
+    );
+    let sy = Switchyard::start(&untrusted).await;
+    let status = sy.status().await;
+    let error = watch_status(&status)["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(error.contains("certificate"), "{status}");
+    assert_eq!(
+        get(sy.addr("web"), "/", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
