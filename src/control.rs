@@ -138,6 +138,21 @@ pub struct Control {
     consul_events: mpsc::UnboundedReceiver<WatchKey>,
 }
 
+/// Endpoint states that left their backend and still drain, by address.
+struct DrainingIndex(HashMap<SocketAddr, Vec<Arc<EndpointState>>>);
+
+impl DrainingIndex {
+    /// The draining state of (backend, address), so an address that comes
+    /// back keeps its counters and connections.
+    fn find(&self, backend: &str, addr: SocketAddr) -> Option<Arc<EndpointState>> {
+        self.0
+            .get(&addr)?
+            .iter()
+            .find(|s| &*s.backend == backend)
+            .cloned()
+    }
+}
+
 /// The discovery sources, prepared and committed together with each config.
 struct Sources {
     dns: DnsWatcher,
@@ -400,13 +415,7 @@ impl Control {
             .map_err(|e| vec![ErrorChain(&e).to_string()])?;
         let version = current.version + 1;
         let draining = self.draining_index();
-        let find_draining = |backend: &str, addr: SocketAddr| {
-            draining
-                .get(&addr)?
-                .iter()
-                .find(|s| &*s.backend == backend)
-                .cloned()
-        };
+        let find_draining = |backend: &str, addr: SocketAddr| draining.find(backend, addr);
         // New names are looked up before the compile, so new backends start
         // with their addresses (or the reload fails on a required one).
         let plan = self.sources.prepare(&config).await?;
@@ -496,13 +505,7 @@ impl Control {
     fn apply_discovery(&self, dns: &[DnsQuery], consul: &[WatchKey]) {
         let table = self.table.current();
         let draining = self.draining_index();
-        let find_draining = |backend: &str, addr: SocketAddr| {
-            draining
-                .get(&addr)?
-                .iter()
-                .find(|s| &*s.backend == backend)
-                .cloned()
-        };
+        let find_draining = |backend: &str, addr: SocketAddr| draining.find(backend, addr);
         for backend in table.backends.values() {
             let uses = backend.dns.iter().any(|n| dns.contains(&n.query))
                 || backend
@@ -538,12 +541,12 @@ impl Control {
 
     /// Draining states by address: few, but looked up once per server of
     /// every changed backend.
-    fn draining_index(&self) -> HashMap<SocketAddr, Vec<Arc<EndpointState>>> {
+    fn draining_index(&self) -> DrainingIndex {
         let mut draining: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
         for state in self.board.lock().draining.iter() {
             draining.entry(state.addr).or_default().push(state.clone());
         }
-        draining
+        DrainingIndex(draining)
     }
 
     fn prune_draining(&self) {

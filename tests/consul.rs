@@ -5,12 +5,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::consul::{AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance};
-use support::{Backend, HttpClient, Switchyard, SwitchyardProcess, eventually, get};
+use support::{Backend, HttpClient, Load, Switchyard, SwitchyardProcess, eventually, get};
 use switchyard::config::ConsulSpec;
 use switchyard::discovery::consul::watch::WatchTask;
 use switchyard::discovery::consul::{ConsulClient, ConsulWatch, KvPair, WatchData, WatchKey};
@@ -58,54 +57,6 @@ fn watch_status(status: &serde_json::Value) -> serde_json::Value {
         .find(|w| w["kind"] == "consul")
         .cloned()
         .expect("a consul watch in /status")
-}
-
-/// Keep-alive clients sending requests until stopped; counts non-200s.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<usize>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, failed) = (stop.clone(), failed.clone());
-                tokio::spawn(async move {
-                    let mut client = HttpClient::connect(addr).await;
-                    let mut sent = 0;
-                    while !stop.load(Ordering::SeqCst) && sent < 100_000 {
-                        match client.get("/", None).await {
-                            Ok((StatusCode::OK, _, _)) => {}
-                            _ => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                client = HttpClient::connect(addr).await;
-                            }
-                        }
-                        sent += 1;
-                    }
-                    sent
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut sent = 0;
-        for t in self.tasks {
-            sent += t.await.expect("client task");
-        }
-        (sent, self.failed.load(Ordering::SeqCst))
-    }
 }
 
 /// `backend` gets no more requests while the others keep getting some.

@@ -3,15 +3,13 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 use http::StatusCode;
 use support::dns::{DnsServer, SrvRecord};
-use support::{Backend, HttpClient, Switchyard, eventually, get};
+use support::{Backend, HttpClient, Load, Switchyard, eventually, get};
 use switchyard::control::ReloadResult;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -44,56 +42,6 @@ servers = [{servers}]
 "#,
         dns = dns.addr
     )
-}
-
-/// Keep-alive clients sending requests until stopped; counts answers by body
-/// and anything that is not a 200.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<usize>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, failed) = (stop.clone(), failed.clone());
-                tokio::spawn(async move {
-                    let mut client = HttpClient::connect(addr).await;
-                    let mut sent = 0;
-                    // Bounded: stops when told, or after 100,000 requests.
-                    while !stop.load(Ordering::SeqCst) && sent < 100_000 {
-                        match client.get("/", None).await {
-                            Ok((StatusCode::OK, _, _)) => {}
-                            _ => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                client = HttpClient::connect(addr).await;
-                            }
-                        }
-                        sent += 1;
-                    }
-                    sent
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut sent = 0;
-        for t in self.tasks {
-            sent += t.await.expect("client task");
-        }
-        (sent, self.failed.load(Ordering::SeqCst))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -454,6 +454,56 @@ fn with_admin(config: &str) -> String {
 
 // === client ===
 
+/// Keep-alive clients sending `GET /` back to back until stopped (or
+/// 100,000 requests each); counts every answer that is not a 200.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<usize>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failed) = (stop.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut client = HttpClient::connect(addr).await;
+                    let mut sent = 0;
+                    while !stop.load(Ordering::SeqCst) && sent < 100_000 {
+                        match client.get("/", None).await {
+                            Ok((StatusCode::OK, _, _)) => {}
+                            _ => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                client = HttpClient::connect(addr).await;
+                            }
+                        }
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns (requests sent, requests failed).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut sent = 0;
+        for t in self.tasks {
+            sent += t.await.expect("client task");
+        }
+        (sent, self.failed.load(Ordering::SeqCst))
+    }
+}
+
 /// One keep-alive HTTP/1.1 client connection.
 pub struct HttpClient {
     sender: hyper::client::conn::http1::SendRequest<TestBody>,
