@@ -34,6 +34,7 @@ mod filter;
 mod health;
 mod kv;
 mod kv_store;
+mod listing;
 mod options;
 mod register;
 mod render;

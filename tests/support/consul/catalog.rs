@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::Response;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::acl::Resource;
 use super::blocking::{MetaStyle, Outcome, ReadRequest};
-use super::filter;
+use super::listing::{ListRead, Listing, require};
 use super::render;
 use super::router::Ctx;
-use super::selection::{Selection, may_read_instance};
+use super::selection::{Selection, readable};
 use super::wire::{ApiError, Body, json_response};
 
 /// The address `/v1/status/leader` and `/v1/status/peers` report.
@@ -22,16 +22,12 @@ pub async fn services(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
     read.serve(|st, authz| {
         let catalog = &st.catalog;
-        let mut hidden = false;
+        let on_nodes = catalog
+            .services()
+            .filter(|i| selection.node_matches(catalog, &i.node));
+        let (visible, hidden) = readable(on_nodes, |i| authz.can_read(Resource::Service, &i.name));
         let mut tags: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for instance in catalog.services() {
-            if !selection.node_matches(catalog, &instance.node) {
-                continue;
-            }
-            if !authz.can_read(Resource::Service, &instance.name) {
-                hidden = true;
-                continue;
-            }
+        for instance in visible {
             tags.entry(&instance.name)
                 .or_default()
                 .extend(instance.tags.iter().map(String::as_str));
@@ -42,50 +38,31 @@ pub async fn services(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn service(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
-    let expression = filter::from_query(&ctx.query)?;
-    let selection = Selection::from_query(&ctx.query);
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let selected: Vec<_> = catalog
-            .instances(name)
-            .filter(|i| selection.instance_matches(catalog, i))
-            .collect();
-        let mut entries: Vec<Value> = selected
-            .iter()
-            .filter(|i| may_read_instance(authz, i))
-            .map(|i| render::service_node(catalog, i))
-            .collect();
-        let hidden = entries.len() != selected.len();
-        filter::retain(&mut entries, expression.as_ref());
-        Outcome::json(catalog.service_index(name), Value::Array(entries)).filtered(hidden)
-    })
-    .await
+    require(name, "Missing service name")?;
+    ListRead::prepare(ctx)?
+        .serve_instances(name, |catalog, visible| {
+            visible
+                .into_iter()
+                .map(|i| render::service_node(catalog, i))
+                .collect()
+        })
+        .await
 }
 
 pub async fn nodes(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let expression = filter::from_query(&ctx.query)?;
-    let selection = Selection::from_query(&ctx.query);
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let selected: Vec<_> = catalog
-            .nodes()
-            .filter(|n| selection.node_matches(catalog, &n.name))
-            .collect();
-        let mut nodes: Vec<Value> = selected
-            .iter()
-            .filter(|n| authz.can_read(Resource::Node, &n.name))
-            .map(|n| render::node(n))
-            .collect();
-        let hidden = nodes.len() != selected.len();
-        filter::retain(&mut nodes, expression.as_ref());
-        Outcome::json(catalog.nodes_index(), Value::Array(nodes)).filtered(hidden)
-    })
-    .await
+    ListRead::prepare(ctx)?
+        .serve(|catalog, authz, selection| {
+            let selected = catalog
+                .nodes()
+                .filter(|n| selection.node_matches(catalog, &n.name));
+            let (visible, hidden) = readable(selected, |n| authz.can_read(Resource::Node, &n.name));
+            Listing {
+                index: catalog.nodes_index(),
+                entries: visible.into_iter().map(render::node).collect(),
+                hidden,
+            }
+        })
+        .await
 }
 
 pub fn datacenters(ctx: &Ctx) -> Result<Response<Body>, ApiError> {

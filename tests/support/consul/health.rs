@@ -2,14 +2,13 @@
 //! service and checks; check lists; all blocking reads.
 
 use http::Response;
-use serde_json::Value;
 
-use super::blocking::{MetaStyle, Outcome, ReadRequest};
-use super::catalog_store::CheckStatus;
-use super::filter;
+use super::acl::Authz;
+use super::catalog_store::{Catalog, Check, CheckStatus};
+use super::listing::{ListRead, Listing, require};
 use super::render;
 use super::router::Ctx;
-use super::selection::{Selection, may_read_check, may_read_instance};
+use super::selection::{may_read_check, may_read_instance, readable};
 use super::wire::{ApiError, Body};
 
 /// Go's `strconv.ParseBool`.
@@ -33,116 +32,83 @@ fn passing_only(ctx: &Ctx) -> Result<bool, ApiError> {
 }
 
 pub async fn service(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
+    require(name, "Missing service name")?;
     let passing = passing_only(ctx)?;
-    let expression = filter::from_query(&ctx.query)?;
-    let selection = Selection::from_query(&ctx.query);
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let selected: Vec<_> = catalog
-            .instances(name)
-            .filter(|i| selection.instance_matches(catalog, i))
-            .collect();
-        let visible: Vec<_> = selected
-            .iter()
-            .filter(|i| may_read_instance(authz, i))
-            .collect();
-        let mut entries: Vec<Value> = visible
-            .iter()
-            .filter(|i| {
-                !passing
-                    || catalog
-                        .instance_checks(i)
-                        .all(|c| c.status == CheckStatus::Passing)
-            })
-            .map(|i| render::health_entry(catalog, i))
-            .collect();
-        filter::retain(&mut entries, expression.as_ref());
-        Outcome::json(catalog.service_index(name), Value::Array(entries))
-            .filtered(visible.len() != selected.len())
-    })
-    .await
+    ListRead::prepare(ctx)?
+        .serve_instances(name, |catalog, visible| {
+            visible
+                .into_iter()
+                .filter(|i| {
+                    !passing
+                        || catalog
+                            .instance_checks(i)
+                            .all(|c| c.status == CheckStatus::Passing)
+                })
+                .map(|i| render::health_entry(catalog, i))
+                .collect()
+        })
+        .await
 }
 
 pub async fn checks(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
-    let expression = filter::from_query(&ctx.query)?;
-    let selection = Selection::from_query(&ctx.query);
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let mut hidden = false;
-        let mut checks: Vec<Value> = Vec::new();
-        for instance in catalog.instances(name) {
-            if !selection.node_matches(catalog, &instance.node) {
-                continue;
-            }
-            if !may_read_instance(authz, instance) {
-                hidden = true;
-                continue;
-            }
-            checks.extend(
-                catalog
-                    .instance_checks(instance)
+    require(name, "Missing service name")?;
+    ListRead::prepare(ctx)?
+        .serve(|catalog, authz, selection| {
+            let on_nodes = catalog
+                .instances(name)
+                .filter(|i| selection.node_matches(catalog, &i.node));
+            let (visible, hidden) = readable(on_nodes, |i| may_read_instance(authz, i));
+            Listing {
+                index: catalog.service_index(name),
+                entries: visible
+                    .iter()
+                    .flat_map(|i| catalog.instance_checks(i))
                     .filter(|c| !c.service_id.is_empty())
-                    .map(|c| render::check(catalog, c, false)),
-            );
-        }
-        filter::retain(&mut checks, expression.as_ref());
-        Outcome::json(catalog.service_index(name), Value::Array(checks)).filtered(hidden)
-    })
-    .await
+                    .map(|c| render::check(catalog, c, false))
+                    .collect(),
+                hidden,
+            }
+        })
+        .await
 }
 
 pub async fn state(ctx: &Ctx, wanted: &str) -> Result<Response<Body>, ApiError> {
-    if wanted.is_empty() {
-        return Err(ApiError::bad_request("Missing check state"));
-    }
-    let expression = filter::from_query(&ctx.query)?;
-    let selection = Selection::from_query(&ctx.query);
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let in_state: Vec<_> = catalog
-            .checks()
-            .filter(|c| wanted == "any" || c.status.as_str() == wanted)
-            .filter(|c| selection.node_matches(catalog, &c.node))
-            .collect();
-        let mut checks: Vec<Value> = in_state
-            .iter()
-            .filter(|c| may_read_check(authz, &c.node, &c.service_name))
-            .map(|c| render::check(catalog, c, false))
-            .collect();
-        let hidden = checks.len() != in_state.len();
-        filter::retain(&mut checks, expression.as_ref());
-        Outcome::json(catalog.checks_index(), Value::Array(checks)).filtered(hidden)
-    })
-    .await
+    require(wanted, "Missing check state")?;
+    ListRead::prepare(ctx)?
+        .serve(|catalog, authz, selection| {
+            let in_state = catalog
+                .checks()
+                .filter(|c| wanted == "any" || c.status.as_str() == wanted)
+                .filter(|c| selection.node_matches(catalog, &c.node));
+            check_listing(catalog, authz, in_state, catalog.checks_index())
+        })
+        .await
 }
 
 pub async fn node(ctx: &Ctx, node: &str) -> Result<Response<Body>, ApiError> {
-    if node.is_empty() {
-        return Err(ApiError::bad_request("Missing node name"));
-    }
-    let expression = filter::from_query(&ctx.query)?;
-    let read = ReadRequest::prepare(ctx, MetaStyle::Catalog)?;
-    read.serve(|st, authz| {
-        let catalog = &st.catalog;
-        let on_node: Vec<_> = catalog.node_checks(node).collect();
-        let mut checks: Vec<Value> = on_node
-            .iter()
-            .filter(|c| may_read_check(authz, &c.node, &c.service_name))
+    require(node, "Missing node name")?;
+    ListRead::prepare(ctx)?
+        .serve(|catalog, authz, _| {
+            let index = catalog.nodes_index().max(catalog.checks_index());
+            check_listing(catalog, authz, catalog.node_checks(node), index)
+        })
+        .await
+}
+
+/// The `checks` `authz` may read, rendered as the health endpoints show them.
+fn check_listing<'c>(
+    catalog: &'c Catalog,
+    authz: &Authz,
+    checks: impl Iterator<Item = &'c Check>,
+    index: u64,
+) -> Listing {
+    let (visible, hidden) = readable(checks, |c| may_read_check(authz, &c.node, &c.service_name));
+    Listing {
+        index,
+        entries: visible
+            .into_iter()
             .map(|c| render::check(catalog, c, false))
-            .collect();
-        let hidden = checks.len() != on_node.len();
-        filter::retain(&mut checks, expression.as_ref());
-        let index = catalog.nodes_index().max(catalog.checks_index());
-        Outcome::json(index, Value::Array(checks)).filtered(hidden)
-    })
-    .await
+            .collect(),
+        hidden,
+    }
 }

@@ -45,6 +45,16 @@ impl Selection {
     }
 }
 
+/// The `selected` items that `may_read` allows, and whether it refused any
+/// (the answer is then marked filtered by ACLs).
+pub fn readable<T>(
+    selected: impl IntoIterator<Item = T>,
+    may_read: impl Fn(&T) -> bool,
+) -> (Vec<T>, bool) {
+    let (visible, refused): (Vec<T>, Vec<T>) = selected.into_iter().partition(may_read);
+    (visible, !refused.is_empty())
+}
+
 /// `service:read` on the instance's service and `node:read` on its node.
 pub fn may_read_instance(authz: &Authz, instance: &Service) -> bool {
     authz.can_read(Resource::Service, &instance.name)
