@@ -222,8 +222,8 @@ async fn no_leader_backs_off_keeps_serving_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_consul_restarts() {
-    let consul = ConsulServer::start().await;
-    let port = consul.addr().port();
+    let port = restartable_port();
+    let consul = on_port(port).await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     consul.register(instance("a", &a));
     let sy = Switchyard::start(&config(consul.addr(), "")).await;
@@ -239,11 +239,7 @@ async fn watches_resume_after_consul_restarts() {
 
     // A new server on the same address, with different data (and indexes
     // that start over).
-    let consul = ConsulServer::start_with(ConsulOptions {
-        port: Some(port),
-        ..Default::default()
-    })
-    .await;
+    let consul = on_port(port).await;
     consul.register(instance("b", &b));
     eventually("traffic follows the restarted consul", WAIT, || async {
         get(addr, "/", None).await == (StatusCode::OK, "b".into())
@@ -327,8 +323,8 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("consul-state.json");
     let extra = format!("state_file = {:?}", state.display().to_string());
-    let consul = ConsulServer::start().await;
-    let port = consul.addr().port();
+    let port = restartable_port();
+    let consul = on_port(port).await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     consul.register(instance("a", &a));
     {
@@ -354,11 +350,7 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     assert_eq!(watch["ok"], false);
 
     // Consul comes back with newer data: Switchyard catches up.
-    let consul = ConsulServer::start_with(ConsulOptions {
-        port: Some(port),
-        ..Default::default()
-    })
-    .await;
+    let consul = on_port(port).await;
     consul.register(instance("b", &b));
     eventually("caught up", WAIT, || async {
         get(addr, "/", None).await == (StatusCode::OK, "b".into())
@@ -367,6 +359,29 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     let watch = watch_status(&second.status().await);
     assert_eq!(watch["stale_from_state_file"], false);
     assert_eq!(watch["ok"], true);
+}
+
+/// A free port below Linux's ephemeral range (32768 and up), for a Consul
+/// that a test stops and starts again on the same address. An ephemeral
+/// port could meanwhile become the source port of one of Switchyard's own
+/// reconnect attempts (a TCP self-connect), and the restart would find it
+/// taken.
+fn restartable_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
+async fn on_port(port: u16) -> ConsulServer {
+    ConsulServer::start_with(ConsulOptions {
+        port: Some(port),
+        ..Default::default()
+    })
+    .await
 }
 
 fn consul_addr(port: u16) -> SocketAddr {
