@@ -614,3 +614,33 @@ async fn https_with_a_ca_file() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_state_file_consul_down_means_503_until_it_answers() {
+    let port = restartable_port();
+    let a = Backend::start("a").await;
+    let started = Instant::now();
+    let sy = Switchyard::start(&config(consul_addr(port), "")).await;
+    eprintln!("started with Consul down in {:?}", started.elapsed());
+    let addr = sy.addr("web");
+    assert_eq!(
+        get(addr, "/", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let watch = watch_status(&sy.status().await);
+    assert_eq!(watch["ok"], false);
+    assert!(
+        watch["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("request failed")
+    );
+    assert_eq!(sy.metric("switchyard_consul_up").await, Some(0.0));
+
+    let consul = on_port(port).await;
+    consul.register(instance("a", &a));
+    eventually("serves once Consul answers", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "a".into())
+    })
+    .await;
+}
