@@ -18,7 +18,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::consul::{ConsulServer, ServiceInstance};
-use support::{Backend, HttpClient, Switchyard};
+use support::{Backend, HttpClient, Switchyard, web_config};
 
 const ROUNDS: usize = 100;
 
@@ -33,21 +33,10 @@ async fn main() {
         i.port = backend.addr.port();
         consul.register(i);
     }
-    let config = format!(
-        r#"
-[consul]
-address = "http://{}"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "web"
-
-[[backends]]
-name = "web"
-consul_service = "web"
-"#,
-        consul.addr()
+    let config = web_config(
+        &format!("[consul]\naddress = \"http://{}\"", consul.addr()),
+        "",
+        "consul_service = \"web\"",
     );
     let sy = Switchyard::start(&config).await;
     let mut client = HttpClient::connect(sy.addr("web")).await;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 use support::dns::DnsServer;
-use support::{Backend, HttpClient, Switchyard};
+use support::{Backend, HttpClient, Switchyard, web_config};
 
 const ROUNDS: usize = 20;
 const TTL: u32 = 1;
@@ -34,23 +34,13 @@ async fn main() {
     let (a, b) = Backend::pair_on_one_port(("127.0.0.2", "a"), ("127.0.0.3", "b")).await;
     let ips: [IpAddr; 2] = ["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
     dns.set_addresses("web.test", &ips[..1], TTL);
-    let config = format!(
-        r#"
-[resolver]
-nameservers = ["{}"]
-min_ttl = "1s"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-servers = ["web.test:{}"]
-"#,
-        dns.addr,
-        a.addr.port()
+    let config = web_config(
+        &format!(
+            "[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"1s\"",
+            dns.addr
+        ),
+        "",
+        &format!("servers = [\"web.test:{}\"]", a.addr.port()),
     );
     let sy = Switchyard::start(&config).await;
     let mut client = HttpClient::connect(sy.addr("web")).await;

@@ -7,3 +7,29 @@
 
 pub mod consul;
 pub mod dns;
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// A watched item (a DNS name, a Consul query) and the task that keeps it
+/// current; the task stops when this is dropped, so removing an item from
+/// its registry is all it takes to stop watching it.
+struct Watched<T> {
+    item: Arc<T>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T> Watched<T> {
+    fn spawn(item: Arc<T>, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            item,
+            task: tokio::spawn(task),
+        }
+    }
+}
+
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

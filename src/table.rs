@@ -371,9 +371,9 @@ pub fn endpoint_set(
                 add(*addr, server.weight, Origin::Static);
                 continue;
             }
-            ServerTarget::Host { port, .. } => *port,
-            // SRV records always carry their port.
-            ServerTarget::Srv { .. } => 0,
+            ServerTarget::Host { port, .. } => Some(*port),
+            // SRV records carry their own port.
+            ServerTarget::Srv { .. } => None,
         };
         let answer = server
             .target
@@ -381,7 +381,10 @@ pub fn endpoint_set(
             .and_then(|q| dns.iter().find(|n| n.query == q))
             .and_then(|n| n.answer());
         for record in answer.iter().flat_map(|a| a.records.iter()) {
-            let addr = SocketAddr::new(record.ip, record.port.unwrap_or(port));
+            let Some(port) = record.port.or(port) else {
+                continue;
+            };
+            let addr = SocketAddr::new(record.ip, port);
             add(addr, record.weight.unwrap_or(server.weight), Origin::Dns);
         }
     }

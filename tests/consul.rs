@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::consul::{AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance};
-use support::{Backend, HttpClient, Load, Switchyard, SwitchyardProcess, eventually, get};
+use support::{
+    Backend, HttpClient, Load, Switchyard, SwitchyardProcess, eventually, get, web_config,
+};
 use switchyard::config::ConsulSpec;
 use switchyard::discovery::consul::watch::WatchTask;
 use switchyard::discovery::consul::{ConsulClient, ConsulWatch, KvPair, WatchData, WatchKey};
@@ -28,25 +30,11 @@ fn instance(id: &str, backend: &Backend) -> ServiceInstance {
 
 /// One HTTP listener `web` whose default backend `b` is the `web` service.
 fn config(consul: SocketAddr, consul_extra: &str) -> String {
-    format!(
-        r#"
-[consul]
-address = "http://{consul}"
-wait = "2s"
-retry_min = "50ms"
-retry_max = "400ms"
-{consul_extra}
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-consul_service = "web"
-"#
-    )
+    let section = format!(
+        "[consul]\naddress = \"http://{consul}\"\nwait = \"2s\"\n\
+         retry_min = \"50ms\"\nretry_max = \"400ms\"\n{consul_extra}"
+    );
+    web_config(&section, "", "consul_service = \"web\"")
 }
 
 fn watch_status(status: &serde_json::Value) -> serde_json::Value {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use http::StatusCode;
 use support::dns::{DnsServer, SrvRecord};
-use support::{Backend, HttpClient, Load, Switchyard, eventually, get};
+use support::{Backend, HttpClient, Load, Switchyard, eventually, get, web_config};
 use switchyard::control::ReloadResult;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -21,27 +21,12 @@ fn ip(s: &str) -> IpAddr {
 /// One HTTP listener `web` in front of backend `b`, whose servers are
 /// `servers` (TOML array items), resolved through `dns`.
 fn config(dns: &DnsServer, resolver_extra: &str, servers: &str) -> String {
-    format!(
-        r#"
-[resolver]
-nameservers = ["{dns}"]
-timeout = "500ms"
-attempts = 1
-retry_min = "100ms"
-retry_max = "400ms"
-{resolver_extra}
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-servers = [{servers}]
-"#,
-        dns = dns.addr
-    )
+    let resolver = format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\n\
+         retry_min = \"100ms\"\nretry_max = \"400ms\"\n{resolver_extra}",
+        dns.addr
+    );
+    web_config(&resolver, "", &format!("servers = [{servers}]"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::Watched;
 use crate::config::{BackendTarget, Config, ConsulSpec, ConsulTarget};
 pub use client::{ConsulClient, ConsulError};
 pub use data::{Instance, KvPair, WatchData, WatchKey};
@@ -52,23 +53,11 @@ fn wanted(config: &Config) -> HashSet<WatchKey> {
         .collect()
 }
 
-/// A watch and its task; the task stops when this is dropped.
-struct Running {
-    watch: Arc<ConsulWatch>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The watches the running config uses.
 pub struct ConsulWatcher {
     spec: Option<ConsulSpec>,
     client: Option<Arc<ConsulClient>>,
-    running: HashMap<WatchKey, Running>,
+    running: HashMap<WatchKey, Watched<ConsulWatch>>,
     changed: mpsc::UnboundedSender<WatchKey>,
 }
 
@@ -91,12 +80,12 @@ impl ConsulWatcher {
     }
 
     pub fn get(&self, key: &WatchKey) -> Option<Arc<ConsulWatch>> {
-        self.running.get(key).map(|r| r.watch.clone())
+        self.running.get(key).map(|r| r.item.clone())
     }
 
     /// Every watch, sorted by key, for `/status` and metrics.
     pub fn watches(&self) -> Vec<Arc<ConsulWatch>> {
-        let mut all: Vec<_> = self.running.values().map(|r| r.watch.clone()).collect();
+        let mut all: Vec<_> = self.running.values().map(|r| r.item.clone()).collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
     }
@@ -171,7 +160,7 @@ impl ConsulWatcher {
                 .collect();
             for key in keys {
                 if let Some(old) = self.running.remove(&key) {
-                    let watch = old.watch.clone();
+                    let watch = old.item.clone();
                     drop(old);
                     let running = self.spawn(watch, client.clone(), &spec);
                     self.running.insert(key, running);
@@ -199,7 +188,7 @@ impl ConsulWatcher {
             watches: self
                 .running
                 .values()
-                .filter_map(|r| Some((r.watch.key.to_string(), (*r.watch.data()?).clone())))
+                .filter_map(|r| Some((r.item.key.to_string(), (*r.item.data()?).clone())))
                 .collect(),
         };
         tokio::task::spawn_blocking(move || {
@@ -214,18 +203,15 @@ impl ConsulWatcher {
         watch: Arc<ConsulWatch>,
         client: Arc<ConsulClient>,
         spec: &ConsulSpec,
-    ) -> Running {
-        let task = tokio::spawn(
-            watch::WatchTask {
-                watch: watch.clone(),
-                client,
-                changed: self.changed.clone(),
-                retry_min: spec.retry_min,
-                retry_max: spec.retry_max,
-            }
-            .run(),
-        );
-        Running { watch, task }
+    ) -> Watched<ConsulWatch> {
+        let task = watch::WatchTask {
+            watch: watch.clone(),
+            client,
+            changed: self.changed.clone(),
+            retry_min: spec.retry_min,
+            retry_max: spec.retry_max,
+        };
+        Watched::spawn(watch, task.run())
     }
 }
 

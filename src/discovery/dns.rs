@@ -32,6 +32,7 @@ use prometheus::IntCounterVec;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::Watched;
 use crate::config::{Config, ResolverSpec};
 
 /// A name to watch and the kind of records it stands for.
@@ -468,18 +469,6 @@ impl NameTask {
     }
 }
 
-/// A watched name and its task; the task stops when this is dropped.
-struct Watched {
-    name: Arc<DnsName>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ResolverError {
     #[error("reading the system DNS configuration (set `resolver.nameservers` instead): {0}")]
@@ -519,7 +508,7 @@ fn build_resolver(settings: &ResolverSpec) -> Result<TokioResolver, ResolverErro
 pub struct DnsWatcher {
     settings: ResolverSpec,
     resolver: Option<Arc<TokioResolver>>,
-    names: HashMap<DnsQuery, Watched>,
+    names: HashMap<DnsQuery, Watched<DnsName>>,
     changed: mpsc::UnboundedSender<DnsQuery>,
     lookups: IntCounterVec,
 }
@@ -545,12 +534,12 @@ impl DnsWatcher {
 
     /// The watched name for `query`, if the running or prepared config has it.
     pub fn get(&self, query: &DnsQuery) -> Option<Arc<DnsName>> {
-        self.names.get(query).map(|w| w.name.clone())
+        self.names.get(query).map(|w| w.item.clone())
     }
 
     /// Every watched name, sorted, for `/status` and metrics.
     pub fn names(&self) -> Vec<Arc<DnsName>> {
-        let mut names: Vec<_> = self.names.values().map(|w| w.name.clone()).collect();
+        let mut names: Vec<_> = self.names.values().map(|w| w.item.clone()).collect();
         names.sort_by(|a, b| a.query.cmp(&b.query));
         names
     }
@@ -591,7 +580,7 @@ impl DnsWatcher {
         let first_lookups = plan
             .started
             .iter()
-            .filter_map(|q| self.names.get(q).map(|w| w.name.clone()))
+            .filter_map(|q| self.names.get(q).map(|w| w.item.clone()))
             .collect::<Vec<_>>();
         let s = &plan.settings;
         let budget = s.timeout * (s.attempts as u32) + Duration::from_millis(500);
@@ -606,10 +595,10 @@ impl DnsWatcher {
             .filter(|(q, required)| **required && plan.started.contains(q))
             .filter_map(|(q, _)| {
                 let name = self.names.get(q)?;
-                if name.name.answer().is_some() {
+                if name.item.answer().is_some() {
                     return None;
                 }
-                let why = name.name.lock().last_error.clone();
+                let why = name.item.lock().last_error.clone();
                 Some(format!(
                     "required server name {q} does not resolve: {}",
                     why.unwrap_or_else(|| "no answer in time".into())
@@ -638,7 +627,7 @@ impl DnsWatcher {
                     continue;
                 }
                 if let Some(old) = self.names.remove(&query) {
-                    let name = old.name.clone();
+                    let name = old.item.clone();
                     drop(old);
                     let watched = self.spawn(name, resolver.clone(), &self.settings.clone());
                     self.names.insert(query, watched);
@@ -659,18 +648,15 @@ impl DnsWatcher {
         name: Arc<DnsName>,
         resolver: Arc<TokioResolver>,
         settings: &ResolverSpec,
-    ) -> Watched {
-        let task = tokio::spawn(
-            NameTask {
-                name: name.clone(),
-                resolver,
-                settings: settings.clone(),
-                changed: self.changed.clone(),
-                lookups: self.lookups.clone(),
-            }
-            .run(),
-        );
-        Watched { name, task }
+    ) -> Watched<DnsName> {
+        let task = NameTask {
+            name: name.clone(),
+            resolver,
+            settings: settings.clone(),
+            changed: self.changed.clone(),
+            lookups: self.lookups.clone(),
+        };
+        Watched::spawn(name, task.run())
     }
 }
 

@@ -708,6 +708,18 @@ pub fn single_backend_with(
     listener_extra: &str,
     backend_extra: &str,
 ) -> String {
+    web_config(
+        top,
+        listener_extra,
+        &format!("servers = [\"{addr}\"]\n{backend_extra}"),
+    )
+}
+
+/// A config with one HTTP listener `web` whose default backend is `b`,
+/// defined by `backend` (the lines after its name): `servers = [...]`,
+/// `consul_service = "..."`, and so on. `top` goes first (top-level
+/// sections), `listener_extra` inside the listener.
+pub fn web_config(top: &str, listener_extra: &str, backend: &str) -> String {
     format!(
         r#"{top}
 [[listeners]]
@@ -718,8 +730,7 @@ default_backend = "b"
 
 [[backends]]
 name = "b"
-servers = ["{addr}"]
-{backend_extra}
+{backend}
 "#
     )
 }
