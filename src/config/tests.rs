@@ -23,6 +23,14 @@ fn errors_of(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// One HTTP listener whose default backend is `app`.
+const WEB_LISTENER: &str = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+"#;
+
 const BASE: &str = r#"
 [[listeners]]
 name = "web"
@@ -209,17 +217,15 @@ fn an_item_defined_twice_across_files_names_both() {
 
 #[test]
 fn servers_may_be_addresses_host_names_or_srv_names() {
-    let text = r#"
+    let text = [
+        r#"
 [resolver]
 nameservers = ["127.0.0.1:8600", "10.0.0.2"]
 min_ttl = "2s"
 hold_nx = "5s"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:8080"
-default_backend = "app"
-
+"#,
+        WEB_LISTENER,
+        r#"
 [[backends]]
 name = "app"
 servers = [
@@ -228,8 +234,10 @@ servers = [
     "_web._tcp.service.consul",
     { address = "tasks.web:80", weight = 2, required = true },
 ]
-"#;
-    let (_dir, result) = load_files(&[("main.toml", text)]);
+"#,
+    ]
+    .concat();
+    let (_dir, result) = load_files(&[("main.toml", &text)]);
     let c = result.expect("valid");
     let targets: Vec<String> = c.backends[0]
         .servers()
@@ -265,18 +273,16 @@ servers = [
 
 #[test]
 fn bad_server_names_and_resolver_settings_are_reported() {
-    let text = r#"
+    let text = [
+        r#"
 [resolver]
 nameservers = ["dns.example.com"]
 min_ttl = "10s"
 max_ttl = "1s"
 attempts = 0
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:8080"
-default_backend = "app"
-
+"#,
+        WEB_LISTENER,
+        r#"
 [[backends]]
 name = "app"
 servers = [
@@ -287,8 +293,10 @@ servers = [
     "web.internal:80",
     "WEB.internal:80",
 ]
-"#;
-    let errors = errors_of(text).join("\n");
+"#,
+    ]
+    .concat();
+    let errors = errors_of(&text).join("\n");
     for expected in [
         "`resolver.nameservers[0]`: \"dns.example.com\" is not a nameserver address",
         "`resolver.max_ttl`: must not be less than `min_ttl`",
@@ -308,25 +316,25 @@ servers = [
 
 #[test]
 fn consul_backends_and_settings() {
-    let text = r#"
+    let text = [
+        r#"
 [consul]
 address = "https://consul.internal:8501"
 token_file = "secrets/token"
 stale = true
 wait = "30s"
 state_file = "state/consul.json"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:8080"
-default_backend = "api"
-
+"#,
+        WEB_LISTENER,
+        r#"
 [[backends]]
-name = "api"
+name = "app"
 consul_service = "api"
 consul_tag = "v2"
-"#;
-    let (dir, result) = load_files(&[("main.toml", text)]);
+"#,
+    ]
+    .concat();
+    let (dir, result) = load_files(&[("main.toml", &text)]);
     let c = result.expect("valid");
     let consul = c.consul.expect("consul section");
     assert_eq!(consul.address, "https://consul.internal:8501");
@@ -346,18 +354,16 @@ consul_tag = "v2"
         ("api", Some("v2"))
     );
 
-    let bad = r#"
+    let bad = [
+        r#"
 [consul]
 address = "consul:8500/v1"
 wait = "20m"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:8080"
-default_backend = "api"
-
+"#,
+        WEB_LISTENER,
+        r#"
 [[backends]]
-name = "api"
+name = "app"
 consul_service = "api service"
 servers = ["127.0.0.1:80"]
 
@@ -365,8 +371,10 @@ servers = ["127.0.0.1:80"]
 name = "other"
 servers = ["127.0.0.1:81"]
 consul_tag = "v2"
-"#;
-    let errors = errors_of(bad).join("\n");
+"#,
+    ]
+    .concat();
+    let errors = errors_of(&bad).join("\n");
     for expected in [
         "`consul.address`: \"http://consul:8500/v1\" is not a Consul address",
         "`consul.wait`: must be between 1ms and 10m",
