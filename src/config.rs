@@ -52,11 +52,15 @@ pub const DEFAULT_CONSUL_RETRY_MIN: Duration = Duration::from_millis(250);
 pub const DEFAULT_CONSUL_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Upper bound of a server weight, as HAProxy's (1..=256).
 pub const MAX_WEIGHT: u32 = 256;
+/// Template defaults: consul-template's file mode and command timeout.
+pub const DEFAULT_TEMPLATE_PERMS: u32 = 0o644;
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration: what `table::compile` turns into a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The main file and every included file, for the file watcher.
+    /// The files whose change means a reload: the main file, every included
+    /// file that is not a template's output, and every template source.
     pub files: Vec<PathBuf>,
     pub admin_bind: SocketAddr,
     pub timeouts: Timeouts,
@@ -64,9 +68,45 @@ pub struct Config {
     pub resolver: ResolverSpec,
     /// Set when the file has `[consul]` or a backend uses Consul.
     pub consul: Option<ConsulSpec>,
+    pub kv: Option<KvSpec>,
+    pub templates: Vec<TemplateSpec>,
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// The `[kv]` section: a directory whose files are keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSpec {
+    /// Absolute.
+    pub dir: PathBuf,
+}
+
+/// One `[[templates]]` block. Paths are absolute (relative ones are taken
+/// from the config file's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// The source as written in the file: how logs and `/status` name it.
+    pub name: Arc<str>,
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub perms: u32,
+    pub backup: bool,
+    pub command: Option<String>,
+    pub command_timeout: Duration,
+    pub wait: Option<Wait>,
+    /// A `key()` that does not exist fails the render instead of holding it.
+    pub error_on_missing_key: bool,
+    /// The destination is one of the config's `include`s: a changed output
+    /// reloads Switchyard's own config.
+    pub included: bool,
+}
+
+/// Quiescence bounds of a template (consul-template's `wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub min: Duration,
+    pub max: Duration,
 }
 
 /// The `[consul]` section.
@@ -377,20 +417,46 @@ pub(crate) struct Sourced<T> {
     pub raw: T,
 }
 
-/// Reads, parses and validates `path` and its includes.
+/// Reads, parses and validates `path` and its includes. An include that is
+/// a template's destination counts as empty (see [`load_with`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let main_file: Arc<Path> = Arc::from(path);
+    load_with(path, &|_| None)
+}
+
+/// Like [`load`], with the latest output of each template: an include that
+/// is a template's destination is read from `rendered`, never from disk, and
+/// counts as empty until its first render (what is on disk may be an older
+/// run's output, or another program's file).
+pub fn load_with(
+    path: &Path,
+    rendered: &dyn Fn(&Path) -> Option<Arc<str>>,
+) -> Result<Config, ConfigErrors> {
+    let main_file: Arc<Path> = Arc::from(absolute(path));
     let main: RawConfig = parse_file(&main_file).map_err(ConfigErrors)?;
-    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let base = main_file.parent().unwrap_or_else(|| Path::new("."));
+    let destinations: Vec<PathBuf> = main
+        .templates
+        .iter()
+        .map(|t| absolute(&base.join(&t.destination)))
+        .collect();
     let mut fragments = Vec::with_capacity(main.include.len());
     let mut problems = Vec::new();
     for (i, inc) in main.include.iter().enumerate() {
-        let inc_path: Arc<Path> = Arc::from(base.join(inc));
-        match parse_file::<RawFragment>(&inc_path) {
-            Ok(raw) => fragments.push(Sourced {
-                file: inc_path,
-                raw,
-            }),
+        let inc_path: Arc<Path> = Arc::from(absolute(&base.join(inc)));
+        let parsed = if destinations.iter().any(|d| **d == *inc_path) {
+            let text = rendered(&inc_path).unwrap_or_default();
+            parse_str::<RawFragment>(&inc_path, &text).map(|raw| (raw, true))
+        } else {
+            parse_file::<RawFragment>(&inc_path).map(|raw| (raw, false))
+        };
+        match parsed {
+            Ok((raw, rendered)) => fragments.push((
+                Sourced {
+                    file: inc_path,
+                    raw,
+                },
+                rendered,
+            )),
             Err(mut e) => {
                 if let Some(first) = e.first_mut().filter(|e| e.key.is_empty()) {
                     first.problem = format!("included as `include[{i}]`: {}", first.problem);
@@ -409,6 +475,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         },
         fragments,
     )
+}
+
+/// `path` made absolute without touching the file system (symlinks kept),
+/// so an include and a template destination written alike compare equal.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Parses one file, reporting the key path of a type error and the line of

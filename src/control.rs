@@ -11,6 +11,7 @@
 //! ```
 
 pub mod status;
+pub mod templating;
 mod watch;
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
 use crate::table::endpoints::EndpointState;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
+use crate::template::{Dep, TemplateStatus};
+use templating::{KvDirStatus, Templating};
 use watch::ConfigWatcher;
 
 /// Quiet time after the last file event before reloading: editors write a
@@ -54,6 +57,8 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("discovery:\n{}", .0.join("\n"))]
     Discovery(Vec<String>),
+    #[error("templates:\n{}", .0.join("\n"))]
+    Templates(Vec<String>),
 }
 
 /// What made a reload happen, shown in `/status` and logs.
@@ -65,6 +70,8 @@ pub enum Trigger {
     Admin,
     FileChange,
     Api,
+    /// A template whose output the config includes rendered new text.
+    Template,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,6 +120,8 @@ pub struct BoardState {
     pub dns: Vec<Arc<DnsName>>,
     /// The Consul watches, sorted.
     pub consul: Vec<Arc<ConsulWatch>>,
+    pub templates: Vec<TemplateStatus>,
+    pub kv_dir: Option<KvDirStatus>,
     pub shutting_down: bool,
 }
 
@@ -136,6 +145,7 @@ pub struct Control {
     sources: Sources,
     dns_events: mpsc::UnboundedReceiver<DnsQuery>,
     consul_events: mpsc::UnboundedReceiver<WatchKey>,
+    templating: Templating,
 }
 
 /// Endpoint states that left their backend and still drain, by address.
@@ -209,13 +219,32 @@ impl Control {
         board: Arc<StatusBoard>,
     ) -> Result<(Self, TableHandle), StartError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let config = Arc::new(config::load(&path)?);
+        let mut config = config::load(&path)?;
         let (dns_tx, dns_events) = mpsc::unbounded_channel();
         let (consul_tx, consul_events) = mpsc::unbounded_channel();
         let mut sources = Sources {
             dns: DnsWatcher::new(dns_tx, metrics.dns_lookups.clone()),
             consul: ConsulWatcher::new(consul_tx),
         };
+        // Templates render before the first compile, so that the routes
+        // they produce are there from the first request.
+        let mut templating = Templating::new(metrics.clone(), board.clone());
+        let templates = templating
+            .prepare(&config.templates)
+            .map_err(StartError::Templates)?;
+        let kv = templating
+            .prepare_kv(config.kv.as_ref())
+            .map_err(|e| StartError::Templates(vec![e]))?;
+        templating.commit(templates, kv);
+        if !templating.set.is_empty() {
+            templating
+                .render_initial(&mut sources.consul, config.consul.as_ref())
+                .await;
+            if config.templates.iter().any(|t| t.included) {
+                config = config::load_with(&path, &|p| templating.output_for(p))?;
+            }
+        }
+        let config = Arc::new(config);
         let plan = sources
             .prepare(&config)
             .await
@@ -265,6 +294,7 @@ impl Control {
                 sources,
                 dns_events,
                 consul_events,
+                templating,
             },
             handle,
         ))
@@ -274,6 +304,7 @@ impl Control {
     pub async fn run(mut self, mut rx: mpsc::Receiver<ControlMsg>) {
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         loop {
+            let template_due = self.templating.set.next_due();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(ControlMsg::Reload { trigger, reply }) => {
@@ -309,9 +340,28 @@ impl Control {
                     }
                     self.apply_discovery(&[], &changed);
                     self.sources.consul.save_state();
+                    self.templating.set.mark_changed(
+                        |d| matches!(d, Dep::Consul(k) if changed.contains(k)),
+                        Instant::now(),
+                    );
                 }
+                () = self.templating.kv_changed() => self.templating.rescan_kv().await,
+                () = sleep_until(template_due) => self.render_templates().await,
                 _ = prune.tick() => self.prune_draining(),
             }
+        }
+    }
+
+    /// Renders the templates that are due; an included output that changed
+    /// reloads the config, once for the whole batch.
+    async fn render_templates(&mut self) {
+        let consul = self.table.current().config.consul.clone();
+        let reload = self
+            .templating
+            .render_due(&mut self.sources.consul, consul.as_ref())
+            .await;
+        if reload {
+            self.reload(Trigger::Template).await;
         }
     }
 
@@ -393,13 +443,21 @@ impl Control {
     async fn try_reload(&mut self) -> Result<Option<ConfigDiff>, Vec<String>> {
         let to_strings =
             |e: ConfigErrors| -> Vec<String> { e.0.iter().map(ToString::to_string).collect() };
-        let config = config::load(&self.path).map_err(to_strings)?;
+        let config = config::load_with(&self.path, &|p| self.templating.output_for(p))
+            .map_err(to_strings)?;
         let current = self.table.current();
         // Files may have been added to `include` even when the result is equal.
         if let Some(watcher) = &mut self.watcher {
             watcher.watch(&config.files);
         }
+        let templates = self.templating.prepare(&config.templates)?;
+        let kv = self
+            .templating
+            .prepare_kv(config.kv.as_ref())
+            .map_err(|e| vec![e])?;
         if *current.config == config {
+            // A template's source may have changed: it renders again.
+            self.templating.commit(templates, kv);
             return Ok(None);
         }
         if config.admin_bind != current.config.admin_bind {
@@ -442,6 +500,7 @@ impl Control {
         self.mark_draining(&current, &table);
         self.table.publish(table);
         self.sources.commit(plan, &config, &self.board);
+        self.templating.commit(templates, kv);
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
@@ -551,6 +610,14 @@ impl Control {
 
     fn prune_draining(&self) {
         self.board.lock().draining.retain(|s| s.active() > 0);
+    }
+}
+
+/// Resolves at `due`, or never.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod consul;
 pub mod dns;
+pub mod kvdir;
 
 use std::future::Future;
 use std::sync::Arc;

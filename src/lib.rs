@@ -17,3 +17,4 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod table;
+pub mod template;

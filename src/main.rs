@@ -9,6 +9,7 @@ use switchyard::app::{App, AppOptions};
 use switchyard::config::{self, BackendTarget};
 use switchyard::control::{ReloadResult, Trigger};
 use switchyard::logging::{self, LogFormat};
+use switchyard::template::once::render_once;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -49,12 +50,37 @@ enum Command {
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
     },
+    /// Render the templates, like consul-template.
+    Render {
+        /// Config file.
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+        /// Render once and exit (the only mode: `run` keeps templates
+        /// current).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Print the rendered text instead of writing files; run no command.
+        #[arg(long)]
+        dry: bool,
+        /// How long to wait for the data the templates read.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Render {
+            config,
+            once: _,
+            dry,
+            timeout,
+        } => {
+            logging::init(cli.log_format, &cli.log_level);
+            render(&config, dry, timeout)
+        }
         Command::Run {
             config,
             threads,
@@ -72,6 +98,38 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn render(path: &Path, dry: bool, timeout: std::time::Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(render_once(path, dry, timeout)) {
+        Ok(outputs) => {
+            for out in outputs {
+                if dry {
+                    // consul-template's -dry format.
+                    println!("> {}", out.destination.display());
+                    print!("{}", out.text);
+                } else {
+                    let what = if out.written { "written" } else { "unchanged" };
+                    eprintln!("{}: {what}", out.destination.display());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -130,6 +188,27 @@ fn check(path: &Path) -> ExitCode {
                         println!("  backend {}: responds {}", b.name, r.status)
                     }
                 }
+            }
+            let mut template_errors = 0;
+            for t in &c.templates {
+                let included = if t.included { ", included" } else { "" };
+                match switchyard::template::Compiled::load(t) {
+                    Ok(_) => println!(
+                        "  template {} -> {}{included}",
+                        t.name,
+                        t.destination.display()
+                    ),
+                    Err(e) => {
+                        template_errors += 1;
+                        eprintln!("  {e}");
+                    }
+                }
+            }
+            if let Some(kv) = &c.kv {
+                println!("  kv directory {}", kv.dir.display());
+            }
+            if template_errors > 0 {
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

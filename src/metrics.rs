@@ -45,6 +45,11 @@ pub struct Metrics {
     /// Endpoint sets replaced by discovery (DNS or Consul), one per backend
     /// per applied change: how many rebuilds a burst of changes caused.
     pub discovery_updates: IntCounter,
+    /// Template renders by template and result (written, unchanged, held,
+    /// error).
+    pub template_renders: IntCounterVec,
+    /// Template commands by template and result (success, failure, timeout).
+    pub template_commands: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,6 +129,22 @@ impl Metrics {
             "Backend endpoint sets replaced because DNS or Consul data changed",
         )?;
         registry.register(Box::new(discovery_updates.clone()))?;
+        let template_renders = IntCounterVec::new(
+            Opts::new(
+                "switchyard_template_renders_total",
+                "Template renders by result (written, unchanged, held, error)",
+            ),
+            &["template", "result"],
+        )?;
+        registry.register(Box::new(template_renders.clone()))?;
+        let template_commands = IntCounterVec::new(
+            Opts::new(
+                "switchyard_template_commands_total",
+                "Template commands run after a changed render, by result (success, failure, timeout)",
+            ),
+            &["template", "result"],
+        )?;
+        registry.register(Box::new(template_commands.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -149,6 +170,8 @@ impl Metrics {
             config_reloads,
             dns_lookups,
             discovery_updates,
+            template_renders,
+            template_commands,
         })
     }
 

@@ -84,6 +84,8 @@ fn config(n: usize, generation: usize) -> Config {
         shutdown_grace: Duration::from_secs(30),
         resolver: Default::default(),
         consul: None,
+        kv: None,
+        templates: Vec::new(),
         listeners: vec![ListenerSpec {
             location: Location {
                 file: Arc::from(Path::new("bench.toml")),

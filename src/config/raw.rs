@@ -25,6 +25,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub resolver: RawResolver,
     pub consul: Option<RawConsul>,
+    pub kv: Option<RawKv>,
+    #[serde(default)]
+    pub templates: Vec<RawTemplate>,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
@@ -115,6 +118,48 @@ pub struct RawConsul {
     pub state_file: Option<String>,
     pub retry_min: Option<ConfigDuration>,
     pub retry_max: Option<ConfigDuration>,
+}
+
+/// The local key/value directory: a file's path under `dir` is its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKv {
+    pub dir: String,
+}
+
+/// One consul-template style template.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub source: String,
+    pub destination: String,
+    /// `"0644"` or the TOML octal integer `0o644`.
+    pub perms: Option<RawPerms>,
+    /// Keep the previous output as `<destination>.bak`.
+    #[serde(default)]
+    pub backup: bool,
+    /// Run with `sh -c` after a render that changed the output.
+    pub command: Option<String>,
+    pub command_timeout: Option<ConfigDuration>,
+    pub wait: Option<RawWait>,
+    #[serde(default)]
+    pub error_on_missing_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPerms {
+    Number(u32),
+    Octal(String),
+}
+
+/// Quiescence: render once changes stop for `min`, at the latest `max`
+/// after the first one (default 4 × `min`, as consul-template).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWait {
+    pub min: ConfigDuration,
+    pub max: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

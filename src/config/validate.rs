@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
-    RawBackend, RawBalance, RawConfig, RawConsul, RawFragment, RawListener, RawMode, RawProtocol,
-    RawResolver, RawRespond, RawRoute, RawServer,
+    RawBackend, RawBalance, RawConfig, RawConsul, RawFragment, RawListener, RawMode, RawPerms,
+    RawProtocol, RawResolver, RawRespond, RawRoute, RawServer, RawTemplate,
 };
 use super::*;
 
@@ -33,9 +33,11 @@ struct Origin<'a> {
     key: String,
 }
 
+/// `fragments` are the included files, each flagged when its text is a
+/// template's output rather than a file read from disk.
 pub(super) fn validate(
     main: Sourced<RawConfig>,
-    fragments: Vec<Sourced<RawFragment>>,
+    fragments: Vec<(Sourced<RawFragment>, bool)>,
 ) -> Result<Config, ConfigErrors> {
     let mut p = Problems(Vec::new());
     let file = &main.file;
@@ -78,7 +80,7 @@ pub(super) fn validate(
     let sections = std::iter::once((file, &raw.listeners, &raw.routes, &raw.backends)).chain(
         fragments
             .iter()
-            .map(|f| (&f.file, &f.raw.listeners, &f.raw.routes, &f.raw.backends)),
+            .map(|(f, _)| (&f.file, &f.raw.listeners, &f.raw.routes, &f.raw.backends)),
     );
     for (f, ls, rs, bs) in sections {
         listeners.extend(ls.iter().enumerate().map(|(i, l)| (f, i, l)));
@@ -315,13 +317,41 @@ pub(super) fn validate(
         });
     }
 
-    let uses_consul = backends.iter().any(|(_, _, b)| b.consul_service.is_some());
+    // Templates may call service() and, without a kv directory, key():
+    // Consul with its defaults (CONSUL_HTTP_ADDR), as consul-template.
+    let uses_consul =
+        backends.iter().any(|(_, _, b)| b.consul_service.is_some()) || !raw.templates.is_empty();
     let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
+    let kv = raw.kv.as_ref().and_then(|kv| {
+        let dir = super::absolute(&relative_to(file, &kv.dir));
+        if dir.is_dir() {
+            Some(KvSpec { dir })
+        } else {
+            p.at(
+                file,
+                "kv.dir",
+                format!("{} is not a directory", dir.display()),
+            );
+            None
+        }
+    });
+    let included: Vec<&Path> = fragments
+        .iter()
+        .filter(|(_, rendered)| *rendered)
+        .map(|(f, _)| &*f.file)
+        .collect();
+    let templates = check_templates(file, &raw.templates, &included, &mut p);
     let (Some(admin_bind), true) = (admin_bind, p.0.is_empty()) else {
         return Err(ConfigErrors(p.0));
     };
     let mut files = vec![main.file.to_path_buf()];
-    files.extend(fragments.iter().map(|f| f.file.to_path_buf()));
+    files.extend(
+        fragments
+            .iter()
+            .filter(|(_, rendered)| !rendered)
+            .map(|(f, _)| f.file.to_path_buf()),
+    );
+    files.extend(templates.iter().map(|t| t.source.clone()));
     Ok(Config {
         files,
         admin_bind,
@@ -329,6 +359,8 @@ pub(super) fn validate(
         shutdown_grace: raw.shutdown.grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         resolver,
         consul,
+        kv,
+        templates,
         listeners: listener_specs,
         routes: route_specs,
         backends: backend_specs,
@@ -581,6 +613,83 @@ fn check_consul_target(
     })
 }
 
+/// A path from the file `f`, relative to the file's directory.
+fn relative_to(f: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// The `[[templates]]` blocks; `included` are the includes that are
+/// template outputs.
+fn check_templates(
+    f: &Arc<Path>,
+    raw: &[RawTemplate],
+    included: &[&Path],
+    p: &mut Problems,
+) -> Vec<TemplateSpec> {
+    let mut specs: Vec<TemplateSpec> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let key = |k: &str| format!("templates[{i}].{k}");
+        let destination = super::absolute(&relative_to(f, &t.destination));
+        if t.source.is_empty() {
+            p.at(f, key("source"), "must not be empty");
+        }
+        if t.destination.is_empty() {
+            p.at(f, key("destination"), "must not be empty");
+        } else if let Some(j) = specs.iter().position(|s| s.destination == destination) {
+            p.at(
+                f,
+                key("destination"),
+                format!(
+                    "{} is already the destination of `templates[{j}]`",
+                    destination.display()
+                ),
+            );
+        }
+        let perms = match &t.perms {
+            None => DEFAULT_TEMPLATE_PERMS,
+            Some(RawPerms::Number(n)) => *n,
+            Some(RawPerms::Octal(s)) => u32::from_str_radix(s, 8).unwrap_or(u32::MAX),
+        };
+        if perms > 0o7777 {
+            p.at(
+                f,
+                key("perms"),
+                "expected a file mode such as \"0644\" or 0o644",
+            );
+        }
+        let wait = t.wait.as_ref().map(|w| Wait {
+            min: w.min.0,
+            max: w.max.map_or(w.min.0 * 4, |m| m.0),
+        });
+        if let Some(w) = wait
+            && w.max < w.min
+        {
+            p.at(f, key("wait.max"), "must not be less than `wait.min`");
+        }
+        let command_timeout = t.command_timeout.map_or(DEFAULT_COMMAND_TIMEOUT, |d| d.0);
+        if command_timeout.is_zero() {
+            p.at(f, key("command_timeout"), "must be greater than zero");
+        }
+        if t.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            p.at(f, key("command"), "must not be empty");
+        }
+        specs.push(TemplateSpec {
+            name: t.source.as_str().into(),
+            source: super::absolute(&relative_to(f, &t.source)),
+            included: included.iter().any(|inc| **inc == *destination),
+            destination,
+            perms,
+            backup: t.backup,
+            command: t.command.clone(),
+            command_timeout,
+            wait: wait.filter(|w| !w.min.is_zero()),
+            error_on_missing_key: t.error_on_missing_key,
+        });
+    }
+    specs
+}
+
 /// The `[consul]` section, or its defaults when only backends use Consul.
 /// The address comes from the file, else CONSUL_HTTP_ADDR, else the default.
 fn check_consul(
@@ -619,10 +728,7 @@ fn check_consul(
             format!("{address:?} is not a Consul address; expected \"http://host:port\" or \"https://host:port\""),
         ),
     }
-    let relative = |path: &str| {
-        let path = Path::new(path);
-        f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
-    };
+    let relative = |path: &str| relative_to(f, path);
     let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
     let spec = ConsulSpec {
         address,

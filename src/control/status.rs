@@ -20,6 +20,9 @@ pub struct Status<'a> {
     pub draining_endpoints: Vec<EndpointStatus>,
     /// Discovery watches (DNS, Consul); none in a static config.
     pub watches: Vec<serde_json::Value>,
+    /// Templates: state, what a held one waits for, last error and command.
+    pub templates: &'a [crate::template::TemplateStatus],
+    pub kv_dir: Option<&'a super::templating::KvDirStatus>,
 }
 
 #[derive(Serialize)]
@@ -149,5 +152,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                     .filter_map(|w| serde_json::to_value(w.status()).ok()),
             )
             .collect(),
+        templates: &board.templates,
+        kv_dir: board.kv_dir.as_ref(),
     }
 }

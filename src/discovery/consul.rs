@@ -53,12 +53,16 @@ fn wanted(config: &Config) -> HashSet<WatchKey> {
         .collect()
 }
 
-/// The watches the running config uses.
+/// The watches the running config and its templates use.
 pub struct ConsulWatcher {
     spec: Option<ConsulSpec>,
     client: Option<Arc<ConsulClient>>,
     running: HashMap<WatchKey, Watched<ConsulWatch>>,
     changed: mpsc::UnboundedSender<WatchKey>,
+    /// What the running config's backends use.
+    backend_keys: HashSet<WatchKey>,
+    /// What the templates read in their latest renders.
+    template_keys: HashSet<WatchKey>,
 }
 
 /// What [`ConsulWatcher::prepare`] started, to commit or undo.
@@ -76,7 +80,55 @@ impl ConsulWatcher {
             client: None,
             running: HashMap::new(),
             changed,
+            backend_keys: HashSet::new(),
+            template_keys: HashSet::new(),
         }
+    }
+
+    /// Every running watch by key: the data templates render from.
+    pub fn watch_map(&self) -> HashMap<WatchKey, Arc<ConsulWatch>> {
+        self.running
+            .iter()
+            .map(|(k, r)| (k.clone(), r.item.clone()))
+            .collect()
+    }
+
+    /// Makes `keys` the queries templates read: starts those not watched
+    /// yet (returned, to wait for their first answer where that matters)
+    /// and stops those nothing reads any more. `spec` builds the client
+    /// when no config has yet (templates render before the first compile).
+    pub fn set_template_keys(
+        &mut self,
+        keys: HashSet<WatchKey>,
+        spec: Option<&ConsulSpec>,
+    ) -> Vec<Arc<ConsulWatch>> {
+        if let (None, Some(spec)) = (&self.client, spec) {
+            match ConsulClient::new(spec) {
+                Ok(c) => {
+                    self.client = Some(Arc::new(c));
+                    self.spec = Some(spec.clone());
+                }
+                Err(error) => tracing::error!(%error, "Consul client for templates"),
+            }
+        }
+        let mut started = Vec::new();
+        if let (Some(client), Some(spec)) = (self.client.clone(), self.spec.clone()) {
+            for key in &keys {
+                if !self.running.contains_key(key) {
+                    let watch = Arc::new(ConsulWatch::new(key.clone()));
+                    let running = self.spawn(watch.clone(), client.clone(), &spec);
+                    self.running.insert(key.clone(), running);
+                    started.push(watch);
+                }
+            }
+        }
+        for gone in self.template_keys.difference(&keys) {
+            if !self.backend_keys.contains(gone) {
+                self.running.remove(gone);
+            }
+        }
+        self.template_keys = keys;
+        started
     }
 
     pub fn get(&self, key: &WatchKey) -> Option<Arc<ConsulWatch>> {
@@ -145,8 +197,9 @@ impl ConsulWatcher {
     /// Makes `config`'s watches the running set; watches move to a new
     /// client when the `[consul]` settings changed.
     pub fn commit(&mut self, plan: ConsulPlan, config: &Config) {
-        let wanted = wanted(config);
-        self.running.retain(|k, _| wanted.contains(k));
+        self.backend_keys = wanted(config);
+        self.running
+            .retain(|k, _| self.backend_keys.contains(k) || self.template_keys.contains(k));
         let restart = plan.spec != self.spec;
         self.spec = plan.spec;
         self.client = plan.client;

@@ -114,6 +114,8 @@ impl ConfigDiff {
             shutdown_grace: config.shutdown_grace,
             resolver: config.resolver.clone(),
             consul: config.consul.clone(),
+            kv: config.kv.clone(),
+            templates: config.templates.clone(),
             listeners: Vec::new(),
             routes: Vec::new(),
             backends: Vec::new(),
