@@ -45,8 +45,10 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Not `#[from]`: that would make the errors the source too, and
+    /// printing the chain would list them twice.
     #[error("invalid config:\n{0}")]
-    Config(#[from] ConfigErrors),
+    Config(ConfigErrors),
     #[error(transparent)]
     BindListener(#[from] BindError),
     #[error(transparent)]
@@ -59,6 +61,12 @@ pub enum StartError {
     Discovery(Vec<String>),
     #[error("templates:\n{}", .0.join("\n"))]
     Templates(Vec<String>),
+}
+
+impl From<ConfigErrors> for StartError {
+    fn from(e: ConfigErrors) -> Self {
+        Self::Config(e)
+    }
 }
 
 /// What made a reload happen, shown in `/status` and logs.

@@ -126,15 +126,23 @@ fn parse_position(detail: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// The first line of `text` that mentions the first backquoted name in
-/// `detail`.
+/// The first line of `text` that uses what `detail` names: a failed
+/// function call (`Function call 'key' failed`) or a backquoted variable or
+/// filter.
 fn first_use(text: &str, detail: &str) -> Option<usize> {
-    let start = detail.find('`')? + 1;
-    let len = detail[start..].find('`')?;
-    let token = &detail[start..start + len];
-    if token.is_empty() {
+    let quoted = |open: &str, close: char| -> Option<&str> {
+        let start = detail.find(open)? + open.len();
+        let len = detail[start..].find(close)?;
+        Some(&detail[start..start + len])
+    };
+    let token = match quoted("Function call '", '\'') {
+        Some(function) => format!("{function}("),
+        None => quoted("`", '`')?.to_string(),
+    };
+    if token.is_empty() || token == "(" {
         return None;
     }
+    let token = token.as_str();
     text.lines().position(|l| l.contains(token)).map(|i| i + 1)
 }
 
@@ -143,7 +151,12 @@ fn one_line(detail: &str) -> String {
     detail
         .lines()
         .map(|l| l.trim().trim_start_matches('=').trim())
-        .filter(|l| !l.is_empty() && *l != "|" && !l.starts_with("-->") && !l.contains(" | "))
+        .filter(|l| {
+            let source_echo = l
+                .split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            !l.is_empty() && !l.starts_with('|') && !l.starts_with("-->") && !source_echo
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -173,7 +186,10 @@ mod tests {
         let err = Compiled::parse("routes.tera", "a\nb\n{{ key(path= }}\n".into())
             .err()
             .unwrap();
-        assert!(err.starts_with("template routes.tera: line 3: "), "{err}");
+        assert!(
+            err.starts_with("template routes.tera: line 3: expected"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "{err}");
     }
 
@@ -220,7 +236,11 @@ mod tests {
         assert_eq!(why.iter().next().unwrap(), "key x (does not exist)");
         assert_eq!(deps.len(), 1);
         let (outcome, _) = t.render(kv_view(&[]), true);
-        assert!(matches!(outcome, RenderOutcome::Failed(e) if e.contains("does not exist")));
+        let RenderOutcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(err.starts_with("template t: line 1: "), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
         let (outcome, _) = t.render(kv_view(&[("x", "here")]), false);
         assert!(matches!(outcome, RenderOutcome::Ready(t) if t == "here"));
     }

@@ -387,3 +387,98 @@ consul_tag = "v2"
         );
     }
 }
+
+#[test]
+fn templates_and_the_kv_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("kv")).unwrap();
+    let main = format!(
+        r#"include = ["out/routes.toml"]
+[kv]
+dir = "kv"
+
+[[templates]]
+source = "routes.tera"
+destination = "out/routes.toml"
+perms = "0600"
+command = "true"
+wait = {{ min = "2s" }}
+
+[[templates]]
+source = "/abs/other.tera"
+destination = "/tmp/other.conf"
+perms = 0o640
+backup = true
+error_on_missing_key = true
+command_timeout = "5s"
+{BASE}"#
+    );
+    std::fs::write(dir.path().join("main.toml"), main).unwrap();
+    // The rendered include does not exist on disk: it counts as empty.
+    let c = load(&dir.path().join("main.toml")).unwrap();
+    assert_eq!(c.kv.as_ref().unwrap().dir, dir.path().join("kv"));
+    let (a, b) = (&c.templates[0], &c.templates[1]);
+    assert_eq!(&*a.name, "routes.tera");
+    assert_eq!(a.source, dir.path().join("routes.tera"));
+    assert_eq!(a.destination, dir.path().join("out/routes.toml"));
+    assert!(a.included && !b.included);
+    assert_eq!((a.perms, b.perms), (0o600, 0o640));
+    assert_eq!(
+        a.wait,
+        Some(Wait {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(8)
+        })
+    );
+    assert_eq!(a.command_timeout, DEFAULT_COMMAND_TIMEOUT);
+    assert_eq!(b.command_timeout, Duration::from_secs(5));
+    assert!(b.backup && b.error_on_missing_key && b.wait.is_none());
+    // Templates need Consul's defaults for service() and, with no kv dir, key().
+    assert!(c.consul.is_some());
+    // Sources are watched; the rendered include is not (it is applied in
+    // process after each render).
+    assert!(c.files.contains(&dir.path().join("routes.tera")));
+    assert!(!c.files.contains(&dir.path().join("out/routes.toml")));
+
+    // The render's text is what the include holds.
+    let rendered: Arc<str> = "[[routes]]\npath_prefix = \"/r/\"\nbackend = \"app\"\n".into();
+    let c = load_with(&dir.path().join("main.toml"), &|p| {
+        (p == dir.path().join("out/routes.toml")).then(|| rendered.clone())
+    })
+    .unwrap();
+    assert_eq!(c.routes[0].path_prefix, "/r/");
+}
+
+#[test]
+fn bad_template_settings_are_reported() {
+    let errors = errors_of(&format!(
+        r#"[kv]
+dir = "no/such/dir"
+[[templates]]
+source = ""
+destination = "a"
+perms = "999"
+wait = {{ min = "2s", max = "1s" }}
+command = " "
+command_timeout = "0s"
+[[templates]]
+source = "b"
+destination = "a"
+{BASE}"#
+    ));
+    let expect = [
+        "`kv.dir`: ",
+        "`templates[0].source`: must not be empty",
+        "`templates[0].perms`: expected a file mode",
+        "`templates[0].wait.max`: must not be less than `wait.min`",
+        "`templates[0].command_timeout`: must be greater than zero",
+        "`templates[0].command`: must not be empty",
+        "`templates[1].destination`: ",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "{e} in {errors:#?}"
+        );
+    }
+}

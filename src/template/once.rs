@@ -17,11 +17,17 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum RenderOnceError {
     #[error("invalid config:\n{0}")]
-    Config(#[from] ConfigErrors),
+    Config(ConfigErrors),
     #[error("{}", .0.join("\n"))]
     Templates(Vec<String>),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+}
+
+impl From<ConfigErrors> for RenderOnceError {
+    fn from(e: ConfigErrors) -> Self {
+        Self::Config(e)
+    }
 }
 
 /// One template's result.

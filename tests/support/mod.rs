@@ -391,7 +391,16 @@ impl Switchyard {
     }
 
     async fn try_start_with(config: &str, options: AppOptions) -> Result<Self, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::try_start_in(tempfile::tempdir().expect("tempdir"), config, options).await
+    }
+
+    /// Starts with `config` written into `dir`, which already holds the
+    /// files it refers to (templates, a kv directory).
+    pub async fn try_start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        options: AppOptions,
+    ) -> Result<Self, String> {
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, with_admin(config)).expect("write config");
         let app = App::start(&path, options)
@@ -448,7 +457,9 @@ fn with_admin(config: &str) -> String {
     if config.contains("[admin]") {
         config.to_string()
     } else {
-        format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{config}")
+        // Last: a table header ends whatever section came before it, and
+        // top-level keys (`include`) must come before any header.
+        format!("{config}\n\n[admin]\nbind = \"127.0.0.1:0\"\n")
     }
 }
 
