@@ -6,6 +6,7 @@
 #   bench/run.sh --only storm         # only the reload-under-load comparison
 #   bench/run.sh --only dns           # only the DNS convergence figure
 #   bench/run.sh --only consul        # only the Consul convergence figure
+#   bench/run.sh --only templates     # only the template (KV to route) figure
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -36,6 +37,16 @@ consul_convergence() {
   mkdir -p bench/results
   cargo bench --bench consul_convergence | tee bench/results/consul.md
 }
+# And templates: KV change to routing, kv directory and Consul KV
+# (bench/template_convergence.rs).
+template_convergence() {
+  mkdir -p bench/results
+  cargo bench --bench template_convergence | tee bench/results/templates.md
+}
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "templates" ]; then
+  template_convergence
+  exit 0
+fi
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "dns" ]; then
   dns_convergence
   exit 0
@@ -49,5 +60,5 @@ cargo build --release --bin switchyard
 python3 bench/bench.py "$@"
 case " $* " in
   *" --only "*) ;;
-  *) dns_convergence; consul_convergence ;;
+  *) dns_convergence; consul_convergence; template_convergence ;;
 esac
