@@ -20,6 +20,9 @@ RUN apt-get update \
     && chown switchyard /var/lib/switchyard
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 COPY examples/docker.toml /etc/switchyard/switchyard.toml
+# The shipped templates, to use from a mounted config; render into
+# /var/lib/switchyard (writable by the service user).
+COPY templates /etc/switchyard/templates
 USER switchyard
 EXPOSE 8080 9900
 # SIGTERM drains in-flight work (see [shutdown] grace) before exiting.
