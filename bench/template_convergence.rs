@@ -98,9 +98,15 @@ fn put(path: &Path, text: &str) {
 }
 
 async fn start(dir: tempfile::TempDir, config: &str) -> Switchyard {
-    Switchyard::try_start_in(dir, config, AppOptions { watch_config: false })
-        .await
-        .expect("switchyard starts")
+    Switchyard::try_start_in(
+        dir,
+        config,
+        AppOptions {
+            watch_config: false,
+        },
+    )
+    .await
+    .expect("switchyard starts")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +137,9 @@ async fn main() {
     })
     .await;
 
-    println!("\nKV change to the first request on the new route (template included in the config, no wait)\n");
+    println!(
+        "\nKV change to the first request on the new route (template included in the config, no wait)\n"
+    );
     println!("| source | changes | p50 ms | p99 ms | max ms |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     row("kv directory", &kv_dir);

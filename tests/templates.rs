@@ -139,12 +139,33 @@ async fn kv_directory_changes_rerender_and_reroute_without_a_failed_request() {
     routed_to(&sy, "/extra/1", "a").await;
     std::fs::remove_file(kv.join("switchyard/routes/extra")).unwrap();
     routed_to(&sy, "/extra/1", "fallback").await;
+    // A value that makes the rendered file invalid: rejected whole, named
+    // by file and line, the running routes stay.
+    put(
+        &kv,
+        "switchyard/routes/broken",
+        "path_prefix = \"/broken/\"\nbackend = \"nope\"\n",
+    );
+    eventually("the rejected render in /status", WAIT, || async {
+        sy.status().await["last_failure"]["trigger"] == "template"
+    })
+    .await;
+    let failure = sy.status().await["last_failure"].clone();
+    let error = failure["errors"][0].as_str().unwrap();
+    assert!(
+        error.contains("out/routes.toml") && error.contains("no backend named `nope`"),
+        "{error}"
+    );
+    assert_eq!(body(sy.addr("web"), "/api/x").await, "b");
+    std::fs::remove_file(kv.join("switchyard/routes/broken")).unwrap();
+    put(&kv, "switchyard/routes/api", &route("/api/", "a"));
+    routed_to(&sy, "/api/x", "a").await;
     let (sent, failed) = load.finish().await;
     assert!(sent > 0);
     assert_eq!(failed, 0, "{failed} of {sent} requests failed during swaps");
 
     let rendered = read(sy.dir.path(), "out/routes.toml").unwrap();
-    assert!(rendered.contains("backend = \"b\""), "{rendered}");
+    assert!(rendered.contains("backend = \"a\""), "{rendered}");
     assert!(!rendered.contains("/extra/"), "{rendered}");
     let status = sy.status().await;
     let t = template_status(&status, 0);
