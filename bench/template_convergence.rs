@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use support::consul::ConsulServer;
 use support::{HttpClient, Switchyard};
-use switchyard::app::AppOptions;
 
 const ROUNDS: usize = 200;
 
@@ -97,18 +96,6 @@ fn put(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-async fn start(dir: tempfile::TempDir, config: &str) -> Switchyard {
-    Switchyard::try_start_in(
-        dir,
-        config,
-        AppOptions {
-            watch_config: false,
-        },
-    )
-    .await
-    .expect("switchyard starts")
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // The kv directory.
@@ -116,14 +103,14 @@ async fn main() {
     let key = dir.path().join("kv/switchyard/routes/probe");
     std::fs::create_dir_all(key.parent().unwrap()).expect("kv dir");
     put(&key, &route("a"));
-    let sy = start(dir, &config("[kv]\ndir = \"kv\"")).await;
+    let sy = Switchyard::start_in(dir, &config("[kv]\ndir = \"kv\"")).await;
     let kv_dir = measure(&sy, 100..300, |backend| put(&key, &route(backend))).await;
     drop(sy);
 
     // Consul KV.
     let consul = ConsulServer::start().await;
     consul.kv_put("switchyard/routes/probe", route("a"));
-    let sy = start(
+    let sy = Switchyard::start_in(
         tempfile::tempdir().expect("tempdir"),
         &config(&format!("[consul]\naddress = \"{}\"", consul.url())),
     )

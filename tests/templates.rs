@@ -80,18 +80,6 @@ fn consul_section(consul: &ConsulServer) -> String {
     )
 }
 
-async fn start_in(dir: tempfile::TempDir, config: &str) -> Switchyard {
-    Switchyard::try_start_in(
-        dir,
-        config,
-        AppOptions {
-            watch_config: false,
-        },
-    )
-    .await
-    .expect("switchyard starts")
-}
-
 async fn body(addr: SocketAddr, path: &str) -> String {
     let (status, body) = get(addr, path, None).await;
     assert_eq!(status, StatusCode::OK, "{path}: {body}");
@@ -119,7 +107,7 @@ async fn kv_directory_changes_rerender_and_reroute_without_a_failed_request() {
     let dir = workdir();
     let kv = dir.path().join("kv");
     put(&kv, "switchyard/routes/api", &route("/api/", "a"));
-    let sy = start_in(dir, &routes_config("[kv]\ndir = \"kv\"\n")).await;
+    let sy = Switchyard::start_in(dir, &routes_config("[kv]\ndir = \"kv\"\n")).await;
     // Rendered before the first table: routed from the first request.
     assert_eq!(body(sy.addr("web"), "/api/x").await, "a");
     let version = sy.status().await["version"].as_u64().unwrap();
@@ -186,7 +174,7 @@ async fn kv_directory_changes_rerender_and_reroute_without_a_failed_request() {
 async fn consul_kv_changes_rerender_and_reroute() {
     let consul = ConsulServer::start().await;
     consul.kv_put("switchyard/routes/api", route("/api/", "a"));
-    let sy = start_in(workdir(), &routes_config(&consul_section(&consul))).await;
+    let sy = Switchyard::start_in(workdir(), &routes_config(&consul_section(&consul))).await;
     assert_eq!(body(sy.addr("web"), "/api/x").await, "a");
 
     consul.kv_put("switchyard/routes/api", route("/api/", "b"));
@@ -252,7 +240,7 @@ async fn a_missing_key_holds_the_render_until_it_exists() {
     let dir = workdir();
     let config = format!("[kv]\ndir = \"kv\"\n{}", value_template(dir.path(), ""));
     let kv = dir.path().join("kv");
-    let sy = start_in(dir, &responders(&config)).await;
+    let sy = Switchyard::start_in(dir, &responders(&config)).await;
     held_until_the_key_exists(&sy, || put(&kv, "app/value", "here")).await;
 
     // Consul
@@ -263,7 +251,7 @@ async fn a_missing_key_holds_the_render_until_it_exists() {
         consul_section(&consul),
         value_template(dir.path(), "")
     );
-    let sy = start_in(dir, &responders(&config)).await;
+    let sy = Switchyard::start_in(dir, &responders(&config)).await;
     held_until_the_key_exists(&sy, || {
         consul.kv_put("app/value", "here");
     })
@@ -290,7 +278,7 @@ async fn a_burst_renders_once_and_the_command_runs_once_per_changed_output() {
         log.display()
     );
     let kv = dir.path().join("kv");
-    let sy = start_in(dir, &responders(&config)).await;
+    let sy = Switchyard::start_in(dir, &responders(&config)).await;
     let commands = || {
         std::fs::read_to_string(&log)
             .map(|s| s.lines().count())
@@ -366,7 +354,7 @@ async fn one_change_read_by_three_templates_swaps_the_table_once() {
         [[templates]]\nsource = \"two.tera\"\ndestination = \"out/two.toml\"\n\
         [[templates]]\nsource = \"plain.tera\"\ndestination = \"out/plain.txt\"\n";
     let kv = dir.path().join("kv");
-    let sy = start_in(dir, &responders(config)).await;
+    let sy = Switchyard::start_in(dir, &responders(config)).await;
     let addr = sy.addr("web");
     assert_eq!(body(addr, "/one/").await, "a");
     assert_eq!(body(addr, "/two/").await, "a");

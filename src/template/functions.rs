@@ -162,22 +162,19 @@ pub fn register(tera: &mut Tera, scope: &Arc<RenderScope>) {
             .filter(|v| !v.is_empty());
         Ok(Value::from(value.unwrap_or_else(|| default.to_string())))
     });
-    let s = scope.clone();
-    tera.register_function("ls", move |args: &HashMap<String, Value>| {
-        let prefix = key_path(str_arg(args, "ls", "prefix")?);
-        let data = s.read(s.view.kv_dep(WatchKey::Prefix(prefix.clone())));
-        Ok(pairs_under(data.as_deref(), &prefix, |rel| {
-            !rel.is_empty() && !rel.contains('/')
-        }))
-    });
-    let s = scope.clone();
-    tera.register_function("tree", move |args: &HashMap<String, Value>| {
-        let prefix = key_path(str_arg(args, "tree", "prefix")?);
-        let data = s.read(s.view.kv_dep(WatchKey::Prefix(prefix.clone())));
-        Ok(pairs_under(data.as_deref(), &prefix, |rel| {
-            !rel.is_empty() && !rel.ends_with('/')
-        }))
-    });
+    // ls: direct children only; tree: any depth, folder keys left out.
+    let listing: [(&'static str, KeepKey); 2] = [
+        ("ls", |rel| !rel.is_empty() && !rel.contains('/')),
+        ("tree", |rel| !rel.is_empty() && !rel.ends_with('/')),
+    ];
+    for (name, keep) in listing {
+        let s = scope.clone();
+        tera.register_function(name, move |args: &HashMap<String, Value>| {
+            let prefix = key_path(str_arg(args, name, "prefix")?);
+            let data = s.read(s.view.kv_dep(WatchKey::Prefix(prefix.clone())));
+            Ok(pairs_under(data.as_deref(), &prefix, keep))
+        });
+    }
     let s = scope.clone();
     tera.register_function("service", move |args: &HashMap<String, Value>| {
         let key = WatchKey::Service {
@@ -221,6 +218,9 @@ pub fn register(tera: &mut Tera, scope: &Arc<RenderScope>) {
         Ok(Value::from(std::env::var(name).unwrap_or_default()))
     });
 }
+
+/// Which keys under a prefix a listing function keeps, by relative name.
+type KeepKey = fn(&str) -> bool;
 
 /// consul-template trims a leading `/` from key paths.
 fn key_path(path: &str) -> String {

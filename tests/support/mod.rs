@@ -394,6 +394,20 @@ impl Switchyard {
         Self::try_start_in(tempfile::tempdir().expect("tempdir"), config, options).await
     }
 
+    /// Like [`try_start_in`](Self::try_start_in), reloading only when
+    /// asked; panics if the start fails.
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::try_start_in(
+            dir,
+            config,
+            AppOptions {
+                watch_config: false,
+            },
+        )
+        .await
+        .expect("switchyard starts")
+    }
+
     /// Starts with `config` written into `dir`, which already holds the
     /// files it refers to (templates, a kv directory).
     pub async fn try_start_in(
