@@ -563,3 +563,38 @@ async fn shipped_haproxy_and_nginx_templates_render_from_consul() {
         "untagged services are left out: {nginx}"
     );
 }
+
+#[tokio::test]
+async fn a_failing_command_is_reported_and_nothing_else_changes() {
+    let dir = workdir();
+    put(dir.path(), "kv/app/value", "1");
+    let config = format!(
+        "[kv]\ndir = \"kv\"\n{}",
+        value_template(
+            dir.path(),
+            "command = \"echo cannot reload >&2; exit 3\"\ncommand_timeout = \"5s\""
+        )
+    );
+    let kv = dir.path().join("kv");
+    let sy = Switchyard::start_in(dir, &responders(&config)).await;
+    eventually("the command's failure in /status", WAIT, || async {
+        template_status(&sy.status().await, 0)["last_command"]
+            .as_str()
+            .is_some_and(|c| c.contains("exit status: 3") && c.contains("cannot reload"))
+    })
+    .await;
+    let failures = "switchyard_template_commands_total{result=\"failure\",template=\"value.tera\"}";
+    assert_eq!(sy.metric(failures).await, Some(1.0));
+    // Still rendering and serving.
+    put(&kv, "app/value", "2");
+    eventually("the next render", WAIT, || async {
+        read(sy.dir.path(), "out/value.txt").as_deref() == Some("value=2\n")
+    })
+    .await;
+    eventually("the second failure counted", WAIT, || async {
+        sy.metric(failures).await == Some(2.0)
+    })
+    .await;
+    assert_eq!(body(sy.addr("web"), "/").await, "fallback");
+    assert_eq!(template_status(&sy.status().await, 0)["state"], "rendered");
+}
