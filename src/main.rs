@@ -226,7 +226,18 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Raises the open-file limit to the hard limit, as HAProxy does: every
+/// client and upstream connection is a descriptor, and the usual soft
+/// limit (1024) would cap a sidecar at a few hundred clients.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "Open-file limit"),
+        Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit"),
+    }
+}
+
 fn run(path: &Path, threads: Option<usize>, options: AppOptions) -> anyhow::Result<()> {
+    raise_file_limit();
     // One thread asked for: a current-thread runtime has no work-stealing
     // machinery to pay for. Otherwise one worker per core by default.
     let mut rt = match threads {
