@@ -159,7 +159,7 @@ fn live_sampler(
             backend: s.backend.clone(),
             addr: s.addr.to_string(),
             active: s.active() as i64,
-            healthy: s.is_healthy(),
+            healthy: s.is_usable(),
             draining: s.is_draining(),
         };
         let table = table.current();

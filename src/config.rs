@@ -54,6 +54,26 @@ pub const DEFAULT_CONSUL_RETRY_MAX: Duration = Duration::from_secs(60);
 pub const MAX_WEIGHT: u32 = 256;
 /// Template defaults: consul-template's file mode and command timeout.
 pub const DEFAULT_TEMPLATE_PERMS: u32 = 0o644;
+/// Request head limit: nginx's large_client_header_buffers is 4 × 8 KiB;
+/// hyper cannot go below 8 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MIN_MAX_HEADER_BYTES: usize = 8192;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Health checks: HAProxy's `inter 2s rise 2 fall 3`.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Outlier ejection: Envoy's consecutive-5xx detector, with a larger cap.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+/// Retries: two more attempts on a failed connect, within linkerd's
+/// default budget (20 % of requests plus 10 a second).
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_PERCENT: u32 = 20;
+pub const DEFAULT_RETRY_MIN_PER_SECOND: u32 = 10;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration: what `table::compile` turns into a snapshot.
@@ -65,6 +85,7 @@ pub struct Config {
     pub admin_bind: SocketAddr,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
+    pub limits: Limits,
     pub resolver: ResolverSpec,
     /// Set when the file has `[consul]` or a backend uses Consul.
     pub consul: Option<ConsulSpec>,
@@ -73,6 +94,22 @@ pub struct Config {
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: None,
+        }
+    }
 }
 
 /// The `[kv]` section: a directory whose files are keys.
@@ -201,6 +238,8 @@ pub struct ListenerSpec {
     /// Connections accepted at once; past it the listener stops accepting
     /// and new connections wait in the kernel's backlog (HAProxy `maxconn`).
     pub max_connections: Option<usize>,
+    /// How long a connection over `max_connections` waits for a slot.
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -244,6 +283,67 @@ pub struct BackendSpec {
     pub target: BackendTarget,
     pub protocol: Protocol,
     pub timeouts: UpstreamTimeouts,
+    pub health_check: Option<HealthCheckSpec>,
+    /// With no usable endpoint, use unhealthy and ejected ones.
+    pub fail_open: bool,
+    pub outlier: Option<OutlierSpec>,
+    pub retry: RetrySpec,
+    pub max_connections_per_server: Option<usize>,
+}
+
+/// Active health checks of a backend's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckSpec {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub jitter: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    Tcp,
+    Http {
+        path: String,
+        host: Option<String>,
+        /// Inclusive range of statuses that pass.
+        expect: (u16, u16),
+    },
+}
+
+/// Passive outlier ejection: an endpoint failing `consecutive_failures`
+/// times in a row (connect errors, broken exchanges, 5xx) is ejected for
+/// `base_ejection` × the times it was ejected, at most `max_ejection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierSpec {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySpec {
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Also retry idempotent requests without a body whose exchange broke
+    /// before any response byte.
+    pub on_reset: bool,
+    pub budget_percent: u32,
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            retries: DEFAULT_RETRIES,
+            on_reset: false,
+            budget_percent: DEFAULT_RETRY_PERCENT,
+            budget_min_per_second: DEFAULT_RETRY_MIN_PER_SECOND,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

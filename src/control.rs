@@ -28,6 +28,7 @@ use crate::config::{self, ConfigErrors};
 use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::metrics::Metrics;
+use crate::proxy::health::HealthChecks;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
@@ -154,6 +155,7 @@ pub struct Control {
     dns_events: mpsc::UnboundedReceiver<DnsQuery>,
     consul_events: mpsc::UnboundedReceiver<WatchKey>,
     templating: Templating,
+    health: HealthChecks,
 }
 
 /// Endpoint states that left their backend and still drain, by address.
@@ -264,6 +266,8 @@ impl Control {
         };
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
         sources.commit(plan, &config, &board);
+        let mut health = HealthChecks::new(metrics.clone());
+        health.sync(&table);
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -303,6 +307,7 @@ impl Control {
                 dns_events,
                 consul_events,
                 templating,
+                health,
             },
             handle,
         ))
@@ -506,6 +511,7 @@ impl Control {
         let diff = ConfigDiff::between(&current.config, &table.config);
         let config = table.config.clone();
         self.mark_draining(&current, &table);
+        self.health.sync(&table);
         self.table.publish(table);
         self.sources.commit(plan, &config, &self.board);
         self.templating.commit(templates, kv);
@@ -569,7 +575,7 @@ impl Control {
     /// Replaces the endpoint sets of the backends that use a DNS name or a
     /// Consul watch whose data changed; routes and every other backend stay
     /// as they are.
-    fn apply_discovery(&self, dns: &[DnsQuery], consul: &[WatchKey]) {
+    fn apply_discovery(&mut self, dns: &[DnsQuery], consul: &[WatchKey]) {
         let table = self.table.current();
         let draining = self.draining_index();
         let find_draining = |backend: &str, addr: SocketAddr| draining.find(backend, addr);
@@ -603,6 +609,13 @@ impl Control {
                 old.endpoints.iter().map(|e| e.state.clone()).collect(),
                 &live,
             );
+        }
+        if table
+            .backends
+            .values()
+            .any(|b| b.spec.health_check.is_some())
+        {
+            self.health.sync(&table);
         }
     }
 

@@ -50,6 +50,21 @@ pub struct Metrics {
     pub template_renders: IntCounterVec,
     /// Template commands by template and result (success, failure, timeout).
     pub template_commands: IntCounterVec,
+    /// Health checks by backend and result (success, failure).
+    pub health_checks: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    outlier_ejections: IntCounterVec,
+    /// Connections over a listener's `max_connections` that waited past
+    /// `queue_timeout` and were turned away.
+    listener_rejected: IntCounterVec,
+}
+
+/// Counters of one backend, resolved once per compiled backend.
+#[derive(Clone)]
+pub struct BackendCounters {
+    pub connect_errors: IntCounter,
+    pub retries: IntCounter,
+    pub ejections: IntCounter,
 }
 
 impl Metrics {
@@ -145,6 +160,38 @@ impl Metrics {
             &["template", "result"],
         )?;
         registry.register(Box::new(template_commands.clone()))?;
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_health_checks_total",
+                "Active health checks by backend and result (success, failure)",
+            ),
+            &["backend", "result"],
+        )?;
+        registry.register(Box::new(health_checks.clone()))?;
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_retries_total",
+                "Requests sent again to another endpoint after a failed connect or a broken exchange",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(upstream_retries.clone()))?;
+        let outlier_ejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_outlier_ejections_total",
+                "Endpoints ejected after failing requests in a row",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(outlier_ejections.clone()))?;
+        let listener_rejected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_listener_rejected_connections_total",
+                "Connections over max_connections turned away after queue_timeout",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(listener_rejected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -172,6 +219,10 @@ impl Metrics {
             discovery_updates,
             template_renders,
             template_commands,
+            health_checks,
+            upstream_retries,
+            outlier_ejections,
+            listener_rejected,
         })
     }
 
@@ -192,6 +243,7 @@ impl Metrics {
                 .with_label_values(&[listener]),
             received_bytes: self.received_bytes.with_label_values(&[listener]),
             sent_bytes: self.sent_bytes.with_label_values(&[listener]),
+            rejected: self.listener_rejected.with_label_values(&[listener]),
         }
     }
 
@@ -213,8 +265,12 @@ impl Metrics {
         }
     }
 
-    pub fn connect_errors(&self, backend: &str) -> IntCounter {
-        self.upstream_connect_errors.with_label_values(&[backend])
+    pub fn backend_counters(&self, backend: &str) -> BackendCounters {
+        BackendCounters {
+            connect_errors: self.upstream_connect_errors.with_label_values(&[backend]),
+            retries: self.upstream_retries.with_label_values(&[backend]),
+            ejections: self.outlier_ejections.with_label_values(&[backend]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -236,6 +292,7 @@ pub struct ListenerMetrics {
     pub accepted: IntCounter,
     pub received_bytes: IntCounter,
     pub sent_bytes: IntCounter,
+    pub rejected: IntCounter,
 }
 
 /// Per (listener, backend) handles, resolved when a table is compiled.

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod listener;

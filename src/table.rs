@@ -27,12 +27,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustc_hash::FxHashMap as HashMap;
 
 use arc_swap::ArcSwap;
-use prometheus::IntCounter;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::config::{BackendSpec, BackendTarget, Balance, Config, ListenerSpec, ServerTarget};
+use crate::config::{OutlierSpec, RetrySpec};
 use crate::discovery::consul::{self, ConsulWatch, WatchData, WatchKey};
 use crate::discovery::dns::{DnsName, DnsQuery};
-use crate::metrics::{ListenerMetrics, Metrics, RequestMetrics};
+use crate::metrics::{BackendCounters, ListenerMetrics, Metrics, RequestMetrics};
 use endpoints::{Endpoint, EndpointSet, EndpointState, Origin};
 use routes::Router;
 
@@ -61,7 +63,9 @@ pub struct Backend {
     pub endpoints: ArcSwap<EndpointSet>,
     /// Turn counter for round robin and tie-breaking; survives endpoint changes.
     pub(crate) turn: AtomicUsize,
-    pub connect_errors: IntCounter,
+    pub counters: BackendCounters,
+    /// Bounds retries to a share of requests.
+    pub retry_budget: RetryBudget,
     /// The DNS names among the servers, whose answers make up part of the
     /// endpoint set.
     pub dns: Vec<Arc<DnsName>>,
@@ -83,10 +87,75 @@ impl Backend {
     /// endpoints came from are looked up again soon: the address may be
     /// gone, replaced by one the TTL has not shown yet.
     pub fn connect_failed(&self) {
-        self.connect_errors.inc();
+        self.counters.connect_errors.inc();
         for name in &self.dns {
             name.refresh_soon();
         }
+    }
+
+    /// Records how a request to `state` ended, for outlier ejection: a
+    /// failed connect, a broken exchange or a 5xx is a failure.
+    pub fn report(&self, state: &Arc<EndpointState>, ok: bool) {
+        let Some(outlier) = &self.spec.outlier else {
+            return;
+        };
+        if ok {
+            state.request_succeeded();
+        } else if state.request_failed() >= outlier.consecutive_failures {
+            self.eject(state, outlier);
+        }
+    }
+
+    /// Takes `state` out of rotation for a period that grows with each
+    /// ejection in a series, unless that would eject more than the allowed
+    /// share of the backend (Envoy's rule: one may always go).
+    fn eject(&self, state: &Arc<EndpointState>, outlier: &OutlierSpec) {
+        if state.is_ejected() {
+            return;
+        }
+        let set = self.endpoints.load();
+        let ejected = set
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected())
+            .count();
+        if ejected * 100 >= outlier.max_ejected_percent as usize * set.endpoints.len() {
+            return;
+        }
+        let now = Instant::now();
+        let period = {
+            let mut r = state.record();
+            if r.ejected_until.is_some() {
+                return; // another request got here first
+            }
+            if r.last_ejection_end
+                .is_some_and(|end| now.duration_since(end) > outlier.max_ejection)
+            {
+                r.ejections = 0;
+            }
+            r.ejections += 1;
+            let period = outlier
+                .base_ejection
+                .saturating_mul(r.ejections)
+                .min(outlier.max_ejection);
+            r.ejected_until = Some(now + period);
+            period
+        };
+        state.set_ejected(true);
+        self.counters.ejections.inc();
+        tracing::warn!(backend = %self.name(), endpoint = %state.addr, ?period, "Endpoint ejected after failing requests in a row");
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            {
+                let mut r = state.record();
+                r.ejected_until = None;
+                r.last_ejection_end = Some(Instant::now());
+            }
+            state.reset_failures();
+            state.set_ejected(false);
+            tracing::info!(backend = %state.backend, endpoint = %state.addr, "Ejection over; endpoint back in rotation");
+        });
     }
 
     /// The states of the current endpoints.
@@ -109,6 +178,69 @@ impl Backend {
         let m = Arc::new(metrics.requests(listener, self.name()));
         known.push((listener.clone(), m.clone()));
         m
+    }
+}
+
+/// Keeps retries to a share of the backend's requests (Finagle's and
+/// linkerd's retry budget): in each 10 s window, at most `min_per_second`
+/// per second plus `percent` of the requests started in it. The request
+/// path only bumps a counter; the window is looked at when a retry is
+/// wanted, which is rare.
+#[derive(Debug)]
+pub struct RetryBudget {
+    requests: AtomicU64,
+    window: Mutex<BudgetWindow>,
+}
+
+#[derive(Debug)]
+struct BudgetWindow {
+    started: Instant,
+    requests_before: u64,
+    retries: u64,
+}
+
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            window: Mutex::new(BudgetWindow {
+                started: Instant::now(),
+                requests_before: 0,
+                retries: 0,
+            }),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    pub fn try_retry(&self, spec: &RetrySpec) -> bool {
+        let now = Instant::now();
+        let requests = self.requests.load(Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if now.duration_since(w.started) > BUDGET_WINDOW {
+            *w = BudgetWindow {
+                started: now,
+                requests_before: requests,
+                retries: 0,
+            };
+        }
+        let seconds = now.duration_since(w.started).as_secs_f64().max(1.0);
+        let allowed = f64::from(spec.budget_min_per_second) * seconds
+            + requests.saturating_sub(w.requests_before) as f64 * f64::from(spec.budget_percent)
+                / 100.0;
+        if (w.retries as f64) < allowed {
+            w.retries += 1;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -303,10 +435,11 @@ fn new_backend(
         spec: spec.clone(),
         endpoints: ArcSwap::from_pointee(endpoints),
         turn: AtomicUsize::new(0),
-        connect_errors: before.map_or_else(
-            || metrics.connect_errors(&spec.name),
-            |b| b.connect_errors.clone(),
+        counters: before.map_or_else(
+            || metrics.backend_counters(&spec.name),
+            |b| b.counters.clone(),
         ),
+        retry_budget: RetryBudget::default(),
         dns,
         consul,
         request_metrics: Mutex::new(before.map_or_else(Vec::new, |b| {

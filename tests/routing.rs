@@ -464,14 +464,20 @@ async fn metrics_and_status_report_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listener_connection_limit_holds_new_clients_in_the_backlog() {
+async fn listener_connection_limit_queues_briefly_then_answers_503() {
     let b = Backend::start("b").await;
-    let sy = Switchyard::start(&single_backend_with(b.addr, "", "max_connections = 1", "")).await;
+    let sy = Switchyard::start(&single_backend_with(
+        b.addr,
+        "",
+        "max_connections = 1\nqueue_timeout = \"2s\"",
+        "",
+    ))
+    .await;
     let addr = sy.addr("web");
     let mut first = HttpClient::connect(addr).await;
     assert_eq!(first.get("/", None).await.unwrap().2, "b");
-    // The second client connects (the kernel backlog accepts it) but is not
-    // served while the first connection is open.
+    // A second client waits for the slot: not served while the first
+    // connection is open...
     let second = tokio::spawn(async move { get(addr, "/", None).await });
     for _ in 0..20 {
         assert_eq!(first.get("/", None).await.unwrap().2, "b");
@@ -483,12 +489,32 @@ async fn listener_connection_limit_holds_new_clients_in_the_backlog() {
         );
     }
     assert_eq!(b.hits(), 21);
+    // ...and served as soon as the first leaves, within queue_timeout.
     drop(first);
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), second)
         .await
         .expect("second client is served once the first leaves")
         .unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "b"));
+
+    // Past queue_timeout a waiting client gets 503 and a closed connection.
+    let mut holder = HttpClient::connect(addr).await;
+    assert_eq!(holder.get("/", None).await.unwrap().2, "b");
+    let started = std::time::Instant::now();
+    let mut turned_away = HttpClient::connect(addr).await;
+    let (status, headers, body) = turned_away.get("/", None).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["connection"], "close");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "answered before queue_timeout"
+    );
+    assert_eq!(
+        sy.metric("switchyard_listener_rejected_connections_total{listener=\"web\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(holder.get("/", None).await.unwrap().2, "b");
 }
 
 /// A server that answers one request per connection with `Connection: close`.

@@ -40,6 +40,11 @@ fn backend(name: String, balance: Balance, servers: Vec<ServerSpec>) -> BackendS
             idle: Duration::from_secs(30),
             request: Duration::from_secs(60),
         },
+        health_check: None,
+        fail_open: false,
+        outlier: None,
+        retry: Default::default(),
+        max_connections_per_server: None,
     }
 }
 
@@ -82,6 +87,7 @@ fn config(n: usize, generation: usize) -> Config {
             client_idle: Duration::from_secs(60),
         },
         shutdown_grace: Duration::from_secs(30),
+        limits: Default::default(),
         resolver: Default::default(),
         consul: None,
         kv: None,
@@ -96,6 +102,7 @@ fn config(n: usize, generation: usize) -> Config {
             mode: Mode::Http,
             default_backend: Some("svc-0".into()),
             max_connections: None,
+            queue_timeout: Duration::from_secs(1),
         }],
         routes,
         backends,

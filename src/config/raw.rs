@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub resolver: RawResolver,
     pub consul: Option<RawConsul>,
     pub kv: Option<RawKv>,
@@ -73,6 +75,16 @@ pub struct RawBackendTimeouts {
     pub connect: Option<ConfigDuration>,
     pub upstream_idle: Option<ConfigDuration>,
     pub request: Option<ConfigDuration>,
+}
+
+/// Process-wide limits on what clients may send.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// A request head larger than this gets 431.
+    pub max_header_bytes: Option<usize>,
+    /// A request body larger than this gets 413 (default: no limit).
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +183,9 @@ pub struct RawListener {
     pub mode: RawMode,
     pub default_backend: Option<String>,
     pub max_connections: Option<usize>,
+    /// With `max_connections`: how long a connection over the limit waits
+    /// for a slot before it gets 503 (HTTP) or is closed (TCP).
+    pub queue_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,6 +225,64 @@ pub struct RawBackend {
     pub protocol: Option<RawProtocol>,
     #[serde(default)]
     pub timeouts: RawBackendTimeouts,
+    /// Active health checks of each endpoint.
+    pub health_check: Option<RawHealthCheck>,
+    /// With every endpoint unhealthy or ejected, use them all anyway.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Passive outlier ejection.
+    pub outlier: Option<RawOutlier>,
+    /// Further attempts on other endpoints after a failure.
+    pub retries: Option<u32>,
+    /// `connect` (default) and `reset`.
+    pub retry_on: Option<Vec<String>>,
+    pub retry_budget: Option<RawRetryBudget>,
+    /// Requests (HTTP) or connections (TCP) in flight per endpoint.
+    pub max_connections_per_server: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// `tcp` (connect) or `http` (a GET whose status is in `expect_status`).
+    #[serde(rename = "type")]
+    pub kind: RawCheckKind,
+    pub path: Option<String>,
+    /// Host header of HTTP checks (default: the endpoint's address).
+    pub host: Option<String>,
+    /// `"200-399"` or `"200"`.
+    pub expect_status: Option<String>,
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// A random extra delay in `[0, jitter)` before each check.
+    pub jitter: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCheckKind {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<ConfigDuration>,
+    pub max_ejection: Option<ConfigDuration>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    /// Retries allowed as a share of requests, in percent.
+    pub percent: Option<u32>,
+    /// Retries always allowed per second, whatever the traffic.
+    pub min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
-    RawBackend, RawBalance, RawConfig, RawConsul, RawFragment, RawListener, RawMode, RawPerms,
-    RawProtocol, RawResolver, RawRespond, RawRoute, RawServer, RawTemplate,
+    RawBackend, RawBalance, RawCheckKind, RawConfig, RawConsul, RawFragment, RawHealthCheck,
+    RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawResolver, RawRespond,
+    RawRetryBudget, RawRoute, RawServer, RawTemplate,
 };
 use super::*;
 
@@ -72,6 +73,16 @@ pub(super) fn validate(
     }
 
     let resolver = check_resolver(file, &raw.resolver, &mut p);
+    let limits = Limits {
+        max_header_bytes: raw
+            .limits
+            .max_header_bytes
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_body_bytes: raw.limits.max_body_bytes,
+    };
+    if limits.max_header_bytes < MIN_MAX_HEADER_BYTES {
+        p.at(file, "limits.max_header_bytes", "must be at least 8192");
+    }
 
     // Every section from every file, each with its file for messages.
     let mut listeners: Vec<(&Arc<Path>, usize, &RawListener)> = Vec::new();
@@ -206,6 +217,14 @@ pub(super) fn validate(
         if l.max_connections == Some(0) {
             p.at(f, format!("{key}.max_connections"), "must be at least 1");
         }
+        let queue_timeout = l.queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0);
+        if l.queue_timeout.is_some() && l.max_connections.is_none() {
+            p.at(
+                f,
+                format!("{key}.queue_timeout"),
+                "only used with `max_connections`",
+            );
+        }
         if let (Some(bind), true) = (bind, p.0.len() == before) {
             listener_specs.push(ListenerSpec {
                 location: Location {
@@ -220,6 +239,7 @@ pub(super) fn validate(
                 },
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
+                queue_timeout,
             });
         }
     }
@@ -357,6 +377,7 @@ pub(super) fn validate(
         admin_bind,
         timeouts,
         shutdown_grace: raw.shutdown.grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        limits,
         resolver,
         consul,
         kv,
@@ -463,7 +484,38 @@ fn check_backend(
             "timeouts must be greater than zero",
         );
     }
+    let health_check = b
+        .health_check
+        .as_ref()
+        .and_then(|h| check_health(f, key, h, p));
+    let outlier = b.outlier.as_ref().map(|o| check_outlier(f, key, o, p));
+    let retry = check_retry(f, key, b, p);
+    if b.max_connections_per_server == Some(0) {
+        p.at(
+            f,
+            format!("{key}.max_connections_per_server"),
+            "must be at least 1",
+        );
+    }
     let target = target?;
+    if matches!(target, BackendTarget::Respond(_)) {
+        for (name, set) in [
+            ("health_check", b.health_check.is_some()),
+            ("outlier", b.outlier.is_some()),
+            (
+                "max_connections_per_server",
+                b.max_connections_per_server.is_some(),
+            ),
+        ] {
+            if set {
+                p.at(
+                    f,
+                    format!("{key}.{name}"),
+                    "a `respond` backend has no servers",
+                );
+            }
+        }
+    }
     (p.0.len() == before).then(|| BackendSpec {
         name: b.name.as_str().into(),
         balance,
@@ -473,7 +525,178 @@ fn check_backend(
             Some(RawProtocol::Http2) => Protocol::Http2,
         },
         timeouts,
+        health_check,
+        fail_open: b.fail_open,
+        outlier,
+        retry,
+        max_connections_per_server: b.max_connections_per_server,
     })
+}
+
+/// A backend's `health_check`.
+fn check_health(
+    f: &Arc<Path>,
+    key: &str,
+    h: &RawHealthCheck,
+    p: &mut Problems,
+) -> Option<HealthCheckSpec> {
+    let key = format!("{key}.health_check");
+    let before = p.0.len();
+    let kind = match h.kind {
+        RawCheckKind::Tcp => {
+            for (name, set) in [
+                ("path", h.path.is_some()),
+                ("host", h.host.is_some()),
+                ("expect_status", h.expect_status.is_some()),
+            ] {
+                if set {
+                    p.at(f, format!("{key}.{name}"), "only used with type = \"http\"");
+                }
+            }
+            CheckKind::Tcp
+        }
+        RawCheckKind::Http => {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                p.at(
+                    f,
+                    format!("{key}.path"),
+                    format!("{path:?} is not a path such as \"/healthz\""),
+                );
+            }
+            if let Some(host) = &h.host
+                && HeaderValue::from_str(host).is_err()
+            {
+                p.at(f, format!("{key}.host"), format!("{host:?} is not a host"));
+            }
+            let expect = match &h.expect_status {
+                None => Some((200, 399)),
+                Some(text) => parse_status_range(text),
+            };
+            if expect.is_none() {
+                p.at(
+                    f,
+                    format!("{key}.expect_status"),
+                    "expected a status such as \"200\" or a range such as \"200-399\"",
+                );
+            }
+            CheckKind::Http {
+                path,
+                host: h.host.clone(),
+                expect: expect.unwrap_or((200, 399)),
+            }
+        }
+    };
+    let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
+    let interval = pick(&h.interval, DEFAULT_CHECK_INTERVAL);
+    let spec = HealthCheckSpec {
+        kind,
+        interval,
+        timeout: pick(&h.timeout, DEFAULT_CHECK_TIMEOUT.min(interval)),
+        rise: h.rise.unwrap_or(DEFAULT_RISE),
+        fall: h.fall.unwrap_or(DEFAULT_FALL),
+        jitter: pick(&h.jitter, interval / 10),
+    };
+    if spec.interval.is_zero() || spec.timeout.is_zero() {
+        p.at(
+            f,
+            &key,
+            "`interval` and `timeout` must be greater than zero",
+        );
+    }
+    if spec.rise == 0 || spec.fall == 0 {
+        p.at(f, &key, "`rise` and `fall` must be at least 1");
+    }
+    (p.0.len() == before).then_some(spec)
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let (lo, hi) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
+}
+
+fn check_outlier(f: &Arc<Path>, key: &str, o: &RawOutlier, p: &mut Problems) -> OutlierSpec {
+    let key = format!("{key}.outlier");
+    let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
+    let spec = OutlierSpec {
+        consecutive_failures: o
+            .consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: pick(&o.base_ejection, DEFAULT_BASE_EJECTION),
+        max_ejection: pick(&o.max_ejection, DEFAULT_MAX_EJECTION),
+        max_ejected_percent: o.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT),
+    };
+    if spec.consecutive_failures == 0 {
+        p.at(
+            f,
+            format!("{key}.consecutive_failures"),
+            "must be at least 1",
+        );
+    }
+    if spec.base_ejection.is_zero() {
+        p.at(
+            f,
+            format!("{key}.base_ejection"),
+            "must be greater than zero",
+        );
+    }
+    if spec.max_ejection < spec.base_ejection {
+        p.at(
+            f,
+            format!("{key}.max_ejection"),
+            "must not be less than `base_ejection`",
+        );
+    }
+    if spec.max_ejected_percent > 100 {
+        p.at(
+            f,
+            format!("{key}.max_ejected_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    spec
+}
+
+fn check_retry(f: &Arc<Path>, key: &str, b: &RawBackend, p: &mut Problems) -> RetrySpec {
+    let mut spec = RetrySpec::default();
+    if let Some(r) = b.retries {
+        if r > 10 {
+            p.at(f, format!("{key}.retries"), "must be between 0 and 10");
+        }
+        spec.retries = r;
+    }
+    if let Some(on) = &b.retry_on {
+        spec.on_reset = false;
+        for (i, what) in on.iter().enumerate() {
+            match what.as_str() {
+                "connect" => {}
+                "reset" => spec.on_reset = true,
+                other => p.at(
+                    f,
+                    format!("{key}.retry_on[{i}]"),
+                    format!("{other:?}: expected \"connect\" or \"reset\""),
+                ),
+            }
+        }
+    }
+    if let Some(RawRetryBudget {
+        percent,
+        min_per_second,
+    }) = &b.retry_budget
+    {
+        spec.budget_percent = percent.unwrap_or(DEFAULT_RETRY_PERCENT);
+        spec.budget_min_per_second = min_per_second.unwrap_or(DEFAULT_RETRY_MIN_PER_SECOND);
+        if spec.budget_percent > 100 {
+            p.at(
+                f,
+                format!("{key}.retry_budget.percent"),
+                "must be between 0 and 100",
+            );
+        }
+    }
+    spec
 }
 
 fn check_servers(f: &Arc<Path>, key: &str, raw: &[RawServer], p: &mut Problems) -> Vec<ServerSpec> {

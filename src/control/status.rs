@@ -54,8 +54,28 @@ pub struct EndpointStatus {
     pub origin: Option<Origin>,
     pub weight: Option<u32>,
     pub healthy: bool,
+    /// Out of rotation after failing requests in a row (outlier ejection).
+    pub ejected: bool,
     pub draining: bool,
     pub active_connections: usize,
+    /// Active health checks, when the backend has them.
+    pub health_checks: Option<CheckStatus>,
+}
+
+#[derive(Serialize)]
+pub struct CheckStatus {
+    pub checks: u64,
+    pub successes_in_a_row: u32,
+    pub failures_in_a_row: u32,
+    pub last_error: Option<String>,
+    /// The latest state changes: after which check, and to what.
+    pub changes: Vec<CheckChange>,
+}
+
+#[derive(Serialize)]
+pub struct CheckChange {
+    pub check: u64,
+    pub healthy: bool,
 }
 
 impl EndpointStatus {
@@ -66,8 +86,20 @@ impl EndpointStatus {
             origin,
             weight,
             healthy: state.is_healthy(),
+            ejected: state.is_ejected(),
             draining: state.is_draining(),
             active_connections: state.active(),
+            health_checks: state.record().checks.as_ref().map(|c| CheckStatus {
+                checks: c.checks,
+                successes_in_a_row: c.successes_in_a_row,
+                failures_in_a_row: c.failures_in_a_row,
+                last_error: c.last_error.clone(),
+                changes: c
+                    .changes
+                    .iter()
+                    .map(|&(check, healthy)| CheckChange { check, healthy })
+                    .collect(),
+            }),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! pick never locks or allocates. Endpoints that are unhealthy or draining
 //! are skipped; `None` means no endpoint may take traffic (503 / close).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use crate::config::Balance;
@@ -16,36 +17,53 @@ pub trait HashInput {
 }
 
 /// Picks an endpoint of `backend` from `set` (the set loaded for this unit of
-/// work).
+/// work), skipping the addresses in `avoid` (those a retry already tried)
+/// and endpoints at `max_connections_per_server`. With `fail_open`, when no
+/// healthy endpoint is left, unhealthy and ejected ones are used.
 pub fn pick<'s>(
     backend: &Backend,
     set: &'s EndpointSet,
     input: &dyn HashInput,
+    avoid: &[SocketAddr],
 ) -> Option<&'s Endpoint> {
     let eps = &set.endpoints;
     let n = eps.len();
     if n == 0 {
         return None;
     }
-    let usable = |i: usize| eps[i].state.is_usable();
+    let limit = backend.spec.max_connections_per_server;
+    let open = |i: usize| {
+        let e = &eps[i];
+        limit.is_none_or(|max| e.state.active() < max) && !avoid.contains(&e.addr)
+    };
+    let usable = |i: usize| eps[i].state.is_usable() && open(i);
+    let found = choose(backend, set, input, &usable)
+        .or_else(|| (backend.spec.fail_open).then(|| choose(backend, set, input, &open))?);
+    found.map(|i| &eps[i])
+}
+
+/// The balancing algorithm's choice among the endpoints `ok` accepts.
+fn choose(
+    backend: &Backend,
+    set: &EndpointSet,
+    input: &dyn HashInput,
+    ok: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
+    let n = set.endpoints.len();
     let found = match &backend.spec.balance {
         Balance::RoundRobin => (0..n)
             .map(|_| set.round_robin_index(backend.turn.fetch_add(1, Ordering::Relaxed)))
-            .find(|&i| usable(i)),
-        Balance::LeastConn => least_loaded(set, backend.turn.fetch_add(1, Ordering::Relaxed)),
-        Balance::P2c => power_of_two(set),
+            .find(|&i| ok(i)),
+        Balance::LeastConn => least_loaded(set, backend.turn.fetch_add(1, Ordering::Relaxed), ok),
+        Balance::P2c => power_of_two(set, ok),
         Balance::Hash(on) => {
             let hash = input.hash_bytes(on);
-            set.ring_walk(hash)
-                .take(set_ring_limit(n))
-                .find(|&i| usable(i))
+            set.ring_walk(hash).take(set_ring_limit(n)).find(|&i| ok(i))
         }
     };
     // The fast paths give up after a bounded number of tries; a full scan
-    // then finds any usable endpoint they skipped.
-    found
-        .or_else(|| (0..n).find(|&i| usable(i)))
-        .map(|i| &eps[i])
+    // then finds any endpoint they skipped.
+    found.or_else(|| (0..n).find(|&i| ok(i)))
 }
 
 fn set_ring_limit(n: usize) -> usize {
@@ -60,13 +78,13 @@ fn lighter(a: &Endpoint, b: &Endpoint) -> bool {
 
 /// The usable endpoint with the fewest in-flight requests per weight; ties go
 /// to the first one after a rotating start, so equal load spreads evenly.
-fn least_loaded(set: &EndpointSet, turn: usize) -> Option<usize> {
+fn least_loaded(set: &EndpointSet, turn: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
     let eps = &set.endpoints;
     let n = eps.len();
     let mut best: Option<usize> = None;
     for k in 0..n {
         let i = (turn + k) % n;
-        if !eps[i].state.is_usable() {
+        if !ok(i) {
             continue;
         }
         if best.is_none_or(|b| lighter(&eps[i], &eps[b])) {
@@ -78,18 +96,18 @@ fn least_loaded(set: &EndpointSet, turn: usize) -> Option<usize> {
 
 /// Two random distinct endpoints, the lighter one wins (Mitzenmacher's
 /// power of two choices): nearly least_conn's balance at O(1).
-fn power_of_two(set: &EndpointSet) -> Option<usize> {
+fn power_of_two(set: &EndpointSet, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
     let eps = &set.endpoints;
     let n = eps.len();
     if n == 1 {
-        return eps[0].state.is_usable().then_some(0);
+        return ok(0).then_some(0);
     }
     let a = fastrand::usize(..n);
     let mut b = fastrand::usize(..n - 1);
     if b >= a {
         b += 1;
     }
-    match (eps[a].state.is_usable(), eps[b].state.is_usable()) {
+    match (ok(a), ok(b)) {
         (true, true) => Some(if lighter(&eps[b], &eps[a]) { b } else { a }),
         (true, false) => Some(a),
         (false, true) => Some(b),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::balance::{self, HashInput};
-use super::body::{Completion, ProxyBody};
+use super::body::{Completion, ProxyBody, RequestBody};
 use super::io::ConnActivity;
 use super::listener::Drain;
 use super::upstream::{
@@ -70,6 +71,8 @@ pub struct ConnCtx {
     pub tasks: TaskTracker,
     /// Upstream connections this client connection drives itself.
     pub inline: Arc<InlineCache>,
+    /// `[limits]` as of the connection's start.
+    pub limits: crate::config::Limits,
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -85,6 +88,8 @@ enum ProxyError {
     Upstream(#[source] hyper::Error),
     #[error("upstream gave no response head in time")]
     Timeout,
+    #[error("request body over the configured limit")]
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -98,6 +103,7 @@ impl ProxyError {
             ),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream server failed\n"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream server timed out\n"),
+            Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         }
     }
 }
@@ -201,13 +207,20 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let backend = &target.backend;
     let spec = &backend.spec;
-    let active = {
+    let max_body = ctx.limits.max_body_bytes;
+    if let Some(limit) = max_body
+        && req.body().size_hint().lower() > limit
+    {
+        return error_response(ctx, ProxyError::BodyTooLarge, completion);
+    }
+    let hash_key = RequestHashKey {
+        headers: req.headers(),
+        peer: ctx.peer,
+    }
+    .hash_now(&spec.balance);
+    let first = {
         let set = backend.endpoints.load();
-        let key = RequestHashKey {
-            headers: req.headers(),
-            peer: ctx.peer,
-        };
-        match balance::pick(backend, &set, &key) {
+        match balance::pick(backend, &set, &hash_key, &[]) {
             Some(endpoint) => endpoint.state.acquire(),
             None => {
                 let error = ProxyError::NoEndpoint(backend.name().clone());
@@ -216,11 +229,10 @@ async fn forward(
         }
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let endpoint_addr = active.endpoint().addr;
     if let Err(e) = prepare_request(
         &mut req,
         ctx,
-        endpoint_addr,
+        first.endpoint().addr,
         spec.protocol,
         upgrade.is_some(),
     ) {
@@ -234,50 +246,63 @@ async fn forward(
             completion,
         );
     }
-    // HTTP/1 clients send one request at a time, so their task can drive
-    // the upstream connection itself (see `InlineConn`).
-    let inline = (spec.protocol == Protocol::Http1 && upgrade.is_none() && !ctx.activity.is_h2())
-        .then(|| {
-            ctx.inline
-                .take(active.endpoint(), spec.timeouts.idle, started)
-        });
-    // A client's first request prefers an idle pooled connection: a client
-    // sending one request per connection would otherwise cost an upstream
-    // connect every time.
-    let inline = match inline {
-        Some(InlineLookup::Miss { room: true })
-            if ctx.activity.requests_started() == 1 && active.endpoint().pool.has_idle() =>
-        {
-            None
-        }
-        other => other,
-    };
-    let sent = tokio::time::timeout(spec.timeouts.request, async {
-        match (spec.protocol, inline) {
-            (_, Some(InlineLookup::Hit(conn))) => {
-                send_inline(Some(conn), req, &active, spec.timeouts).await
+    let mut req = req.map(|body| RequestBody::new(body, max_body));
+    // A copy of the head, to send again after a broken exchange: only for
+    // requests that may be repeated (idempotent, no body) and when asked.
+    let retry_head = (spec.retry.on_reset
+        && spec.retry.retries > 0
+        && upgrade.is_none()
+        && req.method().is_idempotent()
+        && req.body().is_end_stream())
+    .then(|| head_of(&req));
+    if spec.retry.retries > 0 {
+        backend.retry_budget.request_started();
+    }
+    let mut active = first;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let (mut resp, via) = loop {
+        let endpoint = active.endpoint().clone();
+        let sent = Box::pin(send(req, &active, ctx, spec, upgrade.is_some(), started)).await;
+        let failed = match sent {
+            Ok(sent) => {
+                backend.report(&endpoint, !sent.0.status().is_server_error());
+                break sent;
             }
-            (_, Some(InlineLookup::Miss { room: true })) => {
-                send_inline(None, req, &active, spec.timeouts).await
-            }
-            // Boxed: these paths are rarer for HTTP/1 clients, and their
-            // futures would enlarge every request's (moved) future.
-            (Protocol::Http1, _) => Box::pin(send_h1(req, &active, spec.timeouts)).await,
-            (Protocol::Http2, _) => Box::pin(send_h2(req, &active, spec.timeouts)).await,
-        }
-    })
-    .await;
-    let (mut resp, via) = match sent {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(e)) => {
-            if matches!(e, ProxyError::Connect(_)) {
+            Err(failed) => failed,
+        };
+        backend.report(&endpoint, false);
+        let again = match (&failed.error, failed.unsent) {
+            (ProxyError::Connect(_), Some(unsent)) => {
                 backend.connect_failed();
+                Some(*unsent)
             }
-            return error_response(ctx, e, completion);
-        }
-        Err(_elapsed) => return error_response(ctx, ProxyError::Timeout, completion),
+            (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e) => {
+                return error_response(ctx, ProxyError::BodyTooLarge, completion);
+            }
+            (ProxyError::Upstream(_), _) => retry_head
+                .as_ref()
+                .map(|head| Request::from_parts(head.clone(), RequestBody::empty())),
+            _ => None,
+        };
+        let Some(again) = again.filter(|_| {
+            tried.len() < spec.retry.retries as usize && backend.retry_budget.try_retry(&spec.retry)
+        }) else {
+            return error_response(ctx, failed.error, completion);
+        };
+        tried.push(endpoint.addr);
+        let next = {
+            let set = backend.endpoints.load();
+            balance::pick(backend, &set, &hash_key, &tried).map(|e| e.state.acquire())
+        };
+        let Some(next) = next else {
+            return error_response(ctx, failed.error, completion);
+        };
+        tracing::debug!(error = %ErrorChain(&failed.error), from = %endpoint.addr, to = %next.endpoint().addr, "Retrying on another endpoint");
+        backend.counters.retries.inc();
+        active = next;
+        req = again;
     };
-    tracing::trace!(endpoint.addr = %endpoint_addr, status = %resp.status(), "Upstream answered");
+    tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %resp.status(), "Upstream answered");
 
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -304,6 +329,81 @@ async fn forward(
     Response::from_parts(parts, body)
 }
 
+/// The parts of a request head, cloned for a retry.
+fn head_of(req: &Request<RequestBody>) -> http::request::Parts {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head.into_parts().0
+}
+
+/// Why one attempt got no response; `unsent` is the request when nothing
+/// of it reached the server.
+struct Failed {
+    error: ProxyError,
+    unsent: Option<Box<Request<RequestBody>>>,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// One attempt: sends `req` to `active`'s endpoint within the backend's
+/// request timeout.
+async fn send(
+    req: Request<RequestBody>,
+    active: &ActiveGuard,
+    ctx: &Arc<ConnCtx>,
+    spec: &crate::config::BackendSpec,
+    upgrade: bool,
+    started: Instant,
+) -> Result<Sent, Failed> {
+    // HTTP/1 clients send one request at a time, so their task can drive
+    // the upstream connection itself (see `InlineConn`).
+    let inline =
+        (spec.protocol == Protocol::Http1 && !upgrade && !ctx.activity.is_h2()).then(|| {
+            ctx.inline
+                .take(active.endpoint(), spec.timeouts.idle, started)
+        });
+    // A client's first request prefers an idle pooled connection: a client
+    // sending one request per connection would otherwise cost an upstream
+    // connect every time.
+    let inline = match inline {
+        Some(InlineLookup::Miss { room: true })
+            if ctx.activity.requests_started() == 1 && active.endpoint().pool.has_idle() =>
+        {
+            None
+        }
+        other => other,
+    };
+    let sent = tokio::time::timeout(spec.timeouts.request, async {
+        match (spec.protocol, inline) {
+            (_, Some(InlineLookup::Hit(conn))) => {
+                send_inline(Some(conn), req, active, spec.timeouts).await
+            }
+            (_, Some(InlineLookup::Miss { room: true })) => {
+                send_inline(None, req, active, spec.timeouts).await
+            }
+            // Boxed: these paths are rarer for HTTP/1 clients, and their
+            // futures would enlarge every request's (moved) future.
+            (Protocol::Http1, _) => Box::pin(send_h1(req, active, spec.timeouts)).await,
+            (Protocol::Http2, _) => Box::pin(send_h2(req, active, spec.timeouts)).await,
+        }
+    })
+    .await;
+    match sent {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ProxyError::Timeout.into()),
+    }
+}
+
 /// How the response arrived, which decides where its connection goes after.
 enum Via {
     /// A pooled connection (HTTP/1.1 sender to return) or HTTP/2 (nothing).
@@ -315,55 +415,79 @@ type Sent = (Response<Incoming>, Via);
 
 async fn send_inline(
     cached: Option<Box<InlineConn>>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, ProxyError> {
+) -> Result<Sent, Failed> {
     match InlineConn::exchange(cached, active.endpoint(), timeouts, req).await {
         Ok((conn, resp)) => Ok((resp, Via::Inline(conn))),
-        Err(ExchangeError::Connect(e)) => Err(ProxyError::Connect(e)),
-        Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(e)),
+        Err(ExchangeError::Connect(e, unsent)) => Err(Failed {
+            error: ProxyError::Connect(e),
+            unsent: Some(unsent),
+        }),
+        Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(e).into()),
     }
 }
 
 async fn send_h1(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, ProxyError> {
+) -> Result<Sent, Failed> {
     let endpoint = active.endpoint();
     loop {
-        let mut conn = endpoint
+        let checkout = endpoint
             .pool
             .checkout_h1(endpoint.addr, timeouts.connect, timeouts.idle)
-            .await?;
+            .await;
+        let mut conn = match checkout {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Err(Failed {
+                    error: ProxyError::Connect(e),
+                    unsent: Some(Box::new(req)),
+                });
+            }
+        };
         match conn.sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, Via::Pooled(Some(conn.sender)))),
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before our request went out:
                 // nothing reached the server, so sending it again is safe.
                 Some(unsent) if conn.reused => req = unsent,
-                _ => return Err(ProxyError::Upstream(e.into_error())),
+                _ => return Err(ProxyError::Upstream(e.into_error()).into()),
             },
         }
     }
 }
 
 async fn send_h2(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, ProxyError> {
+) -> Result<Sent, Failed> {
     let endpoint = active.endpoint();
-    let mut sender = endpoint
+    let mut sender = match endpoint
         .pool
         .h2_sender(endpoint.addr, timeouts.connect)
-        .await?;
-    sender.ready().await.map_err(ProxyError::Upstream)?;
+        .await
+    {
+        Ok(sender) => sender,
+        Err(e) => {
+            return Err(Failed {
+                error: ProxyError::Connect(e),
+                unsent: Some(Box::new(req)),
+            });
+        }
+    };
+    sender
+        .ready()
+        .await
+        .map_err(|e| Failed::from(ProxyError::Upstream(e)))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(ProxyError::Upstream)?;
+        .map_err(|e| Failed::from(ProxyError::Upstream(e)))?;
     Ok((resp, Via::Pooled(None)))
 }
 
@@ -543,15 +667,29 @@ struct RequestHashKey<'a> {
     peer: SocketAddr,
 }
 
-impl HashInput for RequestHashKey<'_> {
-    fn hash_bytes(&self, on: &HashOn) -> u64 {
-        match on {
-            HashOn::Header(name) => match self.headers.get(name) {
-                Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
-                None => balance::hash_ip(self.peer.ip()),
+impl RequestHashKey<'_> {
+    /// The hash for `balance = "hash"` (0 for other algorithms), taken
+    /// once so retries do not need the request's headers.
+    fn hash_now(&self, balance: &crate::config::Balance) -> HashedKey {
+        HashedKey(match balance {
+            crate::config::Balance::Hash(on) => match on {
+                HashOn::Header(name) => match self.headers.get(name) {
+                    Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
+                    None => balance::hash_ip(self.peer.ip()),
+                },
+                HashOn::ClientAddr => balance::hash_ip(self.peer.ip()),
             },
-            HashOn::ClientAddr => balance::hash_ip(self.peer.ip()),
-        }
+            _ => 0,
+        })
+    }
+}
+
+/// A request's balancing hash, computed up front.
+struct HashedKey(u64);
+
+impl HashInput for HashedKey {
+    fn hash_bytes(&self, _on: &HashOn) -> u64 {
+        self.0
     }
 }
 

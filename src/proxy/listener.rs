@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -39,6 +39,9 @@ use crate::table::{ListenerKey, TableHandle};
 const LISTEN_BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a turned-away connection is read from before and after its
+/// answer.
+const REJECT_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{location}: binding listener `{name}` to {bind}")]
@@ -219,15 +222,10 @@ async fn accept_loop(
     hard_stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    // Connections over the limit waiting for a slot; bounded so a flood
+    // cannot pile up sockets.
+    let waiting = Arc::new(AtomicUsize::new(0));
     loop {
-        let semaphore = limit.load_full();
-        let permit = tokio::select! {
-            permit = semaphore.acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_closed) => continue,
-            },
-            () = stop.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
@@ -247,11 +245,88 @@ async fn accept_loop(
             hard_stop: hard_stop.clone(),
             tasks: tasks.clone(),
         };
-        tasks.spawn(async move {
-            conn.serve(stream, peer).await;
-            drop(permit);
-        });
+        let semaphore = limit.load_full();
+        match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tasks.spawn(async move {
+                    conn.serve(stream, peer).await;
+                    drop(permit);
+                });
+            }
+            // Over `max_connections`: wait briefly for a slot, then turn
+            // the client away with an answer rather than a silent backlog.
+            Err(_) => {
+                let waiting = waiting.clone();
+                tasks.spawn(async move {
+                    let Some((timeout, mode, rejected, cap)) = conn.queue_settings() else {
+                        return;
+                    };
+                    let queued = waiting.fetch_add(1, Ordering::Relaxed) < cap;
+                    let permit = if queued {
+                        tokio::time::timeout(timeout, semaphore.acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    } else {
+                        None
+                    };
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    match permit {
+                        Some(permit) => {
+                            conn.serve(stream, peer).await;
+                            drop(permit);
+                        }
+                        None => {
+                            rejected.inc();
+                            reject(stream, mode).await;
+                        }
+                    }
+                });
+            }
+        }
     }
+}
+
+/// What a connection over the limit gets: HTTP clients a 503 with
+/// `Connection: close` once their request head is in (so the answer is not
+/// lost to a reset), TCP clients a close.
+async fn reject(mut stream: TcpStream, mode: Mode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "server at capacity, try again\n";
+    if mode == Mode::Http {
+        let mut head = [0u8; 4096];
+        let mut read = 0;
+        let _ = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
+            while read < head.len() {
+                match stream.read(&mut head[read..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+                if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        })
+        .await;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+    // Reading until the client closes lets our FIN go out cleanly; closing
+    // with unread input would send a reset that can destroy the answer.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Tells a listener's connections to finish up: set once, never cleared.
@@ -287,15 +362,28 @@ struct Connection {
 }
 
 impl Connection {
+    /// For a connection over the limit: how long it may wait, its mode,
+    /// the counter of rejections, and how many may wait at once.
+    fn queue_settings(&self) -> Option<(Duration, Mode, prometheus::IntCounter, usize)> {
+        let table = self.table.current();
+        let listener = table.listener(&self.key)?;
+        Some((
+            listener.spec.queue_timeout,
+            listener.spec.mode,
+            listener.metrics.rejected.clone(),
+            listener.spec.max_connections.unwrap_or(0).max(64),
+        ))
+    }
+
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         // Only the listener entry is kept for the connection's life; holding
         // the whole table would pin every old snapshot under idle clients.
-        let (listener, timeouts) = {
+        let (listener, timeouts, limits) = {
             let table = self.table.current();
             let Some(listener) = table.listener(&self.key).cloned() else {
                 return; // removed between accept and now
             };
-            (listener, table.config.timeouts)
+            (listener, table.config.timeouts, table.config.limits)
         };
         let metrics = listener.metrics.clone();
         metrics.accepted.inc();
@@ -333,6 +421,7 @@ impl Connection {
                     hard_stop: self.hard_stop.clone(),
                     tasks: self.tasks,
                     inline: Arc::default(),
+                    limits,
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }
@@ -351,12 +440,18 @@ async fn serve_http(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle timeouts are enforced by `ClientIo`, which can tell
     // the two apart; hyper's own timer would cut idle keep-alive connections.
+    // A head over max_buf_size gets 431 from hyper.
+    let max_header = ctx.limits.max_header_bytes;
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+        .keep_alive(true)
+        .max_buf_size(max_header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
     let service = service_fn(move |req| http::handle(req, ctx.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);

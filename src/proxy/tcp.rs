@@ -23,25 +23,42 @@ where
         return;
     };
     let backend = &target.backend;
-    let active = {
-        let set = backend.endpoints.load();
-        match balance::pick(backend, &set, &ClientAddrKey(peer.ip())) {
-            Some(endpoint) => endpoint.state.acquire(),
-            None => {
-                tracing::debug!(backend = %backend.name(), %peer, "No usable endpoint");
-                return;
+    let retry = &backend.spec.retry;
+    if retry.retries > 0 {
+        backend.retry_budget.request_started();
+    }
+    let key = ClientAddrKey(peer.ip());
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let (active, mut upstream) = loop {
+        let active = {
+            let set = backend.endpoints.load();
+            match balance::pick(backend, &set, &key, &tried) {
+                Some(endpoint) => endpoint.state.acquire(),
+                None => {
+                    tracing::debug!(backend = %backend.name(), %peer, "No usable endpoint");
+                    return;
+                }
+            }
+        };
+        let endpoint = active.endpoint().clone();
+        match connect_tcp(endpoint.addr, backend.spec.timeouts.connect).await {
+            Ok(stream) => {
+                backend.report(&endpoint, true);
+                break (active, stream);
+            }
+            Err(error) => {
+                backend.connect_failed();
+                backend.report(&endpoint, false);
+                tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
+                if tried.len() >= retry.retries as usize || !backend.retry_budget.try_retry(retry) {
+                    return;
+                }
+                tried.push(endpoint.addr);
+                backend.counters.retries.inc();
             }
         }
     };
     let addr = active.endpoint().addr;
-    let mut upstream = match connect_tcp(addr, backend.spec.timeouts.connect).await {
-        Ok(s) => s,
-        Err(error) => {
-            backend.connect_failed();
-            tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
-            return;
-        }
-    };
     // copy_bidirectional forwards each EOF as a write shutdown on the other
     // side, which is the half-close a TCP proxy must preserve.
     match tokio::io::copy_bidirectional_with_sizes(

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::table::endpoints::EndpointState;
 
 /// The body type sent upstream: the client's request body, streamed.
-pub type UpstreamBody = Incoming;
+pub type UpstreamBody = super::body::RequestBody;
 pub type H1Sender = http1::SendRequest<UpstreamBody>;
 pub type H2Sender = http2::SendRequest<UpstreamBody>;
 
@@ -397,12 +397,11 @@ impl InlineCache {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why an exchange got no response; a failed connect gives the request
+/// back (nothing was sent), for a retry on another endpoint.
 pub enum ExchangeError {
-    #[error(transparent)]
-    Connect(#[from] UpstreamError),
-    #[error("upstream request failed")]
-    Send(#[source] hyper::Error),
+    Connect(UpstreamError, Box<Request<UpstreamBody>>),
+    Send(hyper::Error),
 }
 
 impl InlineConn {
@@ -422,7 +421,12 @@ impl InlineConn {
                 Some(c) => c,
                 // Boxed: connecting is rare, and its future would otherwise
                 // make every request's future (which is moved) larger.
-                None => Box::pin(InlineConn::connect(endpoint.clone(), timeouts.connect)).await?,
+                None => {
+                    match Box::pin(InlineConn::connect(endpoint.clone(), timeouts.connect)).await {
+                        Ok(conn) => conn,
+                        Err(e) => return Err(ExchangeError::Connect(e, Box::new(req))),
+                    }
+                }
             };
             if reused && !conn.ready().await {
                 continue; // closed while idle; open a fresh one

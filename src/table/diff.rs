@@ -112,6 +112,7 @@ impl ConfigDiff {
             admin_bind: config.admin_bind,
             timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
+            limits: config.limits,
             resolver: config.resolver.clone(),
             consul: config.consul.clone(),
             kv: config.kv.clone(),

@@ -7,8 +7,9 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::proxy::upstream::UpstreamPool;
 
@@ -28,7 +29,16 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     /// Requests (HTTP) or connections (TCP) in flight; drives `least_conn`.
     active: AtomicUsize,
+    /// Decided by active health checks; always true without them.
     healthy: AtomicBool,
+    /// Set by passive outlier ejection until its period ends.
+    ejected: AtomicBool,
+    /// Failures in a row seen by requests (connect errors, broken
+    /// exchanges, 5xx), for outlier ejection.
+    consecutive_failures: AtomicU32,
+    /// Details for `/status`; written on the (rare) state changes and by
+    /// the health check task, never on the request path.
+    record: Mutex<EndpointRecord>,
     /// Set when a swap removed this endpoint from its backend. Informational:
     /// membership is decided by the snapshot a request loaded, so a request
     /// routed by the previous snapshot may still pick this endpoint.
@@ -44,6 +54,9 @@ impl EndpointState {
             addr,
             active: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            record: Mutex::default(),
             draining: AtomicBool::new(false),
             pool: UpstreamPool::default(),
         })
@@ -65,9 +78,44 @@ impl EndpointState {
         self.draining.store(draining, Ordering::Relaxed);
     }
 
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn set_ejected(&self, ejected: bool) {
+        self.ejected.store(ejected, Ordering::Relaxed);
+    }
+
     /// May receive new traffic from a snapshot that lists it.
     pub fn is_usable(&self) -> bool {
-        self.is_healthy()
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    /// A request to this endpoint succeeded: the failure streak ends.
+    /// Reads before writing, so the common case touches no cache line
+    /// exclusively.
+    pub fn request_succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to this endpoint failed; returns the failures in a row.
+    pub fn request_failed(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn reset_failures(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Health and ejection details; never locked on the request path.
+    pub fn record(&self) -> MutexGuard<'_, EndpointRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts one unit of work in flight until the guard drops.
@@ -75,6 +123,31 @@ impl EndpointState {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
+}
+
+/// What `/status` shows of an endpoint's health checks and ejections.
+#[derive(Debug, Default, Clone)]
+pub struct EndpointRecord {
+    /// Active checks, when the backend has them.
+    pub checks: Option<CheckRecord>,
+    /// Times ejected in the current series (ejection periods grow with it).
+    pub ejections: u32,
+    pub ejected_until: Option<Instant>,
+    /// When the last ejection period ended, to start a new series after a
+    /// long good spell.
+    pub last_ejection_end: Option<Instant>,
+}
+
+/// Active health check history of one endpoint.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CheckRecord {
+    /// Checks run so far.
+    pub checks: u64,
+    pub successes_in_a_row: u32,
+    pub failures_in_a_row: u32,
+    pub last_error: Option<String>,
+    /// The latest state changes: (check number, healthy after it).
+    pub changes: std::collections::VecDeque<(u64, bool)>,
 }
 
 /// One request or connection in flight to an endpoint.
