@@ -185,11 +185,19 @@ async fn probe(state: &EndpointState, kind: &CheckKind) -> Result<(), String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
     let exchange = sender.send_request(req);
-    tokio::pin!(conn);
+    tokio::pin!(conn, exchange);
+    // The connection must be driven for the exchange to move; with
+    // `Connection: close` it may finish first, the response already handed
+    // over.
     let resp = tokio::select! {
-        resp = exchange => resp.map_err(|e| format!("request: {e}"))?,
-        ended = &mut conn => return Err(format!("connection ended before a response: {ended:?}")),
-    };
+        biased;
+        resp = &mut exchange => resp,
+        ended = &mut conn => match ended {
+            Ok(()) => exchange.await,
+            Err(e) => return Err(format!("connection: {e}")),
+        },
+    }
+    .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
     if (expect.0..=expect.1).contains(&status) {
         Ok(())

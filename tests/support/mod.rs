@@ -518,6 +518,11 @@ impl Load {
         }
     }
 
+    /// Requests failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Stops the clients; returns (requests sent, requests failed).
     pub async fn finish(self) -> (usize, usize) {
         self.stop.store(true, Ordering::SeqCst);
