@@ -208,7 +208,7 @@ fn balancer_pick(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(name), &backend, |b, backend| {
             b.iter(|| {
                 let set = backend.endpoints.load();
-                balance::pick(backend, &set, &key).map(|e| e.addr)
+                balance::pick(backend, &set, &key, &[]).map(|e| e.addr)
             })
         });
     }
