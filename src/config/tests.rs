@@ -482,3 +482,117 @@ destination = "a"
         );
     }
 }
+
+#[test]
+fn health_checks_outlier_retries_and_limits() {
+    let text = format!(
+        r#"[limits]
+max_header_bytes = 16384
+max_body_bytes = 1000
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+max_connections = 10
+queue_timeout = "250ms"
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:9001"]
+health_check = {{ type = "http", path = "/healthz", expect_status = "200", interval = "5s", rise = 1, fall = 2 }}
+fail_open = true
+outlier = {{ consecutive_failures = 3 }}
+retries = 1
+retry_on = ["connect", "reset"]
+retry_budget = {{ percent = 50 }}
+max_connections_per_server = 7
+"#
+    );
+    let (_dir, result) = load_files(&[("main.toml", &text)]);
+    let c = result.unwrap();
+    assert_eq!(c.limits.max_header_bytes, 16384);
+    assert_eq!(c.limits.max_body_bytes, Some(1000));
+    assert_eq!(c.listeners[0].queue_timeout, Duration::from_millis(250));
+    let b = &c.backends[0];
+    let h = b.health_check.as_ref().unwrap();
+    assert_eq!(
+        h.kind,
+        CheckKind::Http {
+            path: "/healthz".into(),
+            host: None,
+            expect: (200, 200)
+        }
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall),
+        (Duration::from_secs(5), DEFAULT_CHECK_TIMEOUT, 1, 2)
+    );
+    assert_eq!(h.jitter, Duration::from_millis(500));
+    assert!(b.fail_open);
+    let o = b.outlier.unwrap();
+    assert_eq!(o.consecutive_failures, 3);
+    assert_eq!(o.base_ejection, DEFAULT_BASE_EJECTION);
+    assert_eq!(b.retry.retries, 1);
+    assert!(b.retry.on_reset);
+    assert_eq!(b.retry.budget_percent, 50);
+    assert_eq!(b.retry.budget_min_per_second, DEFAULT_RETRY_MIN_PER_SECOND);
+    assert_eq!(b.max_connections_per_server, Some(7));
+
+    // Defaults: no checks, no ejection, two retries on connect failures.
+    let (_dir, result) = load_files(&[("main.toml", BASE)]);
+    let c = result.unwrap();
+    let b = &c.backends[0];
+    assert!(b.health_check.is_none() && b.outlier.is_none() && !b.fail_open);
+    assert_eq!(b.retry, RetrySpec::default());
+    assert_eq!(c.limits, Limits::default());
+}
+
+#[test]
+fn bad_health_and_limit_settings_are_reported() {
+    let errors = errors_of(
+        r#"[limits]
+max_header_bytes = 100
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+queue_timeout = "1s"
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:9001"]
+health_check = { type = "tcp", path = "/x", rise = 0 }
+outlier = { consecutive_failures = 0, base_ejection = "10s", max_ejection = "1s", max_ejected_percent = 101 }
+retries = 11
+retry_on = ["timeout"]
+max_connections_per_server = 0
+
+[[backends]]
+name = "web2"
+servers = ["127.0.0.1:9002"]
+health_check = { type = "http", path = "nope", expect_status = "999" }
+"#,
+    );
+    let expect = [
+        "`limits.max_header_bytes`: must be at least 8192",
+        "`listeners[0].queue_timeout`: only used with `max_connections`",
+        "`backends[0].health_check.path`: only used with type = \"http\"",
+        "`backends[0].health_check`: `rise` and `fall` must be at least 1",
+        "`backends[0].outlier.consecutive_failures`: must be at least 1",
+        "`backends[0].outlier.max_ejection`: must not be less than `base_ejection`",
+        "`backends[0].outlier.max_ejected_percent`: must be between 0 and 100",
+        "`backends[0].retries`: must be between 0 and 10",
+        "`backends[0].retry_on[0]`: \"timeout\": expected \"connect\" or \"reset\"",
+        "`backends[0].max_connections_per_server`: must be at least 1",
+        "`backends[1].health_check.path`: \"nope\" is not a path",
+        "`backends[1].health_check.expect_status`: expected a status",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "{e} in {errors:#?}"
+        );
+    }
+}

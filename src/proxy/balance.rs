@@ -37,8 +37,8 @@ pub fn pick<'s>(
         limit.is_none_or(|max| e.state.active() < max) && !avoid.contains(&e.addr)
     };
     let usable = |i: usize| eps[i].state.is_usable() && open(i);
-    let found = choose(backend, set, input, &usable)
-        .or_else(|| (backend.spec.fail_open).then(|| choose(backend, set, input, &open))?);
+    let found = choose(backend, set, input, usable)
+        .or_else(|| (backend.spec.fail_open).then(|| choose(backend, set, input, open))?);
     found.map(|i| &eps[i])
 }
 
@@ -47,15 +47,15 @@ fn choose(
     backend: &Backend,
     set: &EndpointSet,
     input: &dyn HashInput,
-    ok: &dyn Fn(usize) -> bool,
+    ok: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let n = set.endpoints.len();
     let found = match &backend.spec.balance {
         Balance::RoundRobin => (0..n)
             .map(|_| set.round_robin_index(backend.turn.fetch_add(1, Ordering::Relaxed)))
             .find(|&i| ok(i)),
-        Balance::LeastConn => least_loaded(set, backend.turn.fetch_add(1, Ordering::Relaxed), ok),
-        Balance::P2c => power_of_two(set, ok),
+        Balance::LeastConn => least_loaded(set, backend.turn.fetch_add(1, Ordering::Relaxed), &ok),
+        Balance::P2c => power_of_two(set, &ok),
         Balance::Hash(on) => {
             let hash = input.hash_bytes(on);
             set.ring_walk(hash).take(set_ring_limit(n)).find(|&i| ok(i))
@@ -78,7 +78,7 @@ fn lighter(a: &Endpoint, b: &Endpoint) -> bool {
 
 /// The usable endpoint with the fewest in-flight requests per weight; ties go
 /// to the first one after a rotating start, so equal load spreads evenly.
-fn least_loaded(set: &EndpointSet, turn: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+fn least_loaded(set: &EndpointSet, turn: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
     let eps = &set.endpoints;
     let n = eps.len();
     let mut best: Option<usize> = None;
@@ -96,7 +96,7 @@ fn least_loaded(set: &EndpointSet, turn: usize, ok: &dyn Fn(usize) -> bool) -> O
 
 /// Two random distinct endpoints, the lighter one wins (Mitzenmacher's
 /// power of two choices): nearly least_conn's balance at O(1).
-fn power_of_two(set: &EndpointSet, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+fn power_of_two(set: &EndpointSet, ok: impl Fn(usize) -> bool) -> Option<usize> {
     let eps = &set.endpoints;
     let n = eps.len();
     if n == 1 {

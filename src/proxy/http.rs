@@ -262,7 +262,7 @@ async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let (mut resp, via) = loop {
         let endpoint = active.endpoint().clone();
-        let sent = Box::pin(send(req, &active, ctx, spec, upgrade.is_some(), started)).await;
+        let sent = send(req, &active, ctx, spec, upgrade.is_some(), started).await;
         let failed = match sent {
             Ok(sent) => {
                 backend.report(&endpoint, !sent.0.status().is_server_error());
