@@ -485,8 +485,7 @@ destination = "a"
 
 #[test]
 fn health_checks_outlier_retries_and_limits() {
-    let text = format!(
-        r#"[limits]
+    let text = r#"[limits]
 max_header_bytes = 16384
 max_body_bytes = 1000
 
@@ -500,16 +499,15 @@ queue_timeout = "250ms"
 [[backends]]
 name = "app"
 servers = ["127.0.0.1:9001"]
-health_check = {{ type = "http", path = "/healthz", expect_status = "200", interval = "5s", rise = 1, fall = 2 }}
+health_check = { type = "http", path = "/healthz", expect_status = "200", interval = "5s", rise = 1, fall = 2 }
 fail_open = true
-outlier = {{ consecutive_failures = 3 }}
+outlier = { consecutive_failures = 3 }
 retries = 1
 retry_on = ["connect", "reset"]
-retry_budget = {{ percent = 50 }}
+retry_budget = { percent = 50 }
 max_connections_per_server = 7
-"#
-    );
-    let (_dir, result) = load_files(&[("main.toml", &text)]);
+"#;
+    let (_dir, result) = load_files(&[("main.toml", text)]);
     let c = result.unwrap();
     assert_eq!(c.limits.max_header_bytes, 16384);
     assert_eq!(c.limits.max_body_bytes, Some(1000));
