@@ -91,6 +91,7 @@ pub struct Config {
     pub consul: Option<ConsulSpec>,
     pub kv: Option<KvSpec>,
     pub templates: Vec<TemplateSpec>,
+    pub register: Vec<RegisterSpec>,
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub backends: Vec<BackendSpec>,
@@ -110,6 +111,55 @@ impl Default for Limits {
             max_body_bytes: None,
         }
     }
+}
+
+/// A service to register with the local Consul agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterSpec {
+    pub name: String,
+    pub id: String,
+    pub address: Option<String>,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: std::collections::BTreeMap<String, String>,
+    pub check: Option<RegisterCheck>,
+    pub deregister_critical_after: Option<Duration>,
+    pub interval: Duration,
+}
+
+impl RegisterSpec {
+    /// Where Switchyard itself checks the service: the registered address
+    /// when it is an IP, else loopback.
+    pub fn local_addr(&self) -> SocketAddr {
+        let ip = self
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterCheck {
+    pub kind: RegisterCheckKind,
+    /// Consul's interval (http, tcp) or Switchyard's own (ttl).
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterCheckKind {
+    Http {
+        path: String,
+    },
+    Tcp,
+    /// Switchyard checks the service (HTTP `path`, or a connect) and passes
+    /// or fails the TTL.
+    Ttl {
+        ttl: Duration,
+        path: Option<String>,
+    },
 }
 
 /// The `[kv]` section: a directory whose files are keys.

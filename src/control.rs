@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{self, ConfigErrors};
 use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
+use crate::discovery::register::Registrations;
 use crate::metrics::Metrics;
 use crate::proxy::health::HealthChecks;
 use crate::proxy::http::ErrorChain;
@@ -156,6 +157,7 @@ pub struct Control {
     consul_events: mpsc::UnboundedReceiver<WatchKey>,
     templating: Templating,
     health: HealthChecks,
+    registrations: Registrations,
 }
 
 /// Endpoint states that left their backend and still drain, by address.
@@ -268,6 +270,8 @@ impl Control {
         sources.commit(plan, &config, &board);
         let mut health = HealthChecks::new(metrics.clone());
         health.sync(&table);
+        let mut registrations = Registrations::default();
+        registrations.apply(&config.register, sources.consul.client());
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -308,6 +312,7 @@ impl Control {
                 consul_events,
                 templating,
                 health,
+                registrations,
             },
             handle,
         ))
@@ -390,6 +395,8 @@ impl Control {
     async fn shutdown(&mut self) -> bool {
         let grace = self.table.current().config.shutdown_grace;
         self.board.lock().shutting_down = true;
+        // Out of Consul first, so clients stop being sent here.
+        self.registrations.deregister_all().await;
         tracing::info!(grace = ?grace, "Shutting down: draining connections");
         let drained = self.listeners.shutdown(grace).await;
         if drained {
@@ -515,6 +522,8 @@ impl Control {
         self.table.publish(table);
         self.sources.commit(plan, &config, &self.board);
         self.templating.commit(templates, kv);
+        self.registrations
+            .apply(&config.register, self.sources.consul.client());
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();

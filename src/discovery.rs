@@ -8,6 +8,7 @@
 pub mod consul;
 pub mod dns;
 pub mod kvdir;
+pub mod register;
 
 use std::future::Future;
 use std::sync::Arc;

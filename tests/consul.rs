@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::consul::{AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance};
+use support::consul::{
+    AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance, restartable_port,
+};
 use support::{
     Backend, HttpClient, Load, Switchyard, SwitchyardProcess, eventually, get, web_config,
 };
@@ -347,21 +349,6 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     let watch = watch_status(&second.status().await);
     assert_eq!(watch["stale_from_state_file"], false);
     assert_eq!(watch["ok"], true);
-}
-
-/// A free port below Linux's ephemeral range (32768 and up), for a Consul
-/// that a test stops and starts again on the same address. An ephemeral
-/// port could meanwhile become the source port of one of Switchyard's own
-/// reconnect attempts (a TCP self-connect), and the restart would find it
-/// taken.
-fn restartable_port() -> u16 {
-    for _ in 0..200 {
-        let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below the ephemeral range");
 }
 
 async fn on_port(port: u16) -> ConsulServer {

@@ -92,6 +92,7 @@ fn config(n: usize, generation: usize) -> Config {
         consul: None,
         kv: None,
         templates: Vec::new(),
+        register: Vec::new(),
         listeners: vec![ListenerSpec {
             location: Location {
                 file: Arc::from(Path::new("bench.toml")),

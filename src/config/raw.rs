@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub kv: Option<RawKv>,
     #[serde(default)]
     pub templates: Vec<RawTemplate>,
+    /// Services to register in Consul (sidecar registration).
+    #[serde(default)]
+    pub register: Vec<RawRegister>,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
@@ -130,6 +133,50 @@ pub struct RawConsul {
     pub state_file: Option<String>,
     pub retry_min: Option<ConfigDuration>,
     pub retry_max: Option<ConfigDuration>,
+}
+
+/// One service Switchyard registers with the local Consul agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegister {
+    pub name: String,
+    /// Default `<name>-<hostname>-<port>`.
+    pub id: Option<String>,
+    /// The address registered (default: none, Consul uses the node's) and
+    /// checked locally (default 127.0.0.1).
+    pub address: Option<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    pub check: Option<RawRegisterCheck>,
+    /// Consul removes the service after its check stays critical this long.
+    pub deregister_critical_after: Option<ConfigDuration>,
+    /// How often the registration is verified (and redone if the agent lost
+    /// it).
+    pub interval: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegisterCheck {
+    /// `http` / `tcp`: run by Consul; `ttl`: Switchyard checks the service
+    /// itself (HTTP `path`, or a connect) and keeps the TTL passing.
+    #[serde(rename = "type")]
+    pub kind: RawRegisterCheckKind,
+    pub path: Option<String>,
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub ttl: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRegisterCheckKind {
+    Http,
+    Tcp,
+    Ttl,
 }
 
 /// The local key/value directory: a file's path under `dir` is its key.

@@ -10,8 +10,8 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
     RawBackend, RawBalance, RawCheckKind, RawConfig, RawConsul, RawFragment, RawHealthCheck,
-    RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawResolver, RawRespond,
-    RawRetryBudget, RawRoute, RawServer, RawTemplate,
+    RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister, RawRegisterCheckKind,
+    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawServer, RawTemplate,
 };
 use super::*;
 
@@ -339,8 +339,10 @@ pub(super) fn validate(
 
     // Templates may call service() and, without a kv directory, key():
     // Consul with its defaults (CONSUL_HTTP_ADDR), as consul-template.
-    let uses_consul =
-        backends.iter().any(|(_, _, b)| b.consul_service.is_some()) || !raw.templates.is_empty();
+    let uses_consul = backends.iter().any(|(_, _, b)| b.consul_service.is_some())
+        || !raw.templates.is_empty()
+        || !raw.register.is_empty();
+    let register = check_register(file, &raw.register, &mut p);
     let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
     let kv = raw.kv.as_ref().and_then(|kv| {
         let dir = super::absolute(&relative_to(file, &kv.dir));
@@ -382,6 +384,7 @@ pub(super) fn validate(
         consul,
         kv,
         templates,
+        register,
         listeners: listener_specs,
         routes: route_specs,
         backends: backend_specs,
@@ -834,6 +837,118 @@ fn check_consul_target(
         tag: b.consul_tag.as_deref().map(Into::into),
         datacenter: b.consul_datacenter.as_deref().map(Into::into),
     })
+}
+
+/// The `[[register]]` blocks.
+fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<RegisterSpec> {
+    let host = hostname();
+    let mut specs: Vec<RegisterSpec> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = |k: &str| format!("register[{i}].{k}");
+        if r.name.is_empty() || r.name.contains('/') {
+            p.at(f, key("name"), "must be a service name (not empty, no `/`)");
+        }
+        if r.port == 0 {
+            p.at(f, key("port"), "must be a port number (1-65535)");
+        }
+        if let Some(a) = &r.address
+            && (a.is_empty() || a == "0.0.0.0" || a == "::")
+        {
+            p.at(
+                f,
+                key("address"),
+                "must be an address others can reach (not empty, 0.0.0.0 or ::)",
+            );
+        }
+        for k in r.meta.keys() {
+            if k.starts_with("consul-") || k.is_empty() || k.len() > 128 {
+                p.at(
+                    f,
+                    key("meta"),
+                    format!("{k:?}: keys are 1-128 characters and may not start with `consul-`"),
+                );
+            }
+        }
+        let id =
+            r.id.clone()
+                .unwrap_or_else(|| format!("{}-{host}-{}", r.name, r.port));
+        if specs.iter().any(|s| s.id == id) {
+            p.at(
+                f,
+                key("id"),
+                format!("the service ID {id:?} is registered twice"),
+            );
+        }
+        let pick = |v: &Option<ConfigDuration>, default: Duration| v.map_or(default, |v| v.0);
+        let check = r.check.as_ref().map(|c| {
+            let kind = match c.kind {
+                RawRegisterCheckKind::Http => RegisterCheckKind::Http {
+                    path: c.path.clone().unwrap_or_else(|| "/".into()),
+                },
+                RawRegisterCheckKind::Tcp => RegisterCheckKind::Tcp,
+                RawRegisterCheckKind::Ttl => {
+                    let ttl = c.ttl.map_or(Duration::from_secs(15), |d| d.0);
+                    if ttl < Duration::from_secs(1) {
+                        p.at(f, key("check.ttl"), "must be at least 1s");
+                    }
+                    RegisterCheckKind::Ttl {
+                        ttl,
+                        path: c.path.clone(),
+                    }
+                }
+            };
+            if c.ttl.is_some() && c.kind != RawRegisterCheckKind::Ttl {
+                p.at(f, key("check.ttl"), "only used with type = \"ttl\"");
+            }
+            if let Some(path) = &c.path
+                && !path.starts_with('/')
+            {
+                p.at(
+                    f,
+                    key("check.path"),
+                    format!("{path:?} is not a path such as \"/health\""),
+                );
+            }
+            let interval = match &kind {
+                // Three updates per TTL: one lost update does not fail it.
+                RegisterCheckKind::Ttl { ttl, .. } => pick(&c.interval, *ttl / 3),
+                _ => pick(&c.interval, Duration::from_secs(10)),
+            };
+            if interval.is_zero() {
+                p.at(f, key("check.interval"), "must be greater than zero");
+            }
+            RegisterCheck {
+                kind,
+                interval,
+                timeout: pick(&c.timeout, Duration::from_secs(2)),
+            }
+        });
+        let interval = pick(&r.interval, Duration::from_secs(30));
+        if interval.is_zero() {
+            p.at(f, key("interval"), "must be greater than zero");
+        }
+        specs.push(RegisterSpec {
+            name: r.name.clone(),
+            id,
+            address: r.address.clone(),
+            port: r.port,
+            tags: r.tags.clone(),
+            meta: r.meta.clone(),
+            check,
+            deregister_critical_after: r.deregister_critical_after.map(|d| d.0),
+            interval,
+        });
+    }
+    specs
+}
+
+/// This host's name, for default service IDs (a container's ID in Docker).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A path from the file `f`, relative to the file's directory.

@@ -85,6 +85,12 @@ impl ConsulWatcher {
         }
     }
 
+    /// The client of the current `[consul]` settings, once a config or a
+    /// template needed one.
+    pub fn client(&self) -> Option<Arc<ConsulClient>> {
+        self.client.clone()
+    }
+
     /// Every running watch by key: the data templates render from.
     pub fn watch_map(&self) -> HashMap<WatchKey, Arc<ConsulWatch>> {
         self.running

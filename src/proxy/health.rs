@@ -119,7 +119,7 @@ async fn check_loop(state: Arc<EndpointState>, spec: HealthCheckSpec, counters: 
     };
     tokio::time::sleep(jitter()).await;
     loop {
-        let result = match tokio::time::timeout(spec.timeout, probe(&state, &spec.kind)).await {
+        let result = match tokio::time::timeout(spec.timeout, probe(state.addr, &spec.kind)).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
         };
@@ -166,9 +166,10 @@ fn record(state: &EndpointState, spec: &HealthCheckSpec, result: Result<(), Stri
     }
 }
 
-/// One check: a connect, or a GET whose status must be in range.
-async fn probe(state: &EndpointState, kind: &CheckKind) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(state.addr)
+/// One check of `addr`: a connect, or a GET whose status must be in range.
+/// Also used to check a local service before registering it in Consul.
+pub async fn probe(addr: std::net::SocketAddr, kind: &CheckKind) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let CheckKind::Http { path, host, expect } = kind else {
@@ -177,7 +178,7 @@ async fn probe(state: &EndpointState, kind: &CheckKind) -> Result<(), String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let host = host.clone().unwrap_or_else(|| state.addr.to_string());
+    let host = host.clone().unwrap_or_else(|| addr.to_string());
     let req = Request::get(path.as_str())
         .header(header::HOST, host)
         .header(header::USER_AGENT, "switchyard-health-check")

@@ -117,6 +117,7 @@ impl ConfigDiff {
             consul: config.consul.clone(),
             kv: config.kv.clone(),
             templates: config.templates.clone(),
+            register: config.register.clone(),
             listeners: Vec::new(),
             routes: Vec::new(),
             backends: Vec::new(),

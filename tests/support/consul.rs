@@ -369,3 +369,18 @@ impl Drop for ConsulServer {
         self.timers.abort();
     }
 }
+
+/// A free port below Linux's ephemeral range (32768 and up), for a Consul
+/// that a test stops and starts again on the same address. An ephemeral
+/// port could meanwhile become the source port of one of Switchyard's own
+/// reconnect attempts (a TCP self-connect), and the restart would find it
+/// taken.
+pub fn restartable_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}

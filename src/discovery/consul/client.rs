@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -113,7 +113,7 @@ pub struct ConsulClient {
     datacenter: Option<String>,
     stale: bool,
     wait: Duration,
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl fmt::Debug for ConsulClient {
@@ -202,13 +202,6 @@ impl ConsulClient {
             param("index", Some(&index.to_string()));
             param("wait", Some(&wait_ms));
         }
-        let mut req = Request::get(&url);
-        if let Some(token) = &self.token {
-            req = req.header("x-consul-token", &token.0);
-        }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| ConsulError::Transport(e.to_string()))?;
         // Consul adds up to wait/16 of jitter; leave room for it and for
         // the network, or every long poll would be cut off.
         let limit = if index > 0 {
@@ -216,6 +209,36 @@ impl ConsulClient {
         } else {
             Duration::from_secs(30)
         };
+        self.exchange(Method::GET, &url, Bytes::new(), limit).await
+    }
+
+    /// PUT `path` (under /v1/, escaped) with a JSON `body`: the agent's
+    /// register, deregister and check endpoints. A 404 is a reply (the
+    /// agent does not know the service or check), not an error.
+    pub async fn put(&self, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ConsulError> {
+        let url = format!("{}/v1/{path}", self.base);
+        let body = body.map_or_else(Bytes::new, Bytes::from);
+        self.exchange(Method::PUT, &url, body, Duration::from_secs(10))
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<Reply, ConsulError> {
+        let mut req = Request::builder().method(method).uri(url);
+        if let Some(token) = &self.token {
+            req = req.header("x-consul-token", &token.0);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ConsulError::Transport(e.to_string()))?;
         let exchange = async {
             let resp = self
                 .http
