@@ -433,7 +433,31 @@ pub enum BackendTarget {
     Respond(RespondSpec),
     /// Passing instances of a Consul service.
     Consul(ConsulTarget),
+    /// A gateway route's: the Consul service the request names, with a
+    /// backend made on demand.
+    Gateway(GatewaySpec),
 }
+
+/// How a gateway route finds the service a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySpec {
+    pub from: ServiceFrom,
+    /// Forward `/{service}/rest` as `/rest`.
+    pub strip_service: bool,
+    /// An on-demand backend unused this long is retired (its watch stops).
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFrom {
+    /// The first path segment.
+    Path,
+    /// The host's label before `.{domain}`.
+    Host { domain: String },
+}
+
+/// On-demand gateway backends are retired after five idle minutes.
+pub const DEFAULT_GATEWAY_IDLE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConsulTarget {
@@ -505,7 +529,7 @@ impl BackendSpec {
     pub fn servers(&self) -> &[ServerSpec] {
         match &self.target {
             BackendTarget::Servers(s) => s,
-            BackendTarget::Respond(_) | BackendTarget::Consul(_) => &[],
+            BackendTarget::Respond(_) | BackendTarget::Consul(_) | BackendTarget::Gateway(_) => &[],
         }
     }
 }

@@ -25,10 +25,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigErrors};
-use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
+use crate::discovery::consul::{
+    ConsulPlan, ConsulWatch, ConsulWatcher, KeyOwner, WatchData, WatchKey, service_watch,
+};
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::discovery::register::Registrations;
 use crate::metrics::Metrics;
+use crate::proxy::gateway::{BackendRequest, Gateway};
 use crate::proxy::health::HealthChecks;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
@@ -158,7 +161,27 @@ pub struct Control {
     templating: Templating,
     health: HealthChecks,
     registrations: Registrations,
+    gateway: GatewayControl,
 }
+
+/// The control task's side of gateway routes: requests for backends not
+/// made yet, and the watches they need.
+struct GatewayControl {
+    registry: Arc<Gateway>,
+    requests: mpsc::UnboundedReceiver<BackendRequest>,
+    /// Services whose watches answered (or timed out), to make backends for.
+    ready: mpsc::UnboundedReceiver<String>,
+    ready_sender: mpsc::UnboundedSender<String>,
+    /// Requests waiting for a service's first answer.
+    pending: HashMap<String, Vec<BackendRequest>>,
+    /// The catalog and every service watched for gateway routes.
+    keys: std::collections::HashSet<WatchKey>,
+}
+
+/// The catalog query gateway routes use to tell known services.
+const CATALOG: WatchKey = WatchKey::Catalog { datacenter: None };
+/// How long a new gateway service waits for Consul's first answers.
+const GATEWAY_FIRST_ANSWER: Duration = Duration::from_secs(3);
 
 /// Endpoint states that left their backend and still drain, by address.
 struct DrainingIndex(HashMap<SocketAddr, Vec<Arc<EndpointState>>>);
@@ -261,10 +284,12 @@ impl Control {
             .prepare(&config)
             .await
             .map_err(StartError::Discovery)?;
+        let (gateway, gateway_requests) = Gateway::new();
         let ctx = CompileContext {
             find_draining: &|_, _| None,
             dns: &|q| sources.dns.get(q),
             consul: &|k| sources.consul.get(k),
+            gateway: Some(&gateway),
         };
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
         sources.commit(plan, &config, &board);
@@ -272,6 +297,7 @@ impl Control {
         health.sync(&table);
         let mut registrations = Registrations::default();
         registrations.apply(&config.register, sources.consul.client());
+        let (ready_sender, ready) = mpsc::unbounded_channel();
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -313,6 +339,14 @@ impl Control {
                 templating,
                 health,
                 registrations,
+                gateway: GatewayControl {
+                    registry: gateway,
+                    requests: gateway_requests,
+                    ready,
+                    ready_sender,
+                    pending: HashMap::new(),
+                    keys: Default::default(),
+                },
             },
             handle,
         ))
@@ -356,6 +390,9 @@ impl Control {
                     while let Ok(k) = self.consul_events.try_recv() {
                         changed.push(k);
                     }
+                    if changed.contains(&CATALOG) {
+                        self.update_gateway_catalog();
+                    }
                     self.apply_discovery(&[], &changed);
                     self.sources.consul.save_state();
                     self.templating.set.mark_changed(
@@ -365,7 +402,12 @@ impl Control {
                 }
                 () = self.templating.kv_changed() => self.templating.rescan_kv().await,
                 () = sleep_until(template_due) => self.render_templates().await,
-                _ = prune.tick() => self.prune_draining(),
+                Some(request) = self.gateway.requests.recv() => self.gateway_request(request),
+                Some(service) = self.gateway.ready.recv() => self.gateway_ready(&service),
+                _ = prune.tick() => {
+                    self.prune_draining();
+                    self.retire_gateway_backends();
+                }
             }
         }
     }
@@ -381,6 +423,129 @@ impl Control {
         if reload {
             self.reload(Trigger::Template).await;
         }
+    }
+
+    /// A request needs the backend of a service no gateway backend exists
+    /// for: watch the service (and the catalog) and answer once Consul has.
+    fn gateway_request(&mut self, request: BackendRequest) {
+        if let Some(backend) = self.gateway.registry.get(&request.service) {
+            let _ = request.reply.send(Some(backend));
+            return;
+        }
+        if self.gateway.registry.knows(&request.service) == Some(false) {
+            let _ = request.reply.send(None);
+            return;
+        }
+        let service = request.service.clone();
+        let first = !self.gateway.pending.contains_key(&service);
+        self.gateway
+            .pending
+            .entry(service.clone())
+            .or_default()
+            .push(request);
+        if !first {
+            return;
+        }
+        let key = gateway_service_key(&service);
+        self.gateway.keys.insert(CATALOG);
+        self.gateway.keys.insert(key.clone());
+        let consul = self.table.current().config.consul.clone();
+        self.sources.consul.set_keys(
+            KeyOwner::Gateway,
+            self.gateway.keys.clone(),
+            consul.as_ref(),
+        );
+        self.board.lock().consul = self.sources.consul.watches();
+        let watches: Vec<Arc<ConsulWatch>> = [CATALOG, key]
+            .iter()
+            .filter_map(|k| self.sources.consul.get(k))
+            .collect();
+        let ready = self.gateway.ready_sender.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(GATEWAY_FIRST_ANSWER, async {
+                for w in &watches {
+                    w.first_answer().await;
+                }
+            })
+            .await;
+            let _ = ready.send(service);
+        });
+    }
+
+    /// The watches of a requested service answered: make its backend, or
+    /// tell the waiting requests the service does not exist.
+    fn gateway_ready(&mut self, service: &str) {
+        let Some(waiting) = self.gateway.pending.remove(service) else {
+            return;
+        };
+        self.update_gateway_catalog();
+        let key = gateway_service_key(service);
+        let watch = self.sources.consul.get(&key).filter(|w| w.data().is_some());
+        let known = self.gateway.registry.knows(service) != Some(false);
+        let made = match (watch, known, waiting.first()) {
+            (Some(watch), true, Some(first)) => {
+                let spec = gateway_backend_spec(service, &first.template);
+                match table::on_demand_backend(&spec, watch, &self.metrics) {
+                    Ok(backend) => {
+                        let backend = Arc::new(backend);
+                        let idle = match &first.template.target {
+                            config::BackendTarget::Gateway(g) => g.idle_timeout,
+                            _ => config::DEFAULT_GATEWAY_IDLE,
+                        };
+                        self.gateway.registry.insert(service, backend.clone(), idle);
+                        tracing::info!(service, "Gateway backend made on demand");
+                        Some(backend)
+                    }
+                    Err(error) => {
+                        tracing::warn!(service, %error, "Cannot make a gateway backend");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if made.is_none() {
+            self.gateway.keys.remove(&key);
+            let consul = self.table.current().config.consul.clone();
+            self.sources.consul.set_keys(
+                KeyOwner::Gateway,
+                self.gateway.keys.clone(),
+                consul.as_ref(),
+            );
+        }
+        for request in waiting {
+            let _ = request.reply.send(made.clone());
+        }
+    }
+
+    fn update_gateway_catalog(&self) {
+        if let Some(data) = self.sources.consul.get(&CATALOG).and_then(|w| w.data())
+            && let WatchData::Catalog(services) = &*data
+        {
+            self.gateway
+                .registry
+                .set_catalog(services.keys().cloned().collect());
+        }
+    }
+
+    /// Retires gateway backends that went idle (or whose service left the
+    /// catalog) and stops their watches.
+    fn retire_gateway_backends(&mut self) {
+        let gone = self.gateway.registry.retire_idle();
+        if gone.is_empty() {
+            return;
+        }
+        for service in &gone {
+            tracing::info!(service = %service, "Gateway backend retired");
+            self.gateway.keys.remove(&gateway_service_key(service));
+        }
+        let consul = self.table.current().config.consul.clone();
+        self.sources.consul.set_keys(
+            KeyOwner::Gateway,
+            self.gateway.keys.clone(),
+            consul.as_ref(),
+        );
+        self.board.lock().consul = self.sources.consul.watches();
     }
 
     async fn debounce_files(&mut self) {
@@ -501,6 +666,7 @@ impl Control {
             find_draining: &find_draining,
             dns: &|q| self.sources.dns.get(q),
             consul: &|k| self.sources.consul.get(k),
+            gateway: Some(&self.gateway.registry),
         };
         let table = match table::compile(
             Arc::new(config),
@@ -588,7 +754,8 @@ impl Control {
         let table = self.table.current();
         let draining = self.draining_index();
         let find_draining = |backend: &str, addr: SocketAddr| draining.find(backend, addr);
-        for backend in table.backends.values() {
+        let on_demand = self.gateway.registry.backends();
+        for backend in table.backends.values().chain(on_demand.iter()) {
             let uses = backend.dns.iter().any(|n| dns.contains(&n.query))
                 || backend
                     .consul
@@ -640,6 +807,29 @@ impl Control {
 
     fn prune_draining(&self) {
         self.board.lock().draining.retain(|s| s.active() > 0);
+    }
+}
+
+/// The health watch of a gateway service: passing instances.
+fn gateway_service_key(service: &str) -> WatchKey {
+    service_watch(&config::ConsulTarget {
+        service: service.into(),
+        tag: None,
+        datacenter: None,
+    })
+}
+
+/// An on-demand backend for `service`: the gateway route's timeouts and
+/// retries, the service's passing instances.
+fn gateway_backend_spec(service: &str, template: &config::BackendSpec) -> config::BackendSpec {
+    config::BackendSpec {
+        name: service.into(),
+        target: config::BackendTarget::Consul(config::ConsulTarget {
+            service: service.into(),
+            tag: None,
+            datacenter: None,
+        }),
+        ..template.clone()
     }
 }
 

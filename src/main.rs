@@ -187,6 +187,13 @@ fn check(path: &Path) -> ExitCode {
                     BackendTarget::Respond(r) => {
                         println!("  backend {}: responds {}", b.name, r.status)
                     }
+                    BackendTarget::Gateway(g) => {
+                        let from = match &g.from {
+                            config::ServiceFrom::Path => "/{service}/...".to_string(),
+                            config::ServiceFrom::Host { domain } => format!("{{service}}.{domain}"),
+                        };
+                        println!("  {}: Consul services by name, {from}", b.name)
+                    }
                 }
             }
             let mut template_errors = 0;

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod io;

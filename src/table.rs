@@ -71,6 +71,8 @@ pub struct Backend {
     pub dns: Vec<Arc<DnsName>>,
     /// The Consul watch of a `consul_service` backend.
     pub consul: Option<Arc<ConsulWatch>>,
+    /// A gateway route's registry of on-demand backends.
+    pub gateway: Option<Arc<crate::proxy::gateway::Gateway>>,
     /// Request metric handles of this backend per listener, carried to the
     /// next definition of the backend: resolving a label set takes a lock in
     /// the prometheus crate, and a 10,000-route reload would otherwise
@@ -312,6 +314,8 @@ pub struct CompileContext<'a> {
     pub dns: &'a dyn Fn(&DnsQuery) -> Option<Arc<DnsName>>,
     /// The running Consul watch for a key (likewise).
     pub consul: &'a dyn Fn(&WatchKey) -> Option<Arc<ConsulWatch>>,
+    /// The registry gateway routes make their backends in.
+    pub gateway: Option<&'a Arc<crate::proxy::gateway::Gateway>>,
 }
 
 impl CompileContext<'_> {
@@ -320,6 +324,7 @@ impl CompileContext<'_> {
         find_draining: &|_, _| None,
         dns: &|_| None,
         consul: &|_| None,
+        gateway: None,
     };
 }
 
@@ -442,6 +447,9 @@ fn new_backend(
         retry_budget: RetryBudget::default(),
         dns,
         consul,
+        gateway: matches!(spec.target, BackendTarget::Gateway(_))
+            .then(|| ctx.gateway.cloned())
+            .flatten(),
         request_metrics: Mutex::new(before.map_or_else(Vec::new, |b| {
             b.request_metrics
                 .lock()
@@ -449,6 +457,20 @@ fn new_backend(
                 .clone()
         })),
     })
+}
+
+/// A gateway's on-demand backend for the Consul service of `spec`, whose
+/// watch is `watch` (running and answered).
+pub fn on_demand_backend(
+    spec: &BackendSpec,
+    watch: Arc<ConsulWatch>,
+    metrics: &Metrics,
+) -> Result<Backend, CompileError> {
+    let ctx = CompileContext {
+        consul: &|_| Some(watch.clone()),
+        ..CompileContext::STATIC
+    };
+    new_backend(spec, None, &ctx, metrics)
 }
 
 /// The endpoints of `spec` as of now: its addresses, the current answers

@@ -249,7 +249,24 @@ pub struct RawRoute {
     pub listener: Option<String>,
     pub host: Option<String>,
     pub path_prefix: Option<String>,
-    pub backend: String,
+    /// The backend; or, with `service_from`, none: the Consul service named
+    /// by the request.
+    pub backend: Option<String>,
+    /// `path`: `/{service}/...`; `host`: `{service}.{domain}`.
+    pub service_from: Option<RawServiceFrom>,
+    pub domain: Option<String>,
+    /// With `service_from = "path"`: forward `/{service}/rest` as `/rest`.
+    #[serde(default)]
+    pub strip_service: bool,
+    /// On-demand backends unused this long are retired.
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawServiceFrom {
+    Path,
+    Host,
 }
 
 #[derive(Debug, Deserialize)]

@@ -294,7 +294,7 @@ pub(super) fn validate(
                 }
             },
         };
-        let host = match r.host.as_deref().map(parse_host).transpose() {
+        let mut host = match r.host.as_deref().map(parse_host).transpose() {
             Ok(h) => h.unwrap_or(HostPattern::Any),
             Err(e) => {
                 p.at(f, format!("{key}.host"), e);
@@ -305,12 +305,18 @@ pub(super) fn validate(
         if !path_prefix.starts_with('/') {
             p.at(f, format!("{key}.path_prefix"), "must start with `/`");
         }
-        if !backend_kind.contains_key(r.backend.as_str()) {
-            p.at(
-                f,
-                format!("{key}.backend"),
-                format!("no backend named `{}`", r.backend),
-            );
+        let gateway = check_gateway_route(f, &key, r, &mut host, &mut p);
+        match (&r.backend, &gateway) {
+            (Some(b), None) if !backend_kind.contains_key(b.as_str()) => {
+                p.at(
+                    f,
+                    format!("{key}.backend"),
+                    format!("no backend named `{b}`"),
+                );
+            }
+            (Some(_), Some(_)) => p.at(f, &key, "set `backend` or `service_from`, not both"),
+            (None, None) => p.at(f, format!("{key}.backend"), "required (or `service_from`)"),
+            _ => {}
         }
         let (Some(listener), true) = (listener, p.0.len() == before) else {
             continue;
@@ -329,11 +335,31 @@ pub(super) fn validate(
             continue;
         }
         route_origin.insert(ident, Origin { file: f, key });
+        let backend: Arc<str> = match gateway {
+            Some(spec) => {
+                // The route's own backend: it finds the service per request.
+                let name: Arc<str> = format!("gateway:{listener}:{host}{path_prefix}").into();
+                backend_specs.push(BackendSpec {
+                    name: name.clone(),
+                    balance: Balance::RoundRobin,
+                    target: BackendTarget::Gateway(spec),
+                    protocol: Protocol::Http1,
+                    timeouts: upstream_defaults,
+                    health_check: None,
+                    fail_open: false,
+                    outlier: None,
+                    retry: RetrySpec::default(),
+                    max_connections_per_server: None,
+                });
+                name
+            }
+            None => r.backend.as_deref().unwrap_or_default().into(),
+        };
         route_specs.push(RouteSpec {
             listener: listener.into(),
             host,
             path_prefix,
-            backend: r.backend.as_str().into(),
+            backend,
         });
     }
 
@@ -836,6 +862,77 @@ fn check_consul_target(
         service: service.into(),
         tag: b.consul_tag.as_deref().map(Into::into),
         datacenter: b.consul_datacenter.as_deref().map(Into::into),
+    })
+}
+
+/// A route's gateway settings, if it has `service_from`; a host route
+/// matches `*.{domain}`.
+fn check_gateway_route(
+    f: &Arc<Path>,
+    key: &str,
+    r: &RawRoute,
+    host: &mut HostPattern,
+    p: &mut Problems,
+) -> Option<GatewaySpec> {
+    use super::raw::RawServiceFrom;
+    let Some(from) = r.service_from else {
+        for (name, set) in [
+            ("domain", r.domain.is_some()),
+            ("strip_service", r.strip_service),
+            ("idle_timeout", r.idle_timeout.is_some()),
+        ] {
+            if set {
+                p.at(f, format!("{key}.{name}"), "only used with `service_from`");
+            }
+        }
+        return None;
+    };
+    let from = match from {
+        RawServiceFrom::Path => {
+            if r.domain.is_some() {
+                p.at(
+                    f,
+                    format!("{key}.domain"),
+                    "only used with service_from = \"host\"",
+                );
+            }
+            ServiceFrom::Path
+        }
+        RawServiceFrom::Host => {
+            let Some(domain) = r
+                .domain
+                .as_deref()
+                .map(|d| d.trim_matches('.').to_ascii_lowercase())
+            else {
+                p.at(
+                    f,
+                    format!("{key}.domain"),
+                    "required with service_from = \"host\"",
+                );
+                return None;
+            };
+            if r.host.is_some() {
+                p.at(
+                    f,
+                    format!("{key}.host"),
+                    "with service_from = \"host\" the host is `*.{domain}`",
+                );
+            }
+            if r.strip_service {
+                p.at(
+                    f,
+                    format!("{key}.strip_service"),
+                    "only used with service_from = \"path\"",
+                );
+            }
+            *host = HostPattern::Suffix(format!(".{domain}"));
+            ServiceFrom::Host { domain }
+        }
+    };
+    Some(GatewaySpec {
+        from,
+        strip_service: r.strip_service,
+        idle_timeout: r.idle_timeout.map_or(DEFAULT_GATEWAY_IDLE, |d| d.0),
     })
 }
 

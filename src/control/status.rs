@@ -138,6 +138,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 BackendTarget::Servers(_) => "servers",
                 BackendTarget::Respond(_) => "respond",
                 BackendTarget::Consul(_) => "consul",
+                BackendTarget::Gateway(_) => "gateway",
             },
             balance: match b.spec.balance {
                 Balance::RoundRobin => "round_robin",

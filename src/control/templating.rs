@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::StatusBoard;
 use crate::config::{ConsulSpec, KvSpec, TemplateSpec};
-use crate::discovery::consul::ConsulWatcher;
+use crate::discovery::consul::{ConsulWatcher, KeyOwner};
 use crate::discovery::kvdir::{KvDir, KvSnapshot};
 use crate::metrics::Metrics;
 use crate::template::TemplatePlan;
@@ -180,7 +180,7 @@ impl Templating {
     ) -> (bool, Vec<Arc<crate::discovery::consul::ConsulWatch>>) {
         let view = self.view(consul);
         let rendered = self.set.render_due(Instant::now(), &view, &self.metrics);
-        let started = consul.set_template_keys(self.set.consul_keys(), consul_spec);
+        let started = consul.set_keys(KeyOwner::Templates, self.set.consul_keys(), consul_spec);
         self.board.lock().consul = consul.watches();
         let reloads = rendered.iter().any(|r| r.reloads_config);
         if !rendered.is_empty() {

@@ -53,6 +53,13 @@ fn wanted(config: &Config) -> HashSet<WatchKey> {
         .collect()
 }
 
+/// Who wants a watch besides the config's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyOwner {
+    Templates,
+    Gateway,
+}
+
 /// The watches the running config and its templates use.
 pub struct ConsulWatcher {
     spec: Option<ConsulSpec>,
@@ -61,8 +68,9 @@ pub struct ConsulWatcher {
     changed: mpsc::UnboundedSender<WatchKey>,
     /// What the running config's backends use.
     backend_keys: HashSet<WatchKey>,
-    /// What the templates read in their latest renders.
-    template_keys: HashSet<WatchKey>,
+    /// What the templates read in their latest renders, and what gateway
+    /// routes use (the catalog, on-demand services).
+    other_keys: HashMap<KeyOwner, HashSet<WatchKey>>,
 }
 
 /// What [`ConsulWatcher::prepare`] started, to commit or undo.
@@ -81,7 +89,7 @@ impl ConsulWatcher {
             running: HashMap::new(),
             changed,
             backend_keys: HashSet::new(),
-            template_keys: HashSet::new(),
+            other_keys: HashMap::new(),
         }
     }
 
@@ -99,12 +107,13 @@ impl ConsulWatcher {
             .collect()
     }
 
-    /// Makes `keys` the queries templates read: starts those not watched
-    /// yet (returned, to wait for their first answer where that matters)
-    /// and stops those nothing reads any more. `spec` builds the client
-    /// when no config has yet (templates render before the first compile).
-    pub fn set_template_keys(
+    /// Makes `keys` the queries `owner` (templates, gateway routes) reads:
+    /// starts those not watched yet (returned, to wait for their first
+    /// answer where that matters) and stops those nothing uses any more.
+    /// `spec` builds the client when no config has yet (templates render before the first compile).
+    pub fn set_keys(
         &mut self,
+        owner: KeyOwner,
         keys: HashSet<WatchKey>,
         spec: Option<&ConsulSpec>,
     ) -> Vec<Arc<ConsulWatch>> {
@@ -128,13 +137,17 @@ impl ConsulWatcher {
                 }
             }
         }
-        for gone in self.template_keys.difference(&keys) {
-            if !self.backend_keys.contains(gone) {
+        let old = self.other_keys.insert(owner, keys).unwrap_or_default();
+        for gone in &old {
+            if !self.is_wanted(gone) {
                 self.running.remove(gone);
             }
         }
-        self.template_keys = keys;
         started
+    }
+
+    fn is_wanted(&self, key: &WatchKey) -> bool {
+        self.backend_keys.contains(key) || self.other_keys.values().any(|k| k.contains(key))
     }
 
     pub fn get(&self, key: &WatchKey) -> Option<Arc<ConsulWatch>> {
@@ -204,8 +217,13 @@ impl ConsulWatcher {
     /// client when the `[consul]` settings changed.
     pub fn commit(&mut self, plan: ConsulPlan, config: &Config) {
         self.backend_keys = wanted(config);
-        self.running
-            .retain(|k, _| self.backend_keys.contains(k) || self.template_keys.contains(k));
+        let wanted: HashSet<WatchKey> = self
+            .running
+            .keys()
+            .filter(|k| self.is_wanted(k))
+            .cloned()
+            .collect();
+        self.running.retain(|k, _| wanted.contains(k));
         let restart = plan.spec != self.spec;
         self.spec = plan.spec;
         self.client = plan.client;

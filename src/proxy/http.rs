@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::balance::{self, HashInput};
 use super::body::{Completion, ProxyBody, RequestBody};
+use super::gateway;
 use super::io::ConnActivity;
 use super::listener::Drain;
 use super::upstream::{
@@ -90,6 +91,8 @@ enum ProxyError {
     Timeout,
     #[error("request body over the configured limit")]
     BodyTooLarge,
+    #[error("the request names no known service")]
+    UnknownService,
 }
 
 impl ProxyError {
@@ -104,6 +107,7 @@ impl ProxyError {
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream server failed\n"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream server timed out\n"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Self::UnknownService => (StatusCode::NOT_FOUND, "unknown service\n"),
         }
     }
 }
@@ -132,9 +136,56 @@ pub async fn handle(
         BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
             Box::pin(forward(req, target, &ctx, started, completion)).await
         }
+        BackendTarget::Gateway(spec) => {
+            Box::pin(via_gateway(req, target, spec, &ctx, started, completion)).await
+        }
     };
     target.metrics.count(response.status());
     Ok(response)
+}
+
+/// A gateway route: the request names a Consul service; its on-demand
+/// backend answers, at the rewritten path when asked.
+async fn via_gateway(
+    mut req: Request<Incoming>,
+    target: &RouteTarget,
+    spec: &crate::config::GatewaySpec,
+    ctx: &Arc<ConnCtx>,
+    started: Instant,
+    completion: Completion,
+) -> Response<ProxyBody> {
+    let named = gateway::service_of(
+        &spec.from,
+        spec.strip_service,
+        request_host(&req),
+        req.uri().path(),
+    )
+    .map(|(service, path)| (service.to_string(), path.map(str::to_string)));
+    let (Some((service, path)), Some(registry)) = (named, &target.backend.gateway) else {
+        return error_response(ctx, ProxyError::UnknownService, completion);
+    };
+    let Some(backend) = registry.backend(&service, &target.backend.spec).await else {
+        return error_response(ctx, ProxyError::UnknownService, completion);
+    };
+    if let Some(path) = path {
+        let with_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        match with_query.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return error_response(ctx, ProxyError::UnknownService, completion),
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    let routed = RouteTarget {
+        backend,
+        metrics: target.metrics.clone(),
+    };
+    forward(req, &routed, ctx, started, completion).await
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or

@@ -80,7 +80,11 @@ pub async fn render_once(
                 },
             );
         }
-        consul.set_template_keys(set.consul_keys(), config.consul.as_ref());
+        consul.set_keys(
+            crate::discovery::consul::KeyOwner::Templates,
+            set.consul_keys(),
+            config.consul.as_ref(),
+        );
         if !set.any_held() {
             break;
         }

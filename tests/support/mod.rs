@@ -293,6 +293,11 @@ async fn backend_answer(name: &'static str, req: Request<Incoming>) -> Response<
         "x-seen-version",
         http::HeaderValue::from_str(&format!("{:?}", req.version())).unwrap(),
     );
+    if let Some(pq) = req.uri().path_and_query()
+        && let Ok(v) = http::HeaderValue::from_str(pq.as_str())
+    {
+        resp.headers_mut().insert("x-seen-path", v);
+    }
     resp
 }
 
