@@ -290,6 +290,8 @@ pub struct ListenerSpec {
     pub max_connections: Option<usize>,
     /// How long a connection over `max_connections` waits for a slot.
     pub queue_timeout: Duration,
+    /// Routes from Consul services' `urlprefix-` tags.
+    pub consul_tag_routes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

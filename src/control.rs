@@ -30,6 +30,7 @@ use crate::discovery::consul::{
 };
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::discovery::register::Registrations;
+use crate::discovery::tag_routes::{self, TagRoute};
 use crate::metrics::Metrics;
 use crate::proxy::gateway::{BackendRequest, Gateway};
 use crate::proxy::health::HealthChecks;
@@ -85,6 +86,8 @@ pub enum Trigger {
     Api,
     /// A template whose output the config includes rendered new text.
     Template,
+    /// A Consul service's `urlprefix-` tags changed.
+    ConsulTags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,6 +165,8 @@ pub struct Control {
     health: HealthChecks,
     registrations: Registrations,
     gateway: GatewayControl,
+    /// The tag routes merged into the running table.
+    tag_routes: Vec<TagRoute>,
 }
 
 /// The control task's side of gateway routes: requests for backends not
@@ -279,6 +284,7 @@ impl Control {
                 config = config::load_with(&path, &|p| templating.output_for(p))?;
             }
         }
+        watch_catalog_for_tags(&mut sources.consul, &config);
         let config = Arc::new(config);
         let plan = sources
             .prepare(&config)
@@ -347,6 +353,7 @@ impl Control {
                     pending: HashMap::new(),
                     keys: Default::default(),
                 },
+                tag_routes: Vec::new(),
             },
             handle,
         ))
@@ -392,6 +399,9 @@ impl Control {
                     }
                     if changed.contains(&CATALOG) {
                         self.update_gateway_catalog();
+                        if self.catalog_tag_routes() != self.tag_routes {
+                            self.reload(Trigger::ConsulTags).await;
+                        }
                     }
                     self.apply_discovery(&[], &changed);
                     self.sources.consul.save_state();
@@ -518,6 +528,20 @@ impl Control {
         }
     }
 
+    /// The tag routes the catalog asks for now.
+    fn catalog_tag_routes(&self) -> Vec<TagRoute> {
+        match self
+            .sources
+            .consul
+            .get(&CATALOG)
+            .and_then(|w| w.data())
+            .as_deref()
+        {
+            Some(WatchData::Catalog(services)) => tag_routes::from_catalog(services),
+            _ => Vec::new(),
+        }
+    }
+
     fn update_gateway_catalog(&self) {
         if let Some(data) = self.sources.consul.get(&CATALOG).and_then(|w| w.data())
             && let WatchData::Catalog(services) = &*data
@@ -630,6 +654,8 @@ impl Control {
             |e: ConfigErrors| -> Vec<String> { e.0.iter().map(ToString::to_string).collect() };
         let config = config::load_with(&self.path, &|p| self.templating.output_for(p))
             .map_err(to_strings)?;
+        let tags = self.catalog_tag_routes();
+        let config = tag_routes::merge(config, &tags);
         let current = self.table.current();
         // Files may have been added to `include` even when the result is equal.
         if let Some(watcher) = &mut self.watcher {
@@ -686,10 +712,12 @@ impl Control {
         self.mark_draining(&current, &table);
         self.health.sync(&table);
         self.table.publish(table);
+        self.tag_routes = tags;
         self.sources.commit(plan, &config, &self.board);
         self.templating.commit(templates, kv);
         self.registrations
             .apply(&config.register, self.sources.consul.client());
+        watch_catalog_for_tags(&mut self.sources.consul, &config);
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
@@ -808,6 +836,17 @@ impl Control {
     fn prune_draining(&self) {
         self.board.lock().draining.retain(|s| s.active() > 0);
     }
+}
+
+/// Watches the catalog while a listener takes routes from tags.
+fn watch_catalog_for_tags(consul: &mut ConsulWatcher, config: &config::Config) {
+    let wanted = config.listeners.iter().any(|l| l.consul_tag_routes);
+    let keys = if wanted {
+        std::iter::once(CATALOG).collect()
+    } else {
+        Default::default()
+    };
+    consul.set_keys(KeyOwner::TagRoutes, keys, config.consul.as_ref());
 }
 
 /// The health watch of a gateway service: passing instances.

@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dns;
 pub mod kvdir;
 pub mod register;
+pub mod tag_routes;
 
 use std::future::Future;
 use std::sync::Arc;

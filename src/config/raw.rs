@@ -233,6 +233,10 @@ pub struct RawListener {
     /// With `max_connections`: how long a connection over the limit waits
     /// for a slot before it gets 503 (HTTP) or is closed (TCP).
     pub queue_timeout: Option<ConfigDuration>,
+    /// Routes from the `urlprefix-` tags of Consul services (Fabio's
+    /// convention).
+    #[serde(default)]
+    pub consul_tag_routes: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

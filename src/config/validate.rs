@@ -217,6 +217,13 @@ pub(super) fn validate(
         if l.max_connections == Some(0) {
             p.at(f, format!("{key}.max_connections"), "must be at least 1");
         }
+        if l.consul_tag_routes && l.mode == RawMode::Tcp {
+            p.at(
+                f,
+                format!("{key}.consul_tag_routes"),
+                "routes are for http listeners",
+            );
+        }
         let queue_timeout = l.queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0);
         if l.queue_timeout.is_some() && l.max_connections.is_none() {
             p.at(
@@ -240,6 +247,7 @@ pub(super) fn validate(
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
                 queue_timeout,
+                consul_tag_routes: l.consul_tag_routes,
             });
         }
     }
@@ -367,7 +375,9 @@ pub(super) fn validate(
     // Consul with its defaults (CONSUL_HTTP_ADDR), as consul-template.
     let uses_consul = backends.iter().any(|(_, _, b)| b.consul_service.is_some())
         || !raw.templates.is_empty()
-        || !raw.register.is_empty();
+        || !raw.register.is_empty()
+        || raw.listeners.iter().any(|l| l.consul_tag_routes)
+        || raw.routes.iter().any(|r| r.service_from.is_some());
     let register = check_register(file, &raw.register, &mut p);
     let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
     let kv = raw.kv.as_ref().and_then(|kv| {

@@ -58,6 +58,7 @@ fn wanted(config: &Config) -> HashSet<WatchKey> {
 pub enum KeyOwner {
     Templates,
     Gateway,
+    TagRoutes,
 }
 
 /// The watches the running config and its templates use.
