@@ -138,6 +138,8 @@ pub struct BoardState {
     pub consul: Vec<Arc<ConsulWatch>>,
     pub templates: Vec<TemplateStatus>,
     pub kv_dir: Option<KvDirStatus>,
+    /// The gateway routes' on-demand backends.
+    pub gateway: Option<Arc<Gateway>>,
     pub shutting_down: bool,
 }
 
@@ -291,6 +293,7 @@ impl Control {
             .await
             .map_err(StartError::Discovery)?;
         let (gateway, gateway_requests) = Gateway::new();
+        board.lock().gateway = Some(gateway.clone());
         let ctx = CompileContext {
             find_draining: &|_, _| None,
             dns: &|q| sources.dns.get(q),

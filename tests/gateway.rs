@@ -95,6 +95,17 @@ async fn path_and_host_gateway_routes_reach_services_by_name() {
     .await;
     let status = sy.status().await;
     assert_eq!(status["version"], 1, "no config swap: {status}");
+    let made: Vec<&str> = status["gateway_backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert!(
+        made.contains(&"users") && made.contains(&"orders"),
+        "{made:?}"
+    );
+    assert!(!made.contains(&"nope"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

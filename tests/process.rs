@@ -194,3 +194,32 @@ async fn sigterm_cuts_what_outlives_the_grace_period() {
             .any(|l| l.contains("Grace period over"))
     );
 }
+
+/// Every example config the README points to passes `switchyard check`.
+#[test]
+fn every_example_config_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut configs = Vec::new();
+    for dir in [root.clone(), root.join("consul"), root.join("gateway")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                configs.push(path);
+            }
+        }
+    }
+    assert!(configs.len() >= 6, "{configs:?}");
+    for config in configs {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -594,3 +594,111 @@ health_check = { type = "http", path = "nope", expect_status = "999" }
         );
     }
 }
+
+#[test]
+fn registrations_gateway_routes_and_tag_routes() {
+    let text = r#"
+[[register]]
+name = "users"
+port = 8081
+tags = ["v1"]
+check = { type = "ttl", ttl = "9s", path = "/health" }
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+consul_tag_routes = true
+
+[[routes]]
+path_prefix = "/api/"
+service_from = "path"
+strip_service = true
+
+[[routes]]
+service_from = "host"
+domain = "svc.local"
+idle_timeout = "1m"
+"#;
+    let (_dir, result) = load_files(&[("main.toml", text)]);
+    let c = result.unwrap();
+    let r = &c.register[0];
+    assert!(
+        r.id.starts_with("users-") && r.id.ends_with("-8081"),
+        "{}",
+        r.id
+    );
+    assert_eq!(r.interval, Duration::from_secs(30));
+    let check = r.check.as_ref().unwrap();
+    assert_eq!(
+        check.kind,
+        RegisterCheckKind::Ttl {
+            ttl: Duration::from_secs(9),
+            path: Some("/health".into())
+        }
+    );
+    assert_eq!(check.interval, Duration::from_secs(3));
+    assert_eq!(r.local_addr().to_string(), "127.0.0.1:8081");
+    assert!(c.listeners[0].consul_tag_routes);
+    assert!(
+        c.consul.is_some(),
+        "registration and gateway routes need Consul"
+    );
+    assert_eq!(c.routes[1].host, HostPattern::Suffix(".svc.local".into()));
+    let gateways: Vec<&GatewaySpec> = c
+        .backends
+        .iter()
+        .filter_map(|b| match &b.target {
+            BackendTarget::Gateway(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gateways.len(), 2);
+    assert!(gateways[0].strip_service && gateways[0].from == ServiceFrom::Path);
+    assert_eq!(gateways[1].idle_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn bad_registrations_and_gateway_routes_are_reported() {
+    let errors = errors_of(
+        r#"
+[[register]]
+name = ""
+port = 0
+address = "0.0.0.0"
+meta = { "consul-x" = "1" }
+check = { type = "http", path = "health", ttl = "5s" }
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[routes]]
+service_from = "host"
+
+[[routes]]
+path_prefix = "/x/"
+backend = "nope"
+service_from = "path"
+
+[[routes]]
+path_prefix = "/y/"
+"#,
+    );
+    let expect = [
+        "`register[0].name`: must be a service name",
+        "`register[0].port`: must be a port number",
+        "`register[0].address`: must be an address others can reach",
+        "`register[0].meta`: \"consul-x\"",
+        "`register[0].check.ttl`: only used with type = \"ttl\"",
+        "`register[0].check.path`: \"health\" is not a path",
+        "`routes[0].domain`: required with service_from = \"host\"",
+        "`routes[1]`: set `backend` or `service_from`, not both",
+        "`routes[2].backend`: required (or `service_from`)",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "{e} in {errors:#?}"
+        );
+    }
+}

@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use super::{BoardState, ReloadRecord};
 use crate::config::{BackendTarget, Balance, Mode, Protocol};
-use crate::table::Table;
 use crate::table::endpoints::{EndpointState, Origin};
+use crate::table::{Backend, Table};
 
 #[derive(Serialize)]
 pub struct Status<'a> {
@@ -23,6 +23,8 @@ pub struct Status<'a> {
     /// Templates: state, what a held one waits for, last error and command.
     pub templates: &'a [crate::template::TemplateStatus],
     pub kv_dir: Option<&'a super::templating::KvDirStatus>,
+    /// Backends gateway routes made on demand, by service.
+    pub gateway_backends: Vec<BackendStatus>,
 }
 
 #[derive(Serialize)]
@@ -130,32 +132,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
         .collect();
     let mut sorted: Vec<_> = table.backends.values().collect();
     sorted.sort_unstable_by(|a, b| a.name().cmp(b.name()));
-    let backends = sorted
-        .into_iter()
-        .map(|b| BackendStatus {
-            name: b.name().to_string(),
-            kind: match b.spec.target {
-                BackendTarget::Servers(_) => "servers",
-                BackendTarget::Respond(_) => "respond",
-                BackendTarget::Consul(_) => "consul",
-                BackendTarget::Gateway(_) => "gateway",
-            },
-            balance: match b.spec.balance {
-                Balance::RoundRobin => "round_robin",
-                Balance::LeastConn => "least_conn",
-                Balance::P2c => "p2c",
-                Balance::Hash(_) => "hash",
-            },
-            protocol: b.spec.protocol,
-            endpoints: b
-                .endpoints
-                .load()
-                .endpoints
-                .iter()
-                .map(|e| EndpointStatus::of(&e.state, Some(e.origin), Some(e.weight)))
-                .collect(),
-        })
-        .collect();
+    let backends = sorted.into_iter().map(|b| backend_status(b)).collect();
     Status {
         version: table.version,
         config_files: table
@@ -187,5 +164,37 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             .collect(),
         templates: &board.templates,
         kv_dir: board.kv_dir.as_ref(),
+        gateway_backends: board
+            .gateway
+            .iter()
+            .flat_map(|g| g.backends())
+            .map(|b| backend_status(&b))
+            .collect(),
+    }
+}
+
+fn backend_status(b: &Backend) -> BackendStatus {
+    BackendStatus {
+        name: b.name().to_string(),
+        kind: match b.spec.target {
+            BackendTarget::Servers(_) => "servers",
+            BackendTarget::Respond(_) => "respond",
+            BackendTarget::Consul(_) => "consul",
+            BackendTarget::Gateway(_) => "gateway",
+        },
+        balance: match b.spec.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::P2c => "p2c",
+            Balance::Hash(_) => "hash",
+        },
+        protocol: b.spec.protocol,
+        endpoints: b
+            .endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| EndpointStatus::of(&e.state, Some(e.origin), Some(e.weight)))
+            .collect(),
     }
 }
