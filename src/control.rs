@@ -462,13 +462,7 @@ impl Control {
         let key = gateway_service_key(&service);
         self.gateway.keys.insert(CATALOG);
         self.gateway.keys.insert(key.clone());
-        let consul = self.table.current().config.consul.clone();
-        self.sources.consul.set_keys(
-            KeyOwner::Gateway,
-            self.gateway.keys.clone(),
-            consul.as_ref(),
-        );
-        self.board.lock().consul = self.sources.consul.watches();
+        self.apply_gateway_keys();
         let watches: Vec<Arc<ConsulWatch>> = [CATALOG, key]
             .iter()
             .filter_map(|k| self.sources.consul.get(k))
@@ -519,12 +513,7 @@ impl Control {
         };
         if made.is_none() {
             self.gateway.keys.remove(&key);
-            let consul = self.table.current().config.consul.clone();
-            self.sources.consul.set_keys(
-                KeyOwner::Gateway,
-                self.gateway.keys.clone(),
-                consul.as_ref(),
-            );
+            self.apply_gateway_keys();
         }
         for request in waiting {
             let _ = request.reply.send(made.clone());
@@ -543,6 +532,17 @@ impl Control {
             Some(WatchData::Catalog(services)) => tag_routes::from_catalog(services),
             _ => Vec::new(),
         }
+    }
+
+    /// Watches what gateway routes need now, and nothing more.
+    fn apply_gateway_keys(&mut self) {
+        let consul = self.table.current().config.consul.clone();
+        self.sources.consul.set_keys(
+            KeyOwner::Gateway,
+            self.gateway.keys.clone(),
+            consul.as_ref(),
+        );
+        self.board.lock().consul = self.sources.consul.watches();
     }
 
     fn update_gateway_catalog(&self) {
@@ -566,13 +566,7 @@ impl Control {
             tracing::info!(service = %service, "Gateway backend retired");
             self.gateway.keys.remove(&gateway_service_key(service));
         }
-        let consul = self.table.current().config.consul.clone();
-        self.sources.consul.set_keys(
-            KeyOwner::Gateway,
-            self.gateway.keys.clone(),
-            consul.as_ref(),
-        );
-        self.board.lock().consul = self.sources.consul.watches();
+        self.apply_gateway_keys();
     }
 
     async fn debounce_files(&mut self) {
