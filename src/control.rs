@@ -29,7 +29,7 @@ use crate::discovery::consul::{
     ConsulPlan, ConsulWatch, ConsulWatcher, KeyOwner, WatchData, WatchKey, service_watch,
 };
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
-use crate::discovery::register::Registrations;
+use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::metrics::Metrics;
 use crate::proxy::gateway::{BackendRequest, Gateway};
@@ -140,6 +140,8 @@ pub struct BoardState {
     pub kv_dir: Option<KvDirStatus>,
     /// The gateway routes' on-demand backends.
     pub gateway: Option<Arc<Gateway>>,
+    /// Services registered in Consul (live state).
+    pub registrations: Vec<Arc<Mutex<RegistrationStatus>>>,
     pub shutting_down: bool,
 }
 
@@ -306,6 +308,7 @@ impl Control {
         health.sync(&table);
         let mut registrations = Registrations::default();
         registrations.apply(&config.register, sources.consul.client());
+        board.lock().registrations = registrations.statuses();
         let (ready_sender, ready) = mpsc::unbounded_channel();
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
@@ -714,6 +717,7 @@ impl Control {
         self.templating.commit(templates, kv);
         self.registrations
             .apply(&config.register, self.sources.consul.client());
+        self.board.lock().registrations = self.registrations.statuses();
         watch_catalog_for_tags(&mut self.sources.consul, &config);
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);

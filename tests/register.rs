@@ -89,6 +89,19 @@ async fn registered_when_healthy_again_after_the_agent_restarts_and_gone_on_sigt
     assert_eq!(services["users-1"]["Tags"], serde_json::json!(["v1"]));
     assert_eq!(services["users-1"]["Meta"]["version"], "7");
     assert_eq!(services["users-1"]["Port"], users.addr.port());
+    // And in the catalog, with its check, for everyone to find.
+    let (_, catalog) = get(consul_addr, "/v1/catalog/services", None).await;
+    let catalog: serde_json::Value = serde_json::from_str(&catalog).unwrap();
+    assert_eq!(catalog["users"], serde_json::json!(["v1"]), "{catalog}");
+    let (_, health) = get(consul_addr, "/v1/health/service/users", None).await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let checks: Vec<&str> = health[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["CheckID"].as_str())
+        .collect();
+    assert!(checks.contains(&"service:users-1"), "{health}");
 
     // The agent restarts and forgets its services: registered again within
     // one interval (300 ms) plus the reconnect.
@@ -123,6 +136,11 @@ async fn a_ttl_check_follows_the_local_service() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(agent_services(consul.addr()).await.is_empty());
+    let status = sy.status().await;
+    assert_eq!(
+        status["registrations"][0]["state"], "waiting_for_service",
+        "{status}"
+    );
 
     let users = Backend::start_bound(local, "users")
         .await
@@ -136,6 +154,14 @@ async fn a_ttl_check_follows_the_local_service() {
         consul.check_status("service:users-1").as_deref() == Some("critical")
     })
     .await;
+    let registration = sy.status().await["registrations"][0].clone();
+    assert_eq!(registration["state"], "registered", "{registration}");
+    assert_eq!(registration["ttl_check"], "critical", "{registration}");
+    assert!(
+        registration["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("local service"))
+    );
     let users = loop {
         if let Some(b) = Backend::start_bound(local, "users").await {
             break b;

@@ -25,6 +25,8 @@ pub struct Status<'a> {
     pub kv_dir: Option<&'a super::templating::KvDirStatus>,
     /// Backends gateway routes made on demand, by service.
     pub gateway_backends: Vec<BackendStatus>,
+    /// Services registered in Consul.
+    pub registrations: Vec<crate::discovery::register::RegistrationStatus>,
 }
 
 #[derive(Serialize)]
@@ -169,6 +171,11 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             .iter()
             .flat_map(|g| g.backends())
             .map(|b| backend_status(&b))
+            .collect(),
+        registrations: board
+            .registrations
+            .iter()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect(),
     }
 }

@@ -19,8 +19,8 @@
 //! registered over the API.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
@@ -45,6 +45,26 @@ struct Running {
     spec: RegisterSpec,
     client: Arc<ConsulClient>,
     task: tokio::task::JoinHandle<()>,
+    status: Arc<Mutex<RegistrationStatus>>,
+}
+
+/// `/status` view of one registration.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RegistrationStatus {
+    pub service: String,
+    pub id: String,
+    /// waiting_for_service, registered
+    pub state: &'static str,
+    /// Times registered (the first, and after the agent lost us).
+    pub registrations: u64,
+    pub last_registered: Option<String>,
+    /// A TTL check's latest result: passing or critical.
+    pub ttl_check: Option<&'static str>,
+    pub last_error: Option<String>,
+}
+
+fn note(status: &Mutex<RegistrationStatus>, change: impl FnOnce(&mut RegistrationStatus)) {
+    change(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
 impl Drop for Running {
@@ -75,16 +95,38 @@ impl Registrations {
             if self.running.get(&spec.id).is_some_and(|r| r.spec == *spec) {
                 continue;
             }
-            let task = tokio::spawn(keep_registered(spec.clone(), client.clone()));
+            let status = Arc::new(Mutex::new(RegistrationStatus {
+                service: spec.name.clone(),
+                id: spec.id.clone(),
+                state: "waiting_for_service",
+                ..Default::default()
+            }));
+            let task = tokio::spawn(keep_registered(
+                spec.clone(),
+                client.clone(),
+                status.clone(),
+            ));
             self.running.insert(
                 spec.id.clone(),
                 Running {
                     spec: spec.clone(),
                     client: client.clone(),
                     task,
+                    status,
                 },
             );
         }
+    }
+
+    /// The live state of every registration, sorted by ID, for `/status`.
+    pub fn statuses(&self) -> Vec<Arc<Mutex<RegistrationStatus>>> {
+        let mut all: Vec<(&String, Arc<Mutex<RegistrationStatus>>)> = self
+            .running
+            .iter()
+            .map(|(id, r)| (id, r.status.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Stops every registration task and deregisters the services, within
@@ -141,17 +183,24 @@ async fn local_healthy(spec: &RegisterSpec, kind: &CheckKind) -> Result<(), Stri
     }
 }
 
-async fn keep_registered(spec: RegisterSpec, client: Arc<ConsulClient>) {
+async fn keep_registered(
+    spec: RegisterSpec,
+    client: Arc<ConsulClient>,
+    status: Arc<Mutex<RegistrationStatus>>,
+) {
     let kind = local_check(&spec);
     let mut waiting_logged = false;
     while let Err(error) = local_healthy(&spec, &kind).await {
+        note(&status, |s| {
+            s.last_error = Some(format!("local service: {error}"))
+        });
         if !waiting_logged {
             tracing::info!(service_id = %spec.id, %error, "Waiting for the local service before registering it");
             waiting_logged = true;
         }
         tokio::time::sleep(RETRY).await;
     }
-    register_until_done(&spec, &client).await;
+    register_until_done(&spec, &client, &status).await;
     let ttl = match spec.check.as_ref().map(|c| (&c.kind, c.interval)) {
         Some((RegisterCheckKind::Ttl { .. }, every)) => Some(every),
         _ => None,
@@ -165,12 +214,16 @@ async fn keep_registered(spec: RegisterSpec, client: Arc<ConsulClient>) {
             _ = verify.tick() => {
                 if !is_registered(&client, &spec.id).await {
                     tracing::warn!(service_id = %spec.id, "The Consul agent lost our registration; registering again");
-                    register_until_done(&spec, &client).await;
+                    register_until_done(&spec, &client, &status).await;
                 }
             }
             _ = update.tick(), if ttl.is_some() => {
                 let result = local_healthy(&spec, &kind).await;
                 let passing = result.is_ok();
+                note(&status, |s| {
+                    s.ttl_check = Some(if passing { "passing" } else { "critical" });
+                    s.last_error = result.as_ref().err().map(|e| format!("local service: {e}"));
+                });
                 if last_passing != Some(passing) {
                     match &result {
                         Ok(()) => tracing::info!(service_id = %spec.id, "Local service healthy: TTL check passing"),
@@ -180,14 +233,18 @@ async fn keep_registered(spec: RegisterSpec, client: Arc<ConsulClient>) {
                 }
                 if !update_ttl(&client, &spec.id, result).await {
                     tracing::warn!(service_id = %spec.id, "The Consul agent lost our check; registering again");
-                    register_until_done(&spec, &client).await;
+                    register_until_done(&spec, &client, &status).await;
                 }
             }
         }
     }
 }
 
-async fn register_until_done(spec: &RegisterSpec, client: &ConsulClient) {
+async fn register_until_done(
+    spec: &RegisterSpec,
+    client: &ConsulClient,
+    status: &Mutex<RegistrationStatus>,
+) {
     let body = registration(spec).to_string().into_bytes();
     let mut backoff = RETRY;
     loop {
@@ -200,13 +257,24 @@ async fn register_until_done(spec: &RegisterSpec, client: &ConsulClient) {
         {
             Ok(reply) if reply.status.is_success() => {
                 tracing::info!(service = %spec.name, service_id = %spec.id, "Registered with Consul");
+                note(status, |s| {
+                    s.state = "registered";
+                    s.registrations += 1;
+                    s.last_registered =
+                        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                    s.last_error = None;
+                });
                 return;
             }
             Ok(reply) => {
-                tracing::warn!(service_id = %spec.id, status = %reply.status, "Consul refused the registration")
+                tracing::warn!(service_id = %spec.id, status = %reply.status, "Consul refused the registration");
+                note(status, |s| {
+                    s.last_error = Some(format!("Consul answered {}", reply.status))
+                });
             }
             Err(error) => {
-                tracing::warn!(service_id = %spec.id, %error, "Consul registration failed")
+                tracing::warn!(service_id = %spec.id, %error, "Consul registration failed");
+                note(status, |s| s.last_error = Some(error.to_string()));
             }
         }
         tokio::time::sleep(backoff).await;
