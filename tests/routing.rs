@@ -599,3 +599,22 @@ async fn upstream_connections_outlive_the_clients_that_opened_them() {
         b.connections()
     );
 }
+
+#[tokio::test]
+async fn a_quiet_client_hands_its_upstream_connection_to_others() {
+    let b = Backend::start("b").await;
+    let sy = Switchyard::start(&single_backend(b.addr, "", "")).await;
+    let addr = sy.addr("web");
+    let mut quiet = HttpClient::connect(addr).await;
+    assert_eq!(quiet.get("/", None).await.unwrap().2, "b");
+    assert_eq!(b.connections(), 1);
+    // The release happens after a second of quiet, on a timer: there is
+    // nothing to poll for until the next client arrives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A new client's first request takes the released connection from the
+    // pool instead of opening another one.
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "b".into()));
+    assert_eq!(b.connections(), 1);
+    // The quiet client still works (on a pooled or a new connection).
+    assert_eq!(quiet.get("/", None).await.unwrap().2, "b");
+}

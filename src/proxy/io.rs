@@ -25,8 +25,13 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::upstream::InlineCache;
+
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// A keep-alive client quiet this long hands the upstream connections it
+/// drives to the shared pool, so idle clients do not each hold one open.
+const INLINE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Shared between a client connection's socket wrapper and its HTTP service.
 #[derive(Debug, Default)]
@@ -101,6 +106,11 @@ pub struct ClientIo<T> {
     armed_for: Option<Instant>,
     received: IntCounter,
     sent: IntCounter,
+    /// The HTTP connection's inline upstream connections, released to the
+    /// shared pool once the client has been quiet for a while.
+    inline: Option<Arc<InlineCache>>,
+    /// `progress` when they were last released: once per quiet period.
+    released_at: u64,
 }
 
 impl<T> ClientIo<T> {
@@ -124,7 +134,15 @@ impl<T> ClientIo<T> {
             armed_for: None,
             received,
             sent,
+            inline: None,
+            released_at: 0,
         }
+    }
+
+    /// Releases `inline`'s connections when the client goes quiet.
+    pub fn with_inline(mut self, inline: Arc<InlineCache>) -> Self {
+        self.inline = Some(inline);
+        self
     }
 
     fn on_read(&mut self, data: &[u8]) {
@@ -168,16 +186,28 @@ impl<T> ClientIo<T> {
         }
         let started = self.activity.started.load(Ordering::Relaxed);
         let header_read = self.timeouts.header_read.filter(|_| !self.activity.is_h2());
-        let (deadline, what) = match (&mut self.head_started, header_read) {
+        let (mut deadline, what, quiet) = match (&mut self.head_started, header_read) {
             (Some((seen, at)), Some(limit)) if *seen == started => {
                 let at = *at.get_or_insert_with(|| *now.get_or_insert_with(Instant::now));
-                (at + limit, "request head not received in time")
+                (at + limit, "request head not received in time", false)
             }
             _ => (
                 self.last_progress + self.timeouts.client_idle,
                 "client connection idle",
+                true,
             ),
         };
+        // Quiet between requests and holding upstream connections: wake
+        // first to release them (never while a request head is arriving).
+        let release = (quiet
+            && self.inline.is_some()
+            && self.released_at != self.progress
+            && self.progress > 0)
+            .then(|| self.last_progress + INLINE_RELEASE_AFTER)
+            .filter(|at| *at < deadline);
+        if let Some(at) = release {
+            deadline = at;
+        }
         let timer = self.timer.get_or_insert_with(|| {
             self.armed_for = Some(deadline);
             Box::pin(tokio::time::sleep_until(deadline))
@@ -190,6 +220,17 @@ impl<T> ClientIo<T> {
             ready!(timer.as_mut().poll(cx));
             // Armed for an earlier deadline that has since moved: re-arm.
             if Instant::now() < deadline {
+                timer.as_mut().reset(deadline);
+                self.armed_for = Some(deadline);
+                continue;
+            }
+            if release.is_some_and(|at| at == deadline) {
+                if let Some(inline) = &self.inline {
+                    inline.release_idle();
+                }
+                self.released_at = self.progress;
+                // On to the idle deadline.
+                deadline = self.last_progress + self.timeouts.client_idle;
                 timer.as_mut().reset(deadline);
                 self.armed_for = Some(deadline);
                 continue;

@@ -391,6 +391,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(ConnActivity::default());
         let mode = listener.spec.mode;
+        let inline: Arc<super::upstream::InlineCache> = Arc::default();
         let io = ClientIo::new(
             stream,
             activity.clone(),
@@ -401,6 +402,10 @@ impl Connection {
             metrics.received_bytes.clone(),
             metrics.sent_bytes.clone(),
         );
+        let io = match mode {
+            Mode::Http => io.with_inline(inline.clone()),
+            Mode::Tcp => io,
+        };
         match mode {
             Mode::Tcp => {
                 tokio::select! {
@@ -420,7 +425,7 @@ impl Connection {
                     drain: self.drain.clone(),
                     hard_stop: self.hard_stop.clone(),
                     tasks: self.tasks,
-                    inline: Arc::default(),
+                    inline,
                     limits,
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;

@@ -376,6 +376,21 @@ impl InlineCache {
         lookup
     }
 
+    /// Hands the idle connections to their endpoints' shared pools: the
+    /// client went quiet, and other clients may use them meanwhile. Returns
+    /// whether there were any.
+    pub fn release_idle(&self) -> bool {
+        let Some(mut set) = self.set.take() else {
+            return false;
+        };
+        let any = !set.is_empty();
+        for conn in set.drain(..) {
+            conn.demote();
+        }
+        self.set.store(Some(set));
+        any
+    }
+
     /// Keeps a connection whose last exchange completed.
     pub fn put(&self, mut conn: Box<InlineConn>, now: Instant) {
         if conn.closed {
