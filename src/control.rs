@@ -10,6 +10,7 @@
 //!                  └────────── keep last good, report ◀─┘      diff, drain, report
 //! ```
 
+mod gateway;
 pub mod status;
 pub mod templating;
 mod watch;
@@ -25,14 +26,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigErrors};
-use crate::discovery::consul::{
-    ConsulPlan, ConsulWatch, ConsulWatcher, KeyOwner, WatchData, WatchKey, service_watch,
-};
+use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::metrics::Metrics;
-use crate::proxy::gateway::{BackendRequest, Gateway};
+use crate::proxy::gateway::Gateway;
 use crate::proxy::health::HealthChecks;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
@@ -40,6 +39,7 @@ use crate::table::diff::ConfigDiff;
 use crate::table::endpoints::EndpointState;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
+use gateway::{CATALOG, GatewayControl, watch_catalog_for_tags};
 use templating::{KvDirStatus, Templating};
 use watch::ConfigWatcher;
 
@@ -173,25 +173,6 @@ pub struct Control {
     tag_routes: Vec<TagRoute>,
 }
 
-/// The control task's side of gateway routes: requests for backends not
-/// made yet, and the watches they need.
-struct GatewayControl {
-    registry: Arc<Gateway>,
-    requests: mpsc::UnboundedReceiver<BackendRequest>,
-    /// Services whose watches answered (or timed out), to make backends for.
-    ready: mpsc::UnboundedReceiver<String>,
-    ready_sender: mpsc::UnboundedSender<String>,
-    /// Requests waiting for a service's first answer.
-    pending: HashMap<String, Vec<BackendRequest>>,
-    /// The catalog and every service watched for gateway routes.
-    keys: std::collections::HashSet<WatchKey>,
-}
-
-/// The catalog query gateway routes use to tell known services.
-const CATALOG: WatchKey = WatchKey::Catalog { datacenter: None };
-/// How long a new gateway service waits for Consul's first answers.
-const GATEWAY_FIRST_ANSWER: Duration = Duration::from_secs(3);
-
 /// Endpoint states that left their backend and still drain, by address.
 struct DrainingIndex(HashMap<SocketAddr, Vec<Arc<EndpointState>>>);
 
@@ -309,7 +290,6 @@ impl Control {
         let mut registrations = Registrations::default();
         registrations.apply(&config.register, sources.consul.client());
         board.lock().registrations = registrations.statuses();
-        let (ready_sender, ready) = mpsc::unbounded_channel();
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(handle.clone());
         let prepared = listeners.prepare(&config)?;
@@ -351,14 +331,7 @@ impl Control {
                 templating,
                 health,
                 registrations,
-                gateway: GatewayControl {
-                    registry: gateway,
-                    requests: gateway_requests,
-                    ready,
-                    ready_sender,
-                    pending: HashMap::new(),
-                    keys: Default::default(),
-                },
+                gateway: GatewayControl::new(gateway, gateway_requests),
                 tag_routes: Vec::new(),
             },
             handle,
@@ -439,137 +412,6 @@ impl Control {
         if reload {
             self.reload(Trigger::Template).await;
         }
-    }
-
-    /// A request needs the backend of a service no gateway backend exists
-    /// for: watch the service (and the catalog) and answer once Consul has.
-    fn gateway_request(&mut self, request: BackendRequest) {
-        if let Some(backend) = self.gateway.registry.get(&request.service) {
-            let _ = request.reply.send(Some(backend));
-            return;
-        }
-        if self.gateway.registry.knows(&request.service) == Some(false) {
-            let _ = request.reply.send(None);
-            return;
-        }
-        let service = request.service.clone();
-        let first = !self.gateway.pending.contains_key(&service);
-        self.gateway
-            .pending
-            .entry(service.clone())
-            .or_default()
-            .push(request);
-        if !first {
-            return;
-        }
-        let key = gateway_service_key(&service);
-        self.gateway.keys.insert(CATALOG);
-        self.gateway.keys.insert(key.clone());
-        self.apply_gateway_keys();
-        let watches: Vec<Arc<ConsulWatch>> = [CATALOG, key]
-            .iter()
-            .filter_map(|k| self.sources.consul.get(k))
-            .collect();
-        let ready = self.gateway.ready_sender.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(GATEWAY_FIRST_ANSWER, async {
-                for w in &watches {
-                    w.first_answer().await;
-                }
-            })
-            .await;
-            let _ = ready.send(service);
-        });
-    }
-
-    /// The watches of a requested service answered: make its backend, or
-    /// tell the waiting requests the service does not exist.
-    fn gateway_ready(&mut self, service: &str) {
-        let Some(waiting) = self.gateway.pending.remove(service) else {
-            return;
-        };
-        self.update_gateway_catalog();
-        let key = gateway_service_key(service);
-        let watch = self.sources.consul.get(&key).filter(|w| w.data().is_some());
-        let known = self.gateway.registry.knows(service) != Some(false);
-        let made = match (watch, known, waiting.first()) {
-            (Some(watch), true, Some(first)) => {
-                let spec = gateway_backend_spec(service, &first.template);
-                match table::on_demand_backend(&spec, watch, &self.metrics) {
-                    Ok(backend) => {
-                        let backend = Arc::new(backend);
-                        let idle = match &first.template.target {
-                            config::BackendTarget::Gateway(g) => g.idle_timeout,
-                            _ => config::DEFAULT_GATEWAY_IDLE,
-                        };
-                        self.gateway.registry.insert(service, backend.clone(), idle);
-                        tracing::info!(service, "Gateway backend made on demand");
-                        Some(backend)
-                    }
-                    Err(error) => {
-                        tracing::warn!(service, %error, "Cannot make a gateway backend");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        if made.is_none() {
-            self.gateway.keys.remove(&key);
-            self.apply_gateway_keys();
-        }
-        for request in waiting {
-            let _ = request.reply.send(made.clone());
-        }
-    }
-
-    /// The tag routes the catalog asks for now.
-    fn catalog_tag_routes(&self) -> Vec<TagRoute> {
-        match self
-            .sources
-            .consul
-            .get(&CATALOG)
-            .and_then(|w| w.data())
-            .as_deref()
-        {
-            Some(WatchData::Catalog(services)) => tag_routes::from_catalog(services),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Watches what gateway routes need now, and nothing more.
-    fn apply_gateway_keys(&mut self) {
-        let consul = self.table.current().config.consul.clone();
-        self.sources.consul.set_keys(
-            KeyOwner::Gateway,
-            self.gateway.keys.clone(),
-            consul.as_ref(),
-        );
-        self.board.lock().consul = self.sources.consul.watches();
-    }
-
-    fn update_gateway_catalog(&self) {
-        if let Some(data) = self.sources.consul.get(&CATALOG).and_then(|w| w.data())
-            && let WatchData::Catalog(services) = &*data
-        {
-            self.gateway
-                .registry
-                .set_catalog(services.keys().cloned().collect());
-        }
-    }
-
-    /// Retires gateway backends that went idle (or whose service left the
-    /// catalog) and stops their watches.
-    fn retire_gateway_backends(&mut self) {
-        let gone = self.gateway.registry.retire_idle();
-        if gone.is_empty() {
-            return;
-        }
-        for service in &gone {
-            tracing::info!(service = %service, "Gateway backend retired");
-            self.gateway.keys.remove(&gateway_service_key(service));
-        }
-        self.apply_gateway_keys();
     }
 
     async fn debounce_files(&mut self) {
@@ -836,40 +678,6 @@ impl Control {
 
     fn prune_draining(&self) {
         self.board.lock().draining.retain(|s| s.active() > 0);
-    }
-}
-
-/// Watches the catalog while a listener takes routes from tags.
-fn watch_catalog_for_tags(consul: &mut ConsulWatcher, config: &config::Config) {
-    let wanted = config.listeners.iter().any(|l| l.consul_tag_routes);
-    let keys = if wanted {
-        std::iter::once(CATALOG).collect()
-    } else {
-        Default::default()
-    };
-    consul.set_keys(KeyOwner::TagRoutes, keys, config.consul.as_ref());
-}
-
-/// The health watch of a gateway service: passing instances.
-fn gateway_service_key(service: &str) -> WatchKey {
-    service_watch(&config::ConsulTarget {
-        service: service.into(),
-        tag: None,
-        datacenter: None,
-    })
-}
-
-/// An on-demand backend for `service`: the gateway route's timeouts and
-/// retries, the service's passing instances.
-fn gateway_backend_spec(service: &str, template: &config::BackendSpec) -> config::BackendSpec {
-    config::BackendSpec {
-        name: service.into(),
-        target: config::BackendTarget::Consul(config::ConsulTarget {
-            service: service.into(),
-            tag: None,
-            datacenter: None,
-        }),
-        ..template.clone()
     }
 }
 
