@@ -214,6 +214,23 @@ fn check(path: &Path) -> ExitCode {
             if let Some(kv) = &c.kv {
                 println!("  kv directory {}", kv.dir.display());
             }
+            for r in &c.register {
+                let check = match r.check.as_ref().map(|c| &c.kind) {
+                    Some(config::RegisterCheckKind::Http { path }) => format!("http check {path}"),
+                    Some(config::RegisterCheckKind::Tcp) => "tcp check".into(),
+                    Some(config::RegisterCheckKind::Ttl { ttl, .. }) => {
+                        format!("ttl check {}", humantime::format_duration(*ttl))
+                    }
+                    None => "no check".into(),
+                };
+                println!(
+                    "  registers {} as {} on port {}, {check}",
+                    r.name, r.id, r.port
+                );
+            }
+            for l in c.listeners.iter().filter(|l| l.consul_tag_routes) {
+                println!("  listener {} takes routes from urlprefix- tags", l.name);
+            }
             if template_errors > 0 {
                 return ExitCode::FAILURE;
             }
