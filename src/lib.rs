@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod atomic_file;
 pub mod config;
 pub mod control;
 pub mod discovery;

@@ -43,7 +43,7 @@ impl ConfigWatcher {
 
     /// Makes `files` the watched set.
     pub fn watch(&mut self, files: &[PathBuf]) {
-        let files: HashSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+        let files: HashSet<PathBuf> = files.iter().map(|f| crate::config::absolute(f)).collect();
         let dirs: HashSet<PathBuf> = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
@@ -59,8 +59,4 @@ impl ConfigWatcher {
         self.dirs = dirs;
         *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
     }
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -318,24 +318,7 @@ async fn load_state(path: &Path) -> HashMap<String, WatchData> {
     }
 }
 
-/// Atomic: a temporary file in the same directory, synced, then renamed.
 fn write_state(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    use std::io::Write;
     let json = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, path)?;
-    tmp.1.write_all(&json)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
-}
-
-/// A new file beside `path`, named after it and the process, so two
-/// Switchyards sharing a directory do not clash.
-fn tempfile_in(dir: &Path, path: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "state".into(), |n| n.to_string_lossy().to_string());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&tmp)?;
-    Ok((tmp, file))
+    crate::atomic_file::write(path, &json, None)
 }

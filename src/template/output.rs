@@ -1,8 +1,6 @@
 //! Where a render goes: the destination file, written atomically and only
 //! when its content changes, and the command run after it changed.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,12 +10,9 @@ use tokio::io::AsyncReadExt;
 /// How much of a failed command's output is kept for the log and `/status`.
 const OUTPUT_TAIL_BYTES: usize = 2048;
 
-/// Writes `text` to `destination` unless the file already holds exactly
-/// that. Atomic: a temporary file in the same directory (so the rename never
-/// crosses file systems), written, synced, given `perms`, renamed over the
-/// destination, then the directory synced so the rename survives a crash.
-/// With `backup`, the previous content is first copied to `<destination>.bak`.
-/// Returns whether the file changed.
+/// Writes `text` to `destination` (atomically, with mode `perms`) unless the
+/// file already holds exactly that. With `backup`, the previous content is
+/// first copied to `<destination>.bak`. Returns whether the file changed.
 pub fn write_if_changed(
     destination: &Path,
     text: &str,
@@ -32,39 +27,13 @@ pub fn write_if_changed(
     if previous.as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }
-    let dir = destination.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     if let (true, Some(previous)) = (backup, &previous) {
         let mut bak = destination.as_os_str().to_owned();
         bak.push(".bak");
         std::fs::write(PathBuf::from(bak), previous)?;
     }
-    let tmp = temp_path(dir, destination);
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.set_permissions(std::fs::Permissions::from_mode(perms))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, destination)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // Best effort: some file systems refuse to sync a directory.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::atomic_file::write(destination, text.as_bytes(), Some(perms))?;
     Ok(true)
-}
-
-/// `.<name>.<pid>.tmp` beside the destination: hidden, and distinct for two
-/// processes rendering into one directory.
-fn temp_path(dir: &Path, destination: &Path) -> PathBuf {
-    let name = destination
-        .file_name()
-        .map_or_else(|| "render".into(), |n| n.to_string_lossy().to_string());
-    dir.join(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// How a template's command ended.
