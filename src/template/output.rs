@@ -125,6 +125,7 @@ pub async fn run_command(command: &str, timeout: Duration) -> CommandOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn writes_only_changes_with_mode_and_backup() {
