@@ -249,6 +249,16 @@ impl Default for ResolverSpec {
     }
 }
 
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            idle: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// Client-side timeouts, process-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -528,6 +538,28 @@ pub struct RespondSpec {
 }
 
 impl BackendSpec {
+    /// A backend with every optional setting at its default: round robin,
+    /// HTTP/1.1, no checks or ejection, default retries. For the backends
+    /// Switchyard makes itself (gateway routes, tag routes).
+    pub fn with_defaults(
+        name: Arc<str>,
+        target: BackendTarget,
+        timeouts: UpstreamTimeouts,
+    ) -> Self {
+        Self {
+            name,
+            balance: Balance::RoundRobin,
+            target,
+            protocol: Protocol::Http1,
+            timeouts,
+            health_check: None,
+            fail_open: false,
+            outlier: None,
+            retry: RetrySpec::default(),
+            max_connections_per_server: None,
+        }
+    }
+
     pub fn servers(&self) -> &[ServerSpec] {
         match &self.target {
             BackendTarget::Servers(s) => s,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard::config::{
     BackendSpec, BackendTarget, Balance, Config, HashOn, HostPattern, ListenerSpec, Location, Mode,
-    Protocol, RouteSpec, ServerSpec, ServerTarget, Timeouts, UpstreamTimeouts,
+    RouteSpec, ServerSpec, ServerTarget, Timeouts, UpstreamTimeouts,
 };
 use switchyard::metrics::Metrics;
 use switchyard::proxy::balance::{self, ClientAddrKey};
@@ -31,20 +31,12 @@ fn server(i: usize, j: usize) -> ServerSpec {
 
 fn backend(name: String, balance: Balance, servers: Vec<ServerSpec>) -> BackendSpec {
     BackendSpec {
-        name: name.into(),
         balance,
-        target: BackendTarget::Servers(servers),
-        protocol: Protocol::Http1,
-        timeouts: UpstreamTimeouts {
-            connect: Duration::from_secs(5),
-            idle: Duration::from_secs(30),
-            request: Duration::from_secs(60),
-        },
-        health_check: None,
-        fail_open: false,
-        outlier: None,
-        retry: Default::default(),
-        max_connections_per_server: None,
+        ..BackendSpec::with_defaults(
+            name.into(),
+            BackendTarget::Servers(servers),
+            UpstreamTimeouts::default(),
+        )
     }
 }
 

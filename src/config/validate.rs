@@ -347,18 +347,11 @@ pub(super) fn validate(
             Some(spec) => {
                 // The route's own backend: it finds the service per request.
                 let name: Arc<str> = format!("gateway:{listener}:{host}{path_prefix}").into();
-                backend_specs.push(BackendSpec {
-                    name: name.clone(),
-                    balance: Balance::RoundRobin,
-                    target: BackendTarget::Gateway(spec),
-                    protocol: Protocol::Http1,
-                    timeouts: upstream_defaults,
-                    health_check: None,
-                    fail_open: false,
-                    outlier: None,
-                    retry: RetrySpec::default(),
-                    max_connections_per_server: None,
-                });
+                backend_specs.push(BackendSpec::with_defaults(
+                    name.clone(),
+                    BackendTarget::Gateway(spec),
+                    upstream_defaults,
+                ));
                 name
             }
             None => r.backend.as_deref().unwrap_or_default().into(),

@@ -210,13 +210,10 @@ fn gateway_service_key(service: &str) -> WatchKey {
 /// An on-demand backend for `service`: the gateway route's timeouts and
 /// retries, the service's passing instances.
 fn gateway_backend_spec(service: &str, template: &config::BackendSpec) -> config::BackendSpec {
-    config::BackendSpec {
-        name: service.into(),
-        target: config::BackendTarget::Consul(config::ConsulTarget {
-            service: service.into(),
-            tag: None,
-            datacenter: None,
-        }),
-        ..template.clone()
-    }
+    let target = config::BackendTarget::Consul(config::ConsulTarget {
+        service: service.into(),
+        tag: None,
+        datacenter: None,
+    });
+    config::BackendSpec::with_defaults(service.into(), target, template.timeouts)
 }

@@ -11,11 +11,11 @@
 //! tag route for the same listener, host and prefix.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use crate::config::{
-    BackendSpec, BackendTarget, Balance, Config, ConsulTarget, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostPattern, Mode, Protocol, RetrySpec,
-    RouteSpec, UpstreamTimeouts,
+    BackendSpec, BackendTarget, Config, ConsulTarget, HostPattern, Mode, RouteSpec,
+    UpstreamTimeouts,
 };
 
 pub const TAG_PREFIX: &str = "urlprefix-";
@@ -96,7 +96,7 @@ pub fn merge(mut config: Config, tags: &[TagRoute]) -> Config {
         .collect();
     let mut backends = HashSet::new();
     for t in tags {
-        let backend: std::sync::Arc<str> = format!("{}:{}", t.service, t.tag).into();
+        let backend: Arc<str> = format!("{}:{}", t.service, t.tag).into();
         for listener in &listeners {
             let key = (listener.to_string(), t.host.clone(), t.path_prefix.clone());
             if !taken.insert(key) {
@@ -117,27 +117,13 @@ pub fn merge(mut config: Config, tags: &[TagRoute]) -> Config {
 }
 
 /// The instances of the tag's service that carry the tag.
-fn tag_backend(name: &std::sync::Arc<str>, t: &TagRoute) -> BackendSpec {
-    BackendSpec {
-        name: name.clone(),
-        balance: Balance::RoundRobin,
-        target: BackendTarget::Consul(ConsulTarget {
-            service: t.service.as_str().into(),
-            tag: Some(t.tag.as_str().into()),
-            datacenter: None,
-        }),
-        protocol: Protocol::Http1,
-        timeouts: UpstreamTimeouts {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            idle: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-            request: DEFAULT_REQUEST_TIMEOUT,
-        },
-        health_check: None,
-        fail_open: false,
-        outlier: None,
-        retry: RetrySpec::default(),
-        max_connections_per_server: None,
-    }
+fn tag_backend(name: &Arc<str>, t: &TagRoute) -> BackendSpec {
+    let target = BackendTarget::Consul(ConsulTarget {
+        service: t.service.as_str().into(),
+        tag: Some(t.tag.as_str().into()),
+        datacenter: None,
+    });
+    BackendSpec::with_defaults(name.clone(), target, UpstreamTimeouts::default())
 }
 
 #[cfg(test)]
