@@ -39,7 +39,7 @@ use crate::table::diff::ConfigDiff;
 use crate::table::endpoints::EndpointState;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
-use gateway::{CATALOG, GatewayControl, watch_catalog_for_tags};
+use gateway::{CATALOG, GatewayControl, watch_catalog};
 use templating::{KvDirStatus, Templating};
 use watch::ConfigWatcher;
 
@@ -269,7 +269,7 @@ impl Control {
                 config = config::load_with(&path, &|p| templating.output_for(p))?;
             }
         }
-        watch_catalog_for_tags(&mut sources.consul, &config);
+        watch_catalog(&mut sources.consul, &config);
         let config = Arc::new(config);
         let plan = sources
             .prepare(&config)
@@ -560,7 +560,7 @@ impl Control {
         self.registrations
             .apply(&config.register, self.sources.consul.client());
         self.board.lock().registrations = self.registrations.statuses();
-        watch_catalog_for_tags(&mut self.sources.consul, &config);
+        watch_catalog(&mut self.sources.consul, &config);
         self.metrics.config_version.set(version as i64);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();

@@ -28,8 +28,6 @@ pub(super) struct GatewayControl {
     ready_sender: mpsc::UnboundedSender<String>,
     /// Requests waiting for a service's first answer.
     pending: HashMap<String, Vec<BackendRequest>>,
-    /// The catalog and every service watched for gateway routes.
-    keys: std::collections::HashSet<WatchKey>,
 }
 
 /// The catalog query gateway routes use to tell known services.
@@ -49,7 +47,6 @@ impl GatewayControl {
             ready,
             ready_sender,
             pending: HashMap::new(),
-            keys: Default::default(),
         }
     }
 }
@@ -77,8 +74,6 @@ impl Control {
             return;
         }
         let key = gateway_service_key(&service);
-        self.gateway.keys.insert(CATALOG);
-        self.gateway.keys.insert(key.clone());
         self.apply_gateway_keys();
         let watches: Vec<Arc<ConsulWatch>> = [CATALOG, key]
             .iter()
@@ -129,7 +124,6 @@ impl Control {
             _ => None,
         };
         if made.is_none() {
-            self.gateway.keys.remove(&key);
             self.apply_gateway_keys();
         }
         for request in waiting {
@@ -154,11 +148,19 @@ impl Control {
     /// Watches what gateway routes need now, and nothing more.
     fn apply_gateway_keys(&mut self) {
         let consul = self.table.current().config.consul.clone();
-        self.sources.consul.set_keys(
-            KeyOwner::Gateway,
-            self.gateway.keys.clone(),
-            consul.as_ref(),
-        );
+        // The services of the made backends and of the pending requests.
+        let keys = self
+            .gateway
+            .registry
+            .names()
+            .iter()
+            .map(|s| s.as_ref())
+            .chain(self.gateway.pending.keys().map(String::as_str))
+            .map(gateway_service_key)
+            .collect();
+        self.sources
+            .consul
+            .set_keys(KeyOwner::Gateway, keys, consul.as_ref());
         self.board.lock().consul = self.sources.consul.watches();
     }
 
@@ -181,21 +183,25 @@ impl Control {
         }
         for service in &gone {
             tracing::info!(service = %service, "Gateway backend retired");
-            self.gateway.keys.remove(&gateway_service_key(service));
         }
         self.apply_gateway_keys();
     }
 }
 
-/// Watches the catalog while a listener takes routes from tags.
-pub(super) fn watch_catalog_for_tags(consul: &mut ConsulWatcher, config: &config::Config) {
-    let wanted = config.listeners.iter().any(|l| l.consul_tag_routes);
+/// Watches the catalog while the config has tag routes or gateway routes
+/// (which tell unknown services by it), from the config's start.
+pub(super) fn watch_catalog(consul: &mut ConsulWatcher, config: &config::Config) {
+    let wanted = config.listeners.iter().any(|l| l.consul_tag_routes)
+        || config
+            .backends
+            .iter()
+            .any(|b| matches!(b.target, config::BackendTarget::Gateway(_)));
     let keys = if wanted {
         std::iter::once(CATALOG).collect()
     } else {
         Default::default()
     };
-    consul.set_keys(KeyOwner::TagRoutes, keys, config.consul.as_ref());
+    consul.set_keys(KeyOwner::Catalog, keys, config.consul.as_ref());
 }
 
 /// The health watch of a gateway service: passing instances.

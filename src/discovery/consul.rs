@@ -57,8 +57,10 @@ fn wanted(config: &Config) -> HashSet<WatchKey> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyOwner {
     Templates,
+    /// On-demand backends of gateway routes.
     Gateway,
-    TagRoutes,
+    /// The catalog, for tag routes and gateway routes.
+    Catalog,
 }
 
 /// The watches the running config and its templates use.

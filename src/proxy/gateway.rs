@@ -136,6 +136,11 @@ impl Gateway {
         self.catalog.load().as_ref().map(|c| c.contains(service))
     }
 
+    /// The services that have a backend.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.backends.load().keys().cloned().collect()
+    }
+
     /// Every on-demand backend, for endpoint updates and `/status`.
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         self.backends
