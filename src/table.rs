@@ -124,36 +124,29 @@ impl Backend {
         if ejected * 100 >= outlier.max_ejected_percent as usize * set.endpoints.len() {
             return;
         }
+        if !state.try_eject() {
+            return; // another request got here first
+        }
         let now = Instant::now();
         let period = {
             let mut r = state.record();
-            if r.ejected_until.is_some() {
-                return; // another request got here first
-            }
             if r.last_ejection_end
                 .is_some_and(|end| now.duration_since(end) > outlier.max_ejection)
             {
                 r.ejections = 0;
             }
             r.ejections += 1;
-            let period = outlier
+            outlier
                 .base_ejection
                 .saturating_mul(r.ejections)
-                .min(outlier.max_ejection);
-            r.ejected_until = Some(now + period);
-            period
+                .min(outlier.max_ejection)
         };
-        state.set_ejected(true);
         self.counters.ejections.inc();
         tracing::warn!(backend = %self.name(), endpoint = %state.addr, ?period, "Endpoint ejected after failing requests in a row");
         let state = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
-            {
-                let mut r = state.record();
-                r.ejected_until = None;
-                r.last_ejection_end = Some(Instant::now());
-            }
+            state.record().last_ejection_end = Some(Instant::now());
             state.reset_failures();
             state.set_ejected(false);
             tracing::info!(backend = %state.backend, endpoint = %state.addr, "Ejection over; endpoint back in rotation");

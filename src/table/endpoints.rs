@@ -90,6 +90,14 @@ impl EndpointState {
         self.ejected.store(ejected, Ordering::Relaxed);
     }
 
+    /// Marks the endpoint ejected; `false` when it already was (another
+    /// request's failure got there first).
+    pub fn try_eject(&self) -> bool {
+        self.ejected
+            .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// May receive new traffic from a snapshot that lists it.
     pub fn is_usable(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
@@ -132,7 +140,6 @@ pub struct EndpointRecord {
     pub checks: Option<CheckRecord>,
     /// Times ejected in the current series (ejection periods grow with it).
     pub ejections: u32,
-    pub ejected_until: Option<Instant>,
     /// When the last ejection period ended, to start a new series after a
     /// long good spell.
     pub last_ejection_end: Option<Instant>,
