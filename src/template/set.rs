@@ -148,10 +148,6 @@ impl TemplateSet {
                         .as_ref()
                         .map(|p| p.status.clone())
                         .unwrap_or_default();
-                    status.template = spec.name.to_string();
-                    status.destination = spec.destination.display().to_string();
-                    status.included = spec.included;
-                    status.command = spec.command.clone();
                     if previous.is_none() {
                         status.state = "pending";
                     }
@@ -344,10 +340,14 @@ impl TemplateSet {
     pub fn statuses(&self) -> Vec<TemplateStatus> {
         self.templates
             .iter()
-            .map(|t| {
-                let mut s = t.status.clone();
-                s.last_command = lock(&t.command).clone();
-                s
+            .map(|t| TemplateStatus {
+                // What the spec says is filled in here, not kept twice.
+                template: t.spec.name.to_string(),
+                destination: t.spec.destination.display().to_string(),
+                included: t.spec.included,
+                command: t.spec.command.clone(),
+                last_command: lock(&t.command).clone(),
+                ..t.status.clone()
             })
             .collect()
     }
