@@ -264,11 +264,7 @@ async fn forward(
     {
         return error_response(ctx, ProxyError::BodyTooLarge, completion);
     }
-    let hash_key = RequestHashKey {
-        headers: req.headers(),
-        peer: ctx.peer,
-    }
-    .hash_now(&spec.balance);
+    let hash_key = request_hash(req.headers(), ctx.peer, &spec.balance);
     let first = {
         let set = backend.endpoints.load();
         match balance::pick(backend, &set, &hash_key, &[]) {
@@ -312,16 +308,16 @@ async fn forward(
     let mut active = first;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let (mut resp, via) = loop {
-        let endpoint = active.endpoint().clone();
         let sent = send(req, &active, ctx, spec, upgrade.is_some(), started).await;
         let failed = match sent {
             Ok(sent) => {
-                backend.report(&endpoint, !sent.0.status().is_server_error());
+                backend.report(active.endpoint(), !sent.0.status().is_server_error());
                 break sent;
             }
             Err(failed) => failed,
         };
-        backend.report(&endpoint, false);
+        let from = active.endpoint().addr;
+        backend.report(active.endpoint(), false);
         let again = match (&failed.error, failed.unsent) {
             (ProxyError::Connect(_), Some(unsent)) => {
                 backend.connect_failed();
@@ -340,7 +336,7 @@ async fn forward(
         }) else {
             return error_response(ctx, failed.error, completion);
         };
-        tried.push(endpoint.addr);
+        tried.push(from);
         let next = {
             let set = backend.endpoints.load();
             balance::pick(backend, &set, &hash_key, &tried).map(|e| e.state.acquire())
@@ -348,7 +344,7 @@ async fn forward(
         let Some(next) = next else {
             return error_response(ctx, failed.error, completion);
         };
-        tracing::debug!(error = %ErrorChain(&failed.error), from = %endpoint.addr, to = %next.endpoint().addr, "Retrying on another endpoint");
+        tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
         backend.counters.retries.inc();
         active = next;
         req = again;
@@ -713,26 +709,21 @@ fn spawn_tunnel(
     });
 }
 
-struct RequestHashKey<'a> {
-    headers: &'a HeaderMap,
+/// The hash for `balance = "hash"` (0 for other algorithms), taken once
+/// so that retries do not need the request's headers.
+fn request_hash(
+    headers: &HeaderMap,
     peer: SocketAddr,
-}
-
-impl RequestHashKey<'_> {
-    /// The hash for `balance = "hash"` (0 for other algorithms), taken
-    /// once so retries do not need the request's headers.
-    fn hash_now(&self, balance: &crate::config::Balance) -> HashedKey {
-        HashedKey(match balance {
-            crate::config::Balance::Hash(on) => match on {
-                HashOn::Header(name) => match self.headers.get(name) {
-                    Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
-                    None => balance::hash_ip(self.peer.ip()),
-                },
-                HashOn::ClientAddr => balance::hash_ip(self.peer.ip()),
-            },
-            _ => 0,
-        })
-    }
+    algorithm: &crate::config::Balance,
+) -> HashedKey {
+    HashedKey(match algorithm {
+        crate::config::Balance::Hash(HashOn::Header(name)) => match headers.get(name) {
+            Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
+            None => balance::hash_ip(peer.ip()),
+        },
+        crate::config::Balance::Hash(HashOn::ClientAddr) => balance::hash_ip(peer.ip()),
+        _ => 0,
+    })
 }
 
 /// A request's balancing hash, computed up front.

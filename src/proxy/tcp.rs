@@ -40,15 +40,15 @@ where
                 }
             }
         };
-        let endpoint = active.endpoint().clone();
+        let endpoint = active.endpoint();
         match connect_tcp(endpoint.addr, backend.spec.timeouts.connect).await {
             Ok(stream) => {
-                backend.report(&endpoint, true);
+                backend.report(endpoint, true);
                 break (active, stream);
             }
             Err(error) => {
                 backend.connect_failed();
-                backend.report(&endpoint, false);
+                backend.report(endpoint, false);
                 tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
                 if tried.len() >= retry.retries as usize || !backend.retry_budget.try_retry(retry) {
                     return;
