@@ -213,7 +213,7 @@ async fn no_leader_backs_off_keeps_serving_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_consul_restarts() {
     let port = restartable_port();
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     consul.register(instance("a", &a));
     let sy = Switchyard::start(&config(consul.addr(), "")).await;
@@ -229,7 +229,7 @@ async fn watches_resume_after_consul_restarts() {
 
     // A new server on the same address, with different data (and indexes
     // that start over).
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     consul.register(instance("b", &b));
     eventually("traffic follows the restarted consul", WAIT, || async {
         get(addr, "/", None).await == (StatusCode::OK, "b".into())
@@ -314,7 +314,7 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     let state = dir.path().join("consul-state.json");
     let extra = format!("state_file = {:?}", state.display().to_string());
     let port = restartable_port();
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     consul.register(instance("a", &a));
     {
@@ -340,7 +340,7 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     assert_eq!(watch["ok"], false);
 
     // Consul comes back with newer data: Switchyard catches up.
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     consul.register(instance("b", &b));
     eventually("caught up", WAIT, || async {
         get(addr, "/", None).await == (StatusCode::OK, "b".into())
@@ -349,14 +349,6 @@ async fn a_state_file_lets_switchyard_start_while_consul_is_down() {
     let watch = watch_status(&second.status().await);
     assert_eq!(watch["stale_from_state_file"], false);
     assert_eq!(watch["ok"], true);
-}
-
-async fn on_port(port: u16) -> ConsulServer {
-    ConsulServer::start_with(ConsulOptions {
-        port: Some(port),
-        ..Default::default()
-    })
-    .await
 }
 
 fn consul_addr(port: u16) -> SocketAddr {
@@ -612,7 +604,7 @@ async fn without_a_state_file_consul_down_means_503_until_it_answers() {
     );
     assert_eq!(sy.metric("switchyard_consul_up").await, Some(0.0));
 
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     consul.register(instance("a", &a));
     eventually("serves once Consul answers", WAIT, || async {
         get(addr, "/", None).await == (StatusCode::OK, "a".into())

@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::consul::{ConsulOptions, ConsulServer, restartable_port};
+use support::consul::{ConsulServer, restartable_port};
 use support::{Backend, Switchyard, SwitchyardProcess, eventually, get};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -53,19 +53,11 @@ respond = {{ status = 200, body = "b" }}
     )
 }
 
-async fn on_port(port: u16) -> ConsulServer {
-    ConsulServer::start_with(ConsulOptions {
-        port: Some(port),
-        ..Default::default()
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_when_healthy_again_after_the_agent_restarts_and_gone_on_sigterm() {
     let port = restartable_port();
     let consul_addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     let users = Backend::start("users").await;
     let mut sy = SwitchyardProcess::start(&config(
         consul_addr,
@@ -106,7 +98,7 @@ async fn registered_when_healthy_again_after_the_agent_restarts_and_gone_on_sigt
     // The agent restarts and forgets its services: registered again within
     // one interval (300 ms) plus the reconnect.
     consul.shutdown().await;
-    let consul = on_port(port).await;
+    let consul = ConsulServer::on_port(port).await;
     assert!(agent_services(consul_addr).await.is_empty());
     eventually("users-1 registered again", WAIT, || async {
         agent_services(consul_addr)
@@ -162,12 +154,7 @@ async fn a_ttl_check_follows_the_local_service() {
             .as_str()
             .is_some_and(|e| e.starts_with("local service"))
     );
-    let users = loop {
-        if let Some(b) = Backend::start_bound(local, "users").await {
-            break b;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let users = Backend::restart_at(local, "users").await;
     eventually("passing again", WAIT, || async {
         consul.check_status("service:users-1").as_deref() == Some("passing")
     })

@@ -154,12 +154,7 @@ async fn a_killed_backend_costs_only_the_requests_in_flight_and_returns_after_ri
     );
 
     // Back on the same port: in rotation again after `rise` good checks.
-    let a = loop {
-        if let Some(a) = Backend::start_bound(a_addr, "a").await {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let a = Backend::restart_at(a_addr, "a").await;
     eventually("a healthy again", WAIT, || async {
         endpoint(&sy.status().await, a_addr)["healthy"] == true
     })

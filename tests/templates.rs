@@ -475,20 +475,15 @@ fn render_command(config: &Path, extra: &[&str]) -> std::process::Output {
 fn render_once_dry_prints_and_writes_nothing() {
     let dir = workdir();
     put(dir.path(), "kv/app/value", "42");
-    put(
-        dir.path(),
-        "value.tera",
-        "value={{ key(path=\"app/value\") }}\n",
-    );
     let marker = dir.path().join("command-ran");
+    let template = value_template(
+        dir.path(),
+        &format!("command = \"touch '{}'\"", marker.display()),
+    );
     put(
         dir.path(),
         "switchyard.toml",
-        &format!(
-            "[kv]\ndir = \"kv\"\n[[templates]]\nsource = \"value.tera\"\ndestination = \"out/value.txt\"\n\
-             command = \"touch '{}'\"\n",
-            marker.display()
-        ),
+        &format!("[kv]\ndir = \"kv\"\n{template}"),
     );
     let config = dir.path().join("switchyard.toml");
     let dest: PathBuf = dir.path().join("out/value.txt");

@@ -100,6 +100,16 @@ impl ConsulServer {
         }
     }
 
+    /// A server on `port` (a [`restartable_port`]), to stop and start
+    /// again on the same address.
+    pub async fn on_port(port: u16) -> Self {
+        Self::start_with(ConsulOptions {
+            port: Some(port),
+            ..Default::default()
+        })
+        .await
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -140,6 +140,22 @@ impl Backend {
         Some(Self::serve(listener, name, Behaviour::Name))
     }
 
+    /// A backend on `addr` again after the one there was dropped, waiting
+    /// (ten seconds at most) for the port to be free.
+    pub async fn restart_at(addr: SocketAddr, name: &'static str) -> Self {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(b) = Self::start_bound(addr, name).await {
+                return b;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} stayed taken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Two backends on the same port of two addresses (127.0.0.2 and
     /// 127.0.0.3, say), as two instances behind one DNS name would be.
     pub async fn pair_on_one_port(
