@@ -99,6 +99,7 @@ async fn registered_when_healthy_again_after_the_agent_restarts_and_gone_on_sigt
     // one interval (300 ms) plus the reconnect.
     consul.shutdown().await;
     let consul = ConsulServer::on_port(port).await;
+    let restarted = std::time::Instant::now();
     assert!(agent_services(consul_addr).await.is_empty());
     eventually("users-1 registered again", WAIT, || async {
         agent_services(consul_addr)
@@ -106,6 +107,10 @@ async fn registered_when_healthy_again_after_the_agent_restarts_and_gone_on_sigt
             .contains(&"users-1".to_string())
     })
     .await;
+    eprintln!(
+        "registered again {:?} after the restart",
+        restarted.elapsed()
+    );
 
     // SIGTERM: deregistered before the process is gone.
     sy.signal(libc::SIGTERM);

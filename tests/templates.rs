@@ -304,6 +304,10 @@ async fn a_burst_renders_once_and_the_command_runs_once_per_changed_output() {
     })
     .await;
     let after_burst = renders(&sy.status().await);
+    eprintln!(
+        "renders for a burst of 100 changes: {}",
+        after_burst - before
+    );
     assert!(
         after_burst - before <= 2,
         "{} renders for one burst",
