@@ -25,7 +25,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SWITCHYARD = ROOT / "target" / "release" / "switchyard"
+# SWITCHYARD_BIN runs another build (a profiling or experimental one).
+SWITCHYARD = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "release" / "switchyard"))
 
 BACKEND_PORT = 18080
 BACKEND2_PORT = 18081

@@ -7,6 +7,7 @@ pub mod body;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod inline;
 pub mod io;
 pub mod listener;
 pub mod tcp;

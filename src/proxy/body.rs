@@ -6,8 +6,8 @@
 //! request's in-flight marks, and hands a cleanly finished upstream HTTP/1.1
 //! connection back to its pool or to the client connection's inline cache.
 //!
-//! An upstream body read from an inline connection also drives that
-//! connection: each poll for a frame first moves the connection's I/O.
+//! An upstream body read from an inline connection is read from that
+//! connection's socket by the poll itself (see `inline.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +18,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::inline::{InlineBody, InlineCache, InlineError};
 use super::io::InflightGuard;
-use super::upstream::{H1Sender, InlineCache, InlineConn};
+use super::upstream::H1Sender;
 use crate::metrics::RequestMetrics;
 use crate::table::endpoints::ActiveGuard;
 
@@ -54,21 +55,27 @@ impl Completion {
     }
 
     /// Ties the end of this response to returning an inline connection to
-    /// the client connection's cache.
-    pub fn with_inline(mut self, active: ActiveGuard, home: Arc<InlineCache>) -> Self {
+    /// the client connection's cache (`home`), or to the endpoint's pool.
+    pub fn with_inline(mut self, active: ActiveGuard, home: Option<Arc<InlineCache>>) -> Self {
         self.upstream = Some(active);
-        self.inline_home = Some(home);
+        self.inline_home = home;
         self
     }
 
-    fn finish(mut self, body_complete: bool, driver: Option<Box<InlineConn>>) {
+    fn finish(mut self, body_complete: bool, inline: Option<&mut InlineBody>) {
         let now = Instant::now();
         if body_complete {
             if let (Some(sender), Some(active)) = (self.reusable.take(), self.upstream.as_ref()) {
                 active.endpoint().pool.checkin_h1(sender);
             }
-            if let (Some(conn), Some(home)) = (driver, self.inline_home.take()) {
-                home.put(conn, now);
+            if let (Some(conn), Some(active)) = (
+                inline.and_then(InlineBody::take_reusable),
+                self.upstream.as_ref(),
+            ) {
+                match self.inline_home.take() {
+                    Some(home) => home.put(active.endpoint(), conn, now),
+                    None => active.endpoint().pool.park_inline(conn, now),
+                }
             }
         }
         self.metrics
@@ -79,30 +86,36 @@ impl Completion {
 
 enum Kind {
     Upstream(Incoming),
+    Inline(InlineBody),
     Local(Option<Bytes>),
 }
 
 pub struct ProxyBody {
     kind: Kind,
-    /// The inline upstream connection the body comes from, if any.
-    driver: Option<Box<InlineConn>>,
     completion: Option<Completion>,
+}
+
+/// Why a response body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error(transparent)]
+    Inline(#[from] InlineError),
 }
 
 impl ProxyBody {
     pub fn upstream(body: Incoming, completion: Completion) -> Self {
         Self {
             kind: Kind::Upstream(body),
-            driver: None,
             completion: Some(completion),
         }
     }
 
-    /// An upstream body that arrives over `driver`, which it keeps driving.
-    pub fn inline(body: Incoming, driver: Box<InlineConn>, completion: Completion) -> Self {
+    /// An upstream body read from an inline connection.
+    pub fn inline(body: InlineBody, completion: Completion) -> Self {
         Self {
-            kind: Kind::Upstream(body),
-            driver: Some(driver),
+            kind: Kind::Inline(body),
             completion: Some(completion),
         }
     }
@@ -110,32 +123,37 @@ impl ProxyBody {
     pub fn local(data: Bytes, completion: Completion) -> Self {
         Self {
             kind: Kind::Local((!data.is_empty()).then_some(data)),
-            driver: None,
             completion: Some(completion),
         }
     }
 
     fn complete(&mut self, body_complete: bool) {
         if let Some(c) = self.completion.take() {
-            c.finish(body_complete, self.driver.take());
+            let inline = match &mut self.kind {
+                Kind::Inline(body) => Some(body),
+                _ => None,
+            };
+            c.finish(body_complete, inline);
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if let Some(driver) = &mut this.driver {
-            driver.drive(cx);
-        }
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
+            Kind::Inline(body) => body
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -149,6 +167,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Inline(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
         }
     }
@@ -156,6 +175,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Inline(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

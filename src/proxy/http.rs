@@ -24,11 +24,10 @@ use tokio_util::task::TaskTracker;
 use super::balance::{self, HashInput};
 use super::body::{Completion, ProxyBody, RequestBody};
 use super::gateway;
+use super::inline::{ExchangeError, InlineBody, InlineCache, InlineConn};
 use super::io::ConnActivity;
 use super::listener::Drain;
-use super::upstream::{
-    ExchangeError, H1Sender, InlineCache, InlineConn, InlineLookup, UpstreamError,
-};
+use super::upstream::{H1Sender, UpstreamError};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::table::endpoints::ActiveGuard;
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
@@ -86,7 +85,7 @@ enum ProxyError {
     #[error(transparent)]
     Connect(#[from] UpstreamError),
     #[error("upstream request failed")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upstream gave no response head in time")]
     Timeout,
     #[error("request body over the configured limit")]
@@ -132,9 +131,12 @@ pub async fn handle(
     let response = match &target.backend.spec.target {
         BackendTarget::Respond(spec) => respond(&ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
-        // state (kilobytes) would be copied with it; one allocation is cheaper.
+        // state would be copied with it; one allocation is cheaper.
         BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
-            Box::pin(forward(req, target, &ctx, started, completion)).await
+            match prepare(req, target, &ctx, started, completion) {
+                Ok(outbound) => Box::pin(forward(outbound)).await,
+                Err(response) => response,
+            }
         }
         BackendTarget::Gateway(spec) => {
             Box::pin(via_gateway(req, target, spec, &ctx, started, completion)).await
@@ -185,7 +187,10 @@ async fn via_gateway(
         backend,
         metrics: target.metrics.clone(),
     };
-    forward(req, &routed, ctx, started, completion).await
+    match prepare(req, &routed, ctx, started, completion) {
+        Ok(outbound) => forward(outbound).await,
+        Err(response) => response,
+    }
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
@@ -249,20 +254,43 @@ fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(
-    mut req: Request<Incoming>,
-    target: &RouteTarget,
-    ctx: &Arc<ConnCtx>,
+/// A request ready for its first attempt: what [`prepare`] decided.
+///
+/// Kept small on purpose: the forwarding future holds it across every
+/// await, and that future is moved into a fresh allocation per request, so
+/// its size is memory touched per request (the request itself is boxed).
+struct Outbound<'a> {
+    req: Box<Request<RequestBody>>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A copy of the head, to send again after a broken exchange.
+    retry_head: Option<Box<http::request::Parts>>,
+    hash_key: HashedKey,
+    first: ActiveGuard,
+    target: &'a RouteTarget,
+    ctx: &'a Arc<ConnCtx>,
     started: Instant,
     completion: Completion,
-) -> Response<ProxyBody> {
+}
+
+/// Picks the first endpoint and rewrites the request for it; an error
+/// response when the request cannot go anywhere.
+// The error is the response to send, about as large as the success value;
+// both stay on the stack of a synchronous call.
+#[allow(clippy::result_large_err)]
+fn prepare<'a>(
+    mut req: Request<Incoming>,
+    target: &'a RouteTarget,
+    ctx: &'a Arc<ConnCtx>,
+    started: Instant,
+    completion: Completion,
+) -> Result<Outbound<'a>, Response<ProxyBody>> {
     let backend = &target.backend;
     let spec = &backend.spec;
     let max_body = ctx.limits.max_body_bytes;
     if let Some(limit) = max_body
         && req.body().size_hint().lower() > limit
     {
-        return error_response(ctx, ProxyError::BodyTooLarge, completion);
+        return Err(error_response(ctx, ProxyError::BodyTooLarge, completion));
     }
     let hash_key = request_hash(req.headers(), ctx.peer, &spec.balance);
     let first = {
@@ -271,7 +299,7 @@ async fn forward(
             Some(endpoint) => endpoint.state.acquire(),
             None => {
                 let error = ProxyError::NoEndpoint(backend.name().clone());
-                return error_response(ctx, error, completion);
+                return Err(error_response(ctx, error, completion));
             }
         }
     };
@@ -285,15 +313,15 @@ async fn forward(
     ) {
         tracing::debug!(error = %e, "Request cannot be forwarded");
         let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
-        return local_response(
+        return Err(local_response(
             ctx,
             status,
             Bytes::from_static(body.as_bytes()),
             &[],
             completion,
-        );
+        ));
     }
-    let mut req = req.map(|body| RequestBody::new(body, max_body));
+    let req = Box::new(req.map(|body| RequestBody::new(body, max_body)));
     // A copy of the head, to send again after a broken exchange: only for
     // requests that may be repeated (idempotent, no body) and when asked.
     let retry_head = (spec.retry.on_reset
@@ -301,17 +329,46 @@ async fn forward(
         && upgrade.is_none()
         && req.method().is_idempotent()
         && req.body().is_end_stream())
-    .then(|| head_of(&req));
+    .then(|| Box::new(head_of(&req)));
     if spec.retry.retries > 0 {
         backend.retry_budget.request_started();
     }
+    Ok(Outbound {
+        req,
+        upgrade,
+        retry_head,
+        hash_key,
+        first,
+        target,
+        ctx,
+        started,
+        completion,
+    })
+}
+
+/// Sends a prepared request, on other endpoints again as retries allow,
+/// and turns the upstream's answer into the client's response.
+async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
+    let Outbound {
+        mut req,
+        upgrade,
+        retry_head,
+        hash_key,
+        first,
+        target,
+        ctx,
+        started,
+        completion,
+    } = outbound;
+    let backend = &target.backend;
+    let spec = &backend.spec;
     let mut active = first;
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let (mut resp, via) = loop {
+    let answer = loop {
         let sent = send(req, &active, ctx, spec, upgrade.is_some(), started).await;
         let failed = match sent {
             Ok(sent) => {
-                backend.report(active.endpoint(), !sent.0.status().is_server_error());
+                backend.report(active.endpoint(), !sent.status().is_server_error());
                 break sent;
             }
             Err(failed) => failed,
@@ -321,14 +378,17 @@ async fn forward(
         let again = match (&failed.error, failed.unsent) {
             (ProxyError::Connect(_), Some(unsent)) => {
                 backend.connect_failed();
-                Some(*unsent)
+                Some(unsent)
             }
-            (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e) => {
+            (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e.as_ref()) => {
                 return error_response(ctx, ProxyError::BodyTooLarge, completion);
             }
-            (ProxyError::Upstream(_), _) => retry_head
-                .as_ref()
-                .map(|head| Request::from_parts(head.clone(), RequestBody::empty())),
+            (ProxyError::Upstream(_), _) => retry_head.as_ref().map(|head| {
+                Box::new(Request::from_parts(
+                    http::request::Parts::clone(head),
+                    RequestBody::empty(),
+                ))
+            }),
             _ => None,
         };
         let Some(again) = again.filter(|_| {
@@ -349,29 +409,37 @@ async fn forward(
         active = next;
         req = again;
     };
-    tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %resp.status(), "Upstream answered");
+    tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
 
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
-    }
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, body) = match answer {
+        Answer::Pooled(mut resp, sender) => {
+            if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+                (upgrade, resp.status())
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
+            }
+            let (parts, body) = resp.into_parts();
+            let completion = completion.with_upstream(active, sender);
+            (parts, ProxyBody::upstream(body, completion))
+        }
+        Answer::Inline(head, body) => {
+            // After a client's first request the connection goes back to
+            // the endpoint's pool: a client sending one request per
+            // connection must not hold an upstream connection each.
+            let home = (ctx.activity.requests_started() > 1).then(|| ctx.inline.clone());
+            let completion = completion.with_inline(active, home);
+            (head.into_parts().0, ProxyBody::inline(body, completion))
+        }
+    };
     strip_hop_by_hop(&mut parts.headers);
     mark_close_if_draining(ctx, &mut parts.headers);
     parts.version = if ctx.activity.is_h2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11
-    };
-    let body = match via {
-        Via::Pooled(sender) => ProxyBody::upstream(body, completion.with_upstream(active, sender)),
-        Via::Inline(conn) => ProxyBody::inline(
-            body,
-            conn,
-            completion.with_inline(active, ctx.inline.clone()),
-        ),
     };
     Response::from_parts(parts, body)
 }
@@ -405,43 +473,26 @@ impl From<ProxyError> for Failed {
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
 /// request timeout.
 async fn send(
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
     ctx: &Arc<ConnCtx>,
     spec: &crate::config::BackendSpec,
     upgrade: bool,
     started: Instant,
-) -> Result<Sent, Failed> {
-    // HTTP/1 clients send one request at a time, so their task can drive
-    // the upstream connection itself (see `InlineConn`).
-    let inline =
-        (spec.protocol == Protocol::Http1 && !upgrade && !ctx.activity.is_h2()).then(|| {
-            ctx.inline
-                .take(active.endpoint(), spec.timeouts.idle, started)
-        });
-    // A client's first request prefers an idle pooled connection: a client
-    // sending one request per connection would otherwise cost an upstream
-    // connect every time.
-    let inline = match inline {
-        Some(InlineLookup::Miss { room: true })
-            if ctx.activity.requests_started() == 1 && active.endpoint().pool.has_idle() =>
-        {
-            None
-        }
-        other => other,
-    };
+) -> Result<Answer, Failed> {
+    // Body-less requests to HTTP/1.1 servers (most requests) go over an
+    // inline connection the request drives itself (see `inline.rs`).
+    let inline = spec.protocol == Protocol::Http1
+        && !upgrade
+        && req.body().is_end_stream()
+        && req.method() != http::Method::CONNECT;
     let sent = tokio::time::timeout(spec.timeouts.request, async {
         match (spec.protocol, inline) {
-            (_, Some(InlineLookup::Hit(conn))) => {
-                send_inline(Some(conn), req, active, spec.timeouts).await
-            }
-            (_, Some(InlineLookup::Miss { room: true })) => {
-                send_inline(None, req, active, spec.timeouts).await
-            }
-            // Boxed: these paths are rarer for HTTP/1 clients, and their
-            // futures would enlarge every request's (moved) future.
-            (Protocol::Http1, _) => Box::pin(send_h1(req, active, spec.timeouts)).await,
-            (Protocol::Http2, _) => Box::pin(send_h2(req, active, spec.timeouts)).await,
+            (_, true) => send_inline(req, active, ctx, spec.timeouts, started).await,
+            // Boxed: these paths are rarer, and their futures would enlarge
+            // every request's (moved) future.
+            (Protocol::Http1, false) => Box::pin(send_h1(*req, active, spec.timeouts)).await,
+            (Protocol::Http2, false) => Box::pin(send_h2(*req, active, spec.timeouts)).await,
         }
     })
     .await;
@@ -451,28 +502,39 @@ async fn send(
     }
 }
 
-/// How the response arrived, which decides where its connection goes after.
-enum Via {
-    /// A pooled connection (HTTP/1.1 sender to return) or HTTP/2 (nothing).
-    Pooled(Option<H1Sender>),
-    Inline(Box<InlineConn>),
+/// A response head, and where its body comes from.
+enum Answer {
+    /// Over hyper's client: an HTTP/1.1 sender to return to the pool when
+    /// the body ends, or nothing (HTTP/2).
+    Pooled(Response<Incoming>, Option<H1Sender>),
+    Inline(Response<()>, InlineBody),
 }
 
-type Sent = (Response<Incoming>, Via);
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Pooled(resp, _) => resp.status(),
+            Self::Inline(head, _) => head.status(),
+        }
+    }
+}
 
 async fn send_inline(
-    cached: Option<Box<InlineConn>>,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
+    ctx: &Arc<ConnCtx>,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, Failed> {
-    match InlineConn::exchange(cached, active.endpoint(), timeouts, req).await {
-        Ok((conn, resp)) => Ok((resp, Via::Inline(conn))),
-        Err(ExchangeError::Connect(e, unsent)) => Err(Failed {
+    started: Instant,
+) -> Result<Answer, Failed> {
+    let endpoint = active.endpoint();
+    let cached = ctx.inline.take(endpoint, timeouts.idle, started);
+    match InlineConn::exchange(cached, endpoint.addr, timeouts.connect, &req).await {
+        Ok(response) => Ok(Answer::Inline(response.head, response.body)),
+        Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
-            unsent: Some(unsent),
+            unsent: Some(req),
         }),
-        Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(e).into()),
+        Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(Box::new(e)).into()),
     }
 }
 
@@ -480,7 +542,7 @@ async fn send_h1(
     mut req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, Failed> {
+) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     loop {
         let checkout = endpoint
@@ -497,12 +559,12 @@ async fn send_h1(
             }
         };
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Via::Pooled(Some(conn.sender)))),
+            Ok(resp) => return Ok(Answer::Pooled(resp, Some(conn.sender))),
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before our request went out:
                 // nothing reached the server, so sending it again is safe.
                 Some(unsent) if conn.reused => req = unsent,
-                _ => return Err(ProxyError::Upstream(e.into_error()).into()),
+                _ => return Err(ProxyError::Upstream(Box::new(e.into_error())).into()),
             },
         }
     }
@@ -512,7 +574,7 @@ async fn send_h2(
     req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
-) -> Result<Sent, Failed> {
+) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     let mut sender = match endpoint
         .pool
@@ -530,12 +592,12 @@ async fn send_h2(
     sender
         .ready()
         .await
-        .map_err(|e| Failed::from(ProxyError::Upstream(e)))?;
+        .map_err(|e| Failed::from(ProxyError::Upstream(Box::new(e))))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| Failed::from(ProxyError::Upstream(e)))?;
-    Ok((resp, Via::Pooled(None)))
+        .map_err(|e| Failed::from(ProxyError::Upstream(Box::new(e))))?;
+    Ok(Answer::Pooled(resp, None))
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and others).

@@ -9,25 +9,19 @@
 //! The pool lives in the endpoint's state, so it survives config swaps; when
 //! an endpoint is dropped, its idle connections close with it.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use crossbeam_utils::atomic::AtomicCell;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::table::endpoints::EndpointState;
+use super::inline::{InlineConn, ParkedPool};
 
 /// The body type sent upstream: the client's request body, streamed.
 pub type UpstreamBody = super::body::RequestBody;
@@ -71,6 +65,8 @@ pub struct UpstreamPool {
     idle: OnceLock<Box<ArrayQueue<IdleConn>>>,
     h2: ArcSwapOption<H2Sender>,
     h2_connecting: tokio::sync::Mutex<()>,
+    /// Idle inline connections no client connection keeps (see `inline.rs`).
+    inline: OnceLock<Box<ParkedPool>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -118,9 +114,16 @@ impl UpstreamPool {
         })
     }
 
-    /// Has an idle HTTP/1.1 connection to hand out (it may turn out closed).
-    pub fn has_idle(&self) -> bool {
-        self.idle.get().is_some_and(|q| !q.is_empty())
+    /// Keeps an idle inline connection for any client connection.
+    pub fn park_inline(&self, conn: Box<InlineConn>, now: Instant) {
+        self.inline
+            .get_or_init(|| Box::new(ParkedPool::new(MAX_IDLE_PER_ENDPOINT)))
+            .park(conn, now);
+    }
+
+    /// An idle inline connection no older than `max_idle`.
+    pub fn unpark_inline(&self, max_idle: Duration, now: Instant) -> Option<Box<InlineConn>> {
+        self.inline.get()?.unpark(max_idle, now)
     }
 
     /// Returns a connection whose last exchange completed.
@@ -191,282 +194,4 @@ async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, Ups
         }
     });
     Ok(sender)
-}
-
-// === inline connections ===
-
-pub type H1Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
-
-/// Distinct endpoints whose connections one client connection keeps inline.
-const INLINE_PER_CLIENT: usize = 4;
-
-/// An upstream HTTP/1.1 connection driven by the client connection's own
-/// task instead of a task of its own.
-///
-/// A spawned connection costs two cross-task wake-ups and a channel hop per
-/// request; driving it inline (the request future and then the response body
-/// poll it) removes them. Only HTTP/1 client connections use these: their
-/// requests come one at a time, so one task can own the upstream side too.
-pub struct InlineConn {
-    endpoint: Arc<EndpointState>,
-    sender: H1Sender,
-    conn: H1Connection,
-    /// The connection future has completed (closed); never poll it again.
-    closed: bool,
-    idle_since: Instant,
-}
-
-impl InlineConn {
-    /// Boxed: the connection is large and moves between the cache, the
-    /// request and the response body; a box keeps each move one pointer.
-    pub async fn connect(
-        endpoint: Arc<EndpointState>,
-        timeout: Duration,
-    ) -> Result<Box<Self>, UpstreamError> {
-        let addr = endpoint.addr;
-        let stream = connect_tcp(addr, timeout).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        Ok(Box::new(Self {
-            endpoint,
-            sender,
-            conn,
-            closed: false,
-            idle_since: Instant::now(),
-        }))
-    }
-
-    /// Moves the connection's I/O forward; `false` once it has closed.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed
-            && let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx)
-        {
-            if let Err(error) = result {
-                tracing::debug!(%error, endpoint.addr = %self.endpoint.addr, "Upstream connection ended");
-            }
-            self.closed = true;
-        }
-        !self.closed
-    }
-
-    /// Waits until the connection takes a new request; `false` if it closed
-    /// while idle (the server's keep-alive timeout, typically).
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            if !self.drive(cx) {
-                return Poll::Ready(false);
-            }
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(result) => Poll::Ready(result.is_ok()),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-
-    /// Sends a request and drives the connection until the response head
-    /// arrives. An error that hands the request back means nothing was sent.
-    pub async fn send(
-        &mut self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
-        let response = self.sender.try_send_request(req);
-        tokio::pin!(response);
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Hands a connection that could not stay inline to a task of its own
-    /// and the endpoint's shared pool.
-    fn demote(self: Box<Self>) {
-        // Outside a runtime (process exit) there is nothing to hand it to.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.closed {
-            return;
-        }
-        let Self {
-            endpoint,
-            sender,
-            conn,
-            ..
-        } = *self;
-        let addr = endpoint.addr;
-        runtime.spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, endpoint.addr = %addr, "Upstream connection ended");
-            }
-        });
-        endpoint.pool.checkin_h1(sender);
-    }
-}
-
-/// The inline connections of one client connection, at most one per
-/// endpoint and [`INLINE_PER_CLIENT`] in all.
-///
-/// The whole set is taken out of an atomic cell while a request looks into
-/// it and put back after, so there is no lock; a concurrent request (HTTP/2
-/// streams) that finds the cell empty uses the shared pool instead.
-pub struct InlineCache {
-    /// Empty only while a request is looking into it. The Vec is boxed so
-    /// the cell holds one pointer, which it can swap without a lock.
-    #[allow(clippy::box_collection)]
-    set: AtomicCell<Option<Box<Vec<Box<InlineConn>>>>>,
-}
-
-impl Default for InlineCache {
-    fn default() -> Self {
-        Self {
-            set: AtomicCell::new(Some(Box::new(Vec::with_capacity(INLINE_PER_CLIENT)))),
-        }
-    }
-}
-
-impl Drop for InlineCache {
-    /// The client left; its idle upstream connections go on serving others
-    /// through the shared pool instead of being closed.
-    fn drop(&mut self) {
-        if let Some(set) = self.set.take() {
-            for conn in *set {
-                conn.demote();
-            }
-        }
-    }
-}
-
-/// What a client connection's cache has for an endpoint.
-pub enum InlineLookup {
-    Hit(Box<InlineConn>),
-    /// No connection to that endpoint; `room` when a new one may be kept.
-    Miss {
-        room: bool,
-    },
-}
-
-impl InlineCache {
-    pub fn take(
-        &self,
-        endpoint: &Arc<EndpointState>,
-        max_idle: Duration,
-        now: Instant,
-    ) -> InlineLookup {
-        let Some(mut set) = self.set.take() else {
-            // Another request of this connection has the set (HTTP/2).
-            return InlineLookup::Miss { room: false };
-        };
-        let found = set.iter().position(|c| Arc::ptr_eq(&c.endpoint, endpoint));
-        let lookup = match found.map(|i| set.swap_remove(i)) {
-            Some(conn)
-                if conn.closed || now.saturating_duration_since(conn.idle_since) > max_idle =>
-            {
-                InlineLookup::Miss { room: true }
-            }
-            Some(conn) => InlineLookup::Hit(conn),
-            None => InlineLookup::Miss {
-                room: set.len() < INLINE_PER_CLIENT,
-            },
-        };
-        self.set.store(Some(set));
-        lookup
-    }
-
-    /// Hands the idle connections to their endpoints' shared pools: the
-    /// client went quiet, and other clients may use them meanwhile. Returns
-    /// whether there were any.
-    pub fn release_idle(&self) -> bool {
-        let Some(mut set) = self.set.take() else {
-            return false;
-        };
-        let any = !set.is_empty();
-        for conn in set.drain(..) {
-            conn.demote();
-        }
-        self.set.store(Some(set));
-        any
-    }
-
-    /// Keeps a connection whose last exchange completed.
-    pub fn put(&self, mut conn: Box<InlineConn>, now: Instant) {
-        if conn.closed {
-            return;
-        }
-        conn.idle_since = now;
-        let mut set = self
-            .set
-            .take()
-            .unwrap_or_else(|| Box::new(Vec::with_capacity(INLINE_PER_CLIENT)));
-        if set.len() < INLINE_PER_CLIENT {
-            set.push(conn);
-        } else {
-            conn.demote();
-        }
-        // A set stored meanwhile by a concurrent stream is dropped: its
-        // connections close, which is safe because they are idle.
-        self.set.store(Some(set));
-    }
-}
-
-/// Why an exchange got no response; a failed connect gives the request
-/// back (nothing was sent), for a retry on another endpoint.
-pub enum ExchangeError {
-    Connect(UpstreamError, Box<Request<UpstreamBody>>),
-    Send(hyper::Error),
-}
-
-impl InlineConn {
-    /// Sends `req` on `cached` (a hit from [`InlineCache::take`]) or on a new
-    /// connection, and returns the connection, which must be driven while
-    /// the response body is read, with the response head.
-    pub async fn exchange(
-        cached: Option<Box<InlineConn>>,
-        endpoint: &Arc<EndpointState>,
-        timeouts: crate::config::UpstreamTimeouts,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<(Box<Self>, Response<Incoming>), ExchangeError> {
-        let mut cached = cached;
-        loop {
-            let reused = cached.is_some();
-            let mut conn = match cached.take() {
-                Some(c) => c,
-                // Boxed: connecting is rare, and its future would otherwise
-                // make every request's future (which is moved) larger.
-                None => {
-                    match Box::pin(InlineConn::connect(endpoint.clone(), timeouts.connect)).await {
-                        Ok(conn) => conn,
-                        Err(e) => return Err(ExchangeError::Connect(e, Box::new(req))),
-                    }
-                }
-            };
-            if reused && !conn.ready().await {
-                continue; // closed while idle; open a fresh one
-            }
-            match conn.send(req).await {
-                Ok(resp) => return Ok((conn, resp)),
-                // Not sent on a reused connection that just closed: safe to
-                // send again on a fresh one.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(ExchangeError::Send(e.into_error())),
-                },
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_inline_cache_cell_is_lock_free() {
-        // AtomicCell falls back to a global lock for types it cannot swap
-        // atomically; a boxed set is one pointer, which it can.
-        assert!(AtomicCell::<Option<Box<Vec<Box<InlineConn>>>>>::is_lock_free());
-    }
 }

@@ -1,0 +1,988 @@
+//! Upstream HTTP/1.1 connections that each request drives itself, through a
+//! small HTTP/1.1 client written for the proxy's hot path.
+//!
+//! Most requests a proxy sees have no body. For those, hyper's client
+//! connection was the most expensive part of a proxied request: each request
+//! went through a channel and a oneshot to the connection's dispatcher, and
+//! every response on a kept-alive connection got a fresh 8 KiB read buffer
+//! (the previous response's head still referenced the old one), which at
+//! hundreds of connections meant cold memory on every request. Profiled, it
+//! was 42 % of the user-space instructions per request. Written by hand
+//! here, with `httparse` (the parser hyper uses) for the heads:
+//!
+//! - the request future writes the head and reads the response head
+//!   itself; the response body reads the rest from the same connection, so
+//!   there is no task, channel or wake-up between the two sides;
+//! - one read buffer per connection, reused from its start for every
+//!   exchange once the previous response has been forwarded; response
+//!   header values are slices of it, not copies;
+//! - response framing per RFC 9112 §6.3: no body for HEAD, 1xx, 204 and
+//!   304; chunked (trailers forwarded); Content-Length; else until close.
+//!   1xx interim responses are skipped (the request has no body to wait
+//!   for). A connection is kept only after a complete, framed response
+//!   that did not ask to close it.
+//!
+//! Requests with a body, upgrades and HTTP/2 upstreams use hyper's client
+//! (`upstream.rs`); its full-duplex body handling is not repeated here.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_utils::atomic::AtomicCell;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Frame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
+
+use super::upstream::{UpstreamError, connect_tcp};
+use crate::table::endpoints::EndpointState;
+
+/// Distinct endpoints whose connections one client connection keeps.
+const INLINE_PER_CLIENT: usize = 4;
+/// What a read asks room for; also the buffer's size after a reclaim.
+const READ_SIZE: usize = 8 * 1024;
+/// The largest read asked for while streaming a long body.
+const MAX_READ_SIZE: usize = 64 * 1024;
+/// Response heads (and chunked trailers) longer than this are refused.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header fields in one response head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line longer than this is malformed (HAProxy and nginx
+/// accept far shorter ones).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why an exchange on an inline connection failed after it started.
+#[derive(Debug, thiserror::Error)]
+pub enum InlineError {
+    #[error("writing the request upstream")]
+    Write(#[source] io::Error),
+    #[error("reading the response")]
+    Read(#[source] io::Error),
+    #[error("the server closed the connection before a complete response head")]
+    ClosedBeforeHead,
+    #[error("the server closed the connection before the body ended")]
+    ClosedInBody,
+    #[error("invalid response head")]
+    Parse(#[source] httparse::Error),
+    #[error("response head over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+impl InlineError {
+    /// Nothing of the response arrived: on a reused connection the server
+    /// most likely closed it just as the request went out.
+    fn no_response(&self) -> bool {
+        matches!(
+            self,
+            Self::Write(_) | Self::Read(_) | Self::ClosedBeforeHead
+        )
+    }
+}
+
+/// Why [`InlineConn::exchange`] got no response head.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// No connection: nothing was sent.
+    Connect(UpstreamError),
+    /// The request may have reached the server.
+    Send(InlineError),
+}
+
+/// An upstream HTTP/1.1 connection owned by whichever request uses it.
+pub struct InlineConn {
+    stream: TcpStream,
+    /// Bytes read from the server and not handed on yet.
+    buf: BytesMut,
+    /// The request head being written; kept for its capacity.
+    head: Vec<u8>,
+    idle_since: Instant,
+}
+
+/// How the rest of a response body arrives.
+#[derive(Debug)]
+pub enum Framing {
+    /// Nothing (more) to read.
+    Done,
+    /// This many bytes.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the server closes.
+    UntilClose,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// A response head from an inline connection; its body follows on `conn`.
+pub struct InlineResponse {
+    pub head: Response<()>,
+    pub body: InlineBody,
+}
+
+/// The body of a response read from an inline connection, which it owns
+/// until the body ends.
+pub struct InlineBody {
+    conn: Option<Box<InlineConn>>,
+    framing: Framing,
+    /// The server allows another request after this response.
+    keep_alive: bool,
+}
+
+impl InlineConn {
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<Box<Self>, UpstreamError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        Ok(Box::new(Self {
+            stream,
+            buf: BytesMut::new(),
+            head: Vec::with_capacity(256),
+            idle_since: Instant::now(),
+        }))
+    }
+
+    /// Whether an idle connection is still usable: the server has neither
+    /// closed it nor sent anything unasked. Costs no system call unless the
+    /// socket became readable while idle.
+    fn still_open(&mut self) -> bool {
+        self.buf.clear();
+        self.buf.reserve(READ_SIZE);
+        match self.stream.try_read_buf(&mut self.buf) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false, // closed (0) or unsolicited bytes
+        }
+    }
+
+    /// Sends a body-less request and reads the response head, on `cached`
+    /// (a connection from [`InlineCache::take`]) or on a new connection.
+    /// When a reused connection turns out closed without a byte of answer,
+    /// an idempotent request is sent once more on a fresh connection.
+    pub async fn exchange<B>(
+        cached: Option<Box<InlineConn>>,
+        addr: std::net::SocketAddr,
+        connect_timeout: Duration,
+        req: &Request<B>,
+    ) -> Result<InlineResponse, ExchangeError> {
+        let mut cached = cached.and_then(|mut c| c.still_open().then_some(c));
+        let is_head = req.method() == Method::HEAD;
+        loop {
+            let reused = cached.is_some();
+            let mut conn = match cached.take() {
+                Some(conn) => conn,
+                // Boxed: connecting is rare, and its future would otherwise
+                // enlarge every request's.
+                None => Box::pin(Self::connect(addr, connect_timeout))
+                    .await
+                    .map_err(ExchangeError::Connect)?,
+            };
+            encode_head(&mut conn.head, req);
+            match conn.send_and_read_head(is_head).await {
+                Ok((head, framing, keep_alive)) => {
+                    return Ok(InlineResponse {
+                        head,
+                        body: InlineBody {
+                            conn: Some(conn),
+                            framing,
+                            keep_alive,
+                        },
+                    });
+                }
+                Err(e) if reused && e.no_response() && req.method().is_idempotent() => {
+                    tracing::debug!(error = %e, endpoint.addr = %addr, "Reused upstream connection closed; sending again on a new one");
+                }
+                Err(e) => return Err(ExchangeError::Send(e)),
+            }
+        }
+    }
+
+    async fn send_and_read_head(
+        &mut self,
+        is_head: bool,
+    ) -> Result<(Response<()>, Framing, bool), InlineError> {
+        let Self { stream, head, .. } = self;
+        stream.write_all(head).await.map_err(InlineError::Write)?;
+        self.buf.clear();
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(parsed) = parse_head(&mut self.buf, is_head)? {
+                    return Ok(parsed);
+                }
+                if self.buf.len() >= MAX_HEAD_BYTES {
+                    return Err(InlineError::HeadTooLarge);
+                }
+            }
+            if poll_fn(|cx| self.poll_fill(cx, READ_SIZE)).await? == 0 {
+                return Err(InlineError::ClosedBeforeHead);
+            }
+        }
+    }
+
+    /// Reads what the server has sent into the buffer; `0` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<usize, InlineError>> {
+        // Empty and no longer shared with a forwarded response, the buffer
+        // is reused from its start: its first lines are the ones in cache.
+        if self.buf.capacity() - self.buf.len() < want.min(READ_SIZE) {
+            self.buf.reserve(want);
+        }
+        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf).map_err(InlineError::Read)
+    }
+}
+
+/// Writes the request line and header fields (the request has no body, so
+/// no framing header is added).
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where one header field sits in the head's bytes (offset, length).
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl FieldAt {
+    /// Heads are at most [`MAX_HEAD_BYTES`], so offsets fit in `u32`.
+    fn of(base: usize, h: &httparse::Header<'_>) -> Self {
+        let span = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+        Self {
+            name: span(h.name.as_bytes()),
+            value: span(h.value),
+        }
+    }
+}
+
+/// Header storage for httparse, left uninitialised until parsed into.
+fn header_storage<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// Parses a complete response head off the front of `buf`, skipping 1xx
+/// interim responses; `None` when more bytes are needed.
+fn parse_head(
+    buf: &mut BytesMut,
+    is_head: bool,
+) -> Result<Option<(Response<()>, Framing, bool)>, InlineError> {
+    loop {
+        let mut storage = header_storage();
+        let mut fields = [FieldAt::default(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, buf, &mut storage)
+            .map_err(InlineError::Parse)?
+        {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| InlineError::Invalid("status code"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(InlineError::Invalid(
+                    "101 to a request that asked no upgrade",
+                ));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let base = buf.as_ptr() as usize;
+        let count = parsed.headers.len();
+        for (at, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+            *at = FieldAt::of(base, h);
+        }
+        let head = buf.split_to(len).freeze();
+        let headers = header_map(&head, &fields[..count])?;
+        let (framing, keep_alive) = framing_of(status, version, &headers, is_head)?;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if matches!(framing, Framing::Chunked(_)) {
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3);
+            // a stale length must not reach the client.
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        return Ok(Some((response, framing, keep_alive)));
+    }
+}
+
+/// Builds a header map whose values share `head`'s bytes.
+fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, InlineError> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    for at in fields {
+        let name = HeaderName::from_bytes(&head[range(at.name)])
+            .map_err(|_| InlineError::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(at.value)))
+            .map_err(|_| InlineError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// How the body is delimited (RFC 9112 §6.3) and whether the connection
+/// may carry another request after it.
+fn framing_of(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    is_head: bool,
+) -> Result<(Framing, bool), InlineError> {
+    let mut keep_alive = version == Version::HTTP_11;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
+                keep_alive = true;
+            }
+        }
+    }
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Done, keep_alive));
+    }
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), keep_alive)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("").split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InlineError::Invalid("Content-Length"));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| InlineError::Invalid("Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(InlineError::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+impl InlineBody {
+    /// The body is over, and its connection may be given to the next
+    /// request: all of a framed body was read and nothing more arrived.
+    pub fn take_reusable(&mut self) -> Option<Box<InlineConn>> {
+        let reusable = matches!(self.framing, Framing::Done)
+            && self.keep_alive
+            && self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
+        if reusable { self.conn.take() } else { None }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self.framing {
+            Framing::Done => http_body::SizeHint::with_exact(0),
+            Framing::Length(n) => http_body::SizeHint::with_exact(n),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InlineError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match &mut self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(remaining) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                        *remaining -= n as u64;
+                        if *remaining == 0 {
+                            self.framing = Framing::Done;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(n).freeze()))));
+                    }
+                    let want = usize::try_from(*remaining)
+                        .unwrap_or(MAX_READ_SIZE)
+                        .min(MAX_READ_SIZE);
+                    if ready!(conn.poll_fill(cx, want))? == 0 {
+                        return Poll::Ready(Some(Err(InlineError::ClosedInBody)));
+                    }
+                }
+                Framing::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(conn.poll_fill(cx, MAX_READ_SIZE))? == 0 {
+                        self.framing = Framing::Done;
+                        self.keep_alive = false;
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(chunk) => match chunk_step(chunk, &mut conn.buf)? {
+                    ChunkStep::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                    ChunkStep::Continue => {}
+                    ChunkStep::End => {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    ChunkStep::EndWithTrailers(trailers) => {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    ChunkStep::NeedMore => {
+                        if ready!(conn.poll_fill(cx, READ_SIZE))? == 0 {
+                            return Poll::Ready(Some(Err(InlineError::ClosedInBody)));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What the chunked decoder did with the buffered bytes.
+enum ChunkStep {
+    Frame(Frame<Bytes>),
+    /// Moved to another state; call again.
+    Continue,
+    NeedMore,
+    End,
+    EndWithTrailers(HeaderMap),
+}
+
+fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, InlineError> {
+    const BAD: InlineError = InlineError::Invalid("chunked encoding");
+    match chunk {
+        Chunk::Size => {
+            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                return if buf.len() > MAX_CHUNK_LINE {
+                    Err(BAD)
+                } else {
+                    Ok(ChunkStep::NeedMore)
+                };
+            };
+            let line = buf.split_to(end + 1);
+            let line = line.strip_suffix(b"\r\n").ok_or(BAD)?;
+            // The size, then optional whitespace and `;extensions`, ignored.
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits > 16 {
+                return Err(BAD);
+            }
+            let rest = &line[digits..];
+            if !rest.is_empty() && !matches!(rest[0], b';' | b' ' | b'\t') {
+                return Err(BAD);
+            }
+            let size = std::str::from_utf8(&line[..digits])
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or(BAD)?;
+            *chunk = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(ChunkStep::Continue)
+        }
+        Chunk::Data(remaining) => {
+            if buf.is_empty() {
+                return Ok(ChunkStep::NeedMore);
+            }
+            let n = buf
+                .len()
+                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            *remaining -= n as u64;
+            if *remaining == 0 {
+                *chunk = Chunk::DataEnd;
+            }
+            Ok(ChunkStep::Frame(Frame::data(buf.split_to(n).freeze())))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(ChunkStep::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(BAD);
+            }
+            buf.advance(2);
+            *chunk = Chunk::Size;
+            Ok(ChunkStep::Continue)
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(ChunkStep::End);
+            }
+            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut fields = [FieldAt::default(); MAX_HEADERS];
+            let (len, count) =
+                match httparse::parse_headers(buf, &mut storage).map_err(InlineError::Parse)? {
+                    httparse::Status::Complete((len, parsed)) => {
+                        let base = buf.as_ptr() as usize;
+                        for (at, h) in fields.iter_mut().zip(parsed.iter()) {
+                            *at = FieldAt::of(base, h);
+                        }
+                        (len, parsed.len())
+                    }
+                    httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+                        return Err(InlineError::HeadTooLarge);
+                    }
+                    httparse::Status::Partial => return Ok(ChunkStep::NeedMore),
+                };
+            let block = buf.split_to(len).freeze();
+            let trailers = header_map(&block, &fields[..count])?;
+            Ok(if trailers.is_empty() {
+                ChunkStep::End
+            } else {
+                ChunkStep::EndWithTrailers(trailers)
+            })
+        }
+    }
+}
+
+/// An idle connection kept by a client connection, with its endpoint.
+struct Parked {
+    endpoint: Arc<EndpointState>,
+    conn: Box<InlineConn>,
+}
+
+/// The idle inline connections of one client connection, at most one per
+/// endpoint and [`INLINE_PER_CLIENT`] in all; the rest wait in their
+/// endpoint's shared pool.
+///
+/// The whole set is taken out of an atomic cell while a request looks into
+/// it and put back after, so there is no lock; a concurrent request (HTTP/2
+/// streams) that finds the cell empty uses the endpoint's pool instead.
+pub struct InlineCache {
+    /// Empty only while a request is looking into it. The Vec is boxed so
+    /// the cell holds one pointer, which it can swap without a lock.
+    #[allow(clippy::box_collection)]
+    set: AtomicCell<Option<Box<Vec<Parked>>>>,
+}
+
+impl Default for InlineCache {
+    fn default() -> Self {
+        Self {
+            set: AtomicCell::new(Some(Box::new(Vec::with_capacity(INLINE_PER_CLIENT)))),
+        }
+    }
+}
+
+impl Drop for InlineCache {
+    /// The client left; its idle upstream connections go on serving others
+    /// through their endpoints' pools instead of being closed.
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            for parked in *set {
+                let since = parked.conn.idle_since;
+                parked.endpoint.pool.park_inline(parked.conn, since);
+            }
+        }
+    }
+}
+
+impl InlineCache {
+    /// An idle connection to `endpoint` no older than `max_idle`: this
+    /// client connection's own, else one from the endpoint's pool.
+    pub fn take(
+        &self,
+        endpoint: &Arc<EndpointState>,
+        max_idle: Duration,
+        now: Instant,
+    ) -> Option<Box<InlineConn>> {
+        if let Some(mut set) = self.set.take() {
+            let found = set
+                .iter()
+                .position(|p| Arc::ptr_eq(&p.endpoint, endpoint))
+                .map(|i| set.swap_remove(i));
+            self.put_back(set);
+            if let Some(parked) = found
+                && now.saturating_duration_since(parked.conn.idle_since) <= max_idle
+            {
+                return Some(parked.conn);
+            }
+        }
+        endpoint.pool.unpark_inline(max_idle, now)
+    }
+
+    /// Hands the idle connections to their endpoints' pools: the client
+    /// went quiet, and other clients may use them meanwhile.
+    pub fn release_idle(&self) {
+        if let Some(mut set) = self.set.take() {
+            for parked in set.drain(..) {
+                let since = parked.conn.idle_since;
+                parked.endpoint.pool.park_inline(parked.conn, since);
+            }
+            self.put_back(set);
+        }
+    }
+
+    /// Keeps a connection whose last exchange completed.
+    pub fn put(&self, endpoint: &Arc<EndpointState>, mut conn: Box<InlineConn>, now: Instant) {
+        conn.idle_since = now;
+        let Some(mut set) = self.set.take() else {
+            // A concurrent stream has the set.
+            endpoint.pool.park_inline(conn, now);
+            return;
+        };
+        if set.len() < INLINE_PER_CLIENT && !set.iter().any(|p| Arc::ptr_eq(&p.endpoint, endpoint))
+        {
+            set.push(Parked {
+                endpoint: endpoint.clone(),
+                conn,
+            });
+        } else {
+            endpoint.pool.park_inline(conn, now);
+        }
+        self.put_back(set);
+    }
+
+    #[allow(clippy::box_collection)]
+    fn put_back(&self, set: Box<Vec<Parked>>) {
+        // A set stored meanwhile by a concurrent stream: its connections go
+        // to their pools rather than being dropped.
+        if let Some(other) = self.set.swap(Some(set)) {
+            for parked in *other {
+                let since = parked.conn.idle_since;
+                parked.endpoint.pool.park_inline(parked.conn, since);
+            }
+        }
+    }
+}
+
+/// Idle inline connections of one endpoint, shared by every client.
+pub struct ParkedPool {
+    queue: crossbeam_queue::ArrayQueue<Box<InlineConn>>,
+}
+
+impl ParkedPool {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: crossbeam_queue::ArrayQueue::new(capacity),
+        }
+    }
+
+    /// Keeps `conn`; a full pool closes it.
+    pub fn park(&self, mut conn: Box<InlineConn>, now: Instant) {
+        conn.idle_since = now;
+        let _ = self.queue.push(conn);
+    }
+
+    /// The most usable idle connection, dropping stale ones on the way.
+    pub fn unpark(&self, max_idle: Duration, now: Instant) -> Option<Box<InlineConn>> {
+        while let Some(conn) = self.queue.pop() {
+            if now.saturating_duration_since(conn.idle_since) <= max_idle {
+                return Some(conn);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A server that answers each request head it reads with the next of
+    /// `answers`, written as given (split where `|` appears, with a pause,
+    /// to exercise partial reads); closes after the last one.
+    async fn scripted(answers: Vec<&'static str>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for answer in answers {
+                loop {
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        break;
+                    }
+                    let mut chunk = [0u8; 1024];
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&chunk[..n]);
+                }
+                for (i, part) in answer.split('|').enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    socket.write_all(part.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    fn get(method: Method) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = "/x?y=1".parse().unwrap();
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("example"));
+        req
+    }
+
+    /// Reads the whole body: data, trailers, and whether the connection
+    /// could be reused.
+    async fn read_all(
+        mut body: InlineBody,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), InlineError> {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = poll_fn(|cx| body.poll_frame(cx)).await {
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok((data, trailers, body.take_reusable().is_some()))
+    }
+
+    async fn exchange(
+        addr: std::net::SocketAddr,
+        method: Method,
+    ) -> Result<InlineResponse, ExchangeError> {
+        InlineConn::exchange(None, addr, Duration::from_secs(1), &get(method)).await
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_keep_the_connection() {
+        let addr = scripted(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhe|llo",
+        ])
+        .await;
+        let response = exchange(addr, Method::GET).await.unwrap();
+        assert_eq!(response.head.status(), StatusCode::OK);
+        assert_eq!(response.head.headers()["x-a"], "1");
+        assert_eq!(response.body.size_hint().exact(), Some(5));
+        let (data, _, reusable) = read_all(response.body).await.unwrap();
+        assert_eq!(data, b"hello");
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_with_their_trailers() {
+        let addr = scripted(vec![
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n\
+             3;ext=1\r\nabc\r|\n0a\r\n0123456789\r\n0\r\nX-Sum: 7\r\n\r\n",
+        ])
+        .await;
+        let response = exchange(addr, Method::GET).await.unwrap();
+        assert!(
+            !response.head.headers().contains_key(header::CONTENT_LENGTH),
+            "a length beside chunked must not reach the client"
+        );
+        let (data, trailers, reusable) = read_all(response.body).await.unwrap();
+        assert_eq!(data, b"abc0123456789");
+        assert_eq!(trailers.unwrap()["x-sum"], "7");
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn bodies_without_framing_last_until_close_and_end_the_connection() {
+        let addr = scripted(vec!["HTTP/1.1 200 OK\r\n\r\nuntil|close"]).await;
+        let response = exchange(addr, Method::GET).await.unwrap();
+        let (data, _, reusable) = read_all(response.body).await.unwrap();
+        assert_eq!(data, b"untilclose");
+        assert!(!reusable);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_and_interim_answers_are_skipped() {
+        let addr = scripted(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n|HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+        ])
+        .await;
+        let mut conn = None;
+        for (method, status) in [
+            (Method::HEAD, StatusCode::OK),
+            (Method::GET, StatusCode::NO_CONTENT),
+            (Method::GET, StatusCode::NOT_MODIFIED),
+        ] {
+            let response =
+                InlineConn::exchange(conn.take(), addr, Duration::from_secs(1), &get(method))
+                    .await
+                    .unwrap();
+            assert_eq!(response.head.status(), status);
+            assert!(response.body.is_end_stream());
+            let mut body = response.body;
+            assert!(poll_fn(|cx| body.poll_frame(cx)).await.is_none());
+            conn = body.take_reusable();
+            assert!(conn.is_some(), "{status}: the connection stays usable");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_and_http10_answers_are_not_reused() {
+        let addr = scripted(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        ])
+        .await;
+        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
+            .await
+            .unwrap();
+        assert!(!reusable);
+        let addr = scripted(vec!["HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"]).await;
+        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
+            .await
+            .unwrap();
+        assert!(!reusable);
+        let addr = scripted(vec![
+            "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx",
+        ])
+        .await;
+        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
+            .await
+            .unwrap();
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_not_panics() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 2x0 Odd\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "nonsense\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Le",
+        ] {
+            let addr = scripted(vec![answer]).await;
+            assert!(
+                matches!(
+                    exchange(addr, Method::GET).await,
+                    Err(ExchangeError::Send(_))
+                ),
+                "{answer:?} must be refused"
+            );
+        }
+        for answer in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        ] {
+            let addr = scripted(vec![answer]).await;
+            let response = exchange(addr, Method::GET).await.unwrap();
+            assert!(
+                read_all(response.body).await.is_err(),
+                "{answer:?} must fail in the body"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_the_server_closed_is_replaced() {
+        // The first server answers once and closes; the request on the
+        // closed connection must go out again on a new one.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        });
+        let response = exchange(addr, Method::GET).await.unwrap();
+        let mut body = response.body;
+        while poll_fn(|cx| body.poll_frame(cx)).await.is_some() {}
+        let conn = body.take_reusable().unwrap();
+        // Give the server's close time to arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response =
+            InlineConn::exchange(Some(conn), addr, Duration::from_secs(1), &get(Method::GET))
+                .await
+                .unwrap();
+        let (data, _, _) = read_all(response.body).await.unwrap();
+        assert_eq!(data, b"ok");
+    }
+
+    #[test]
+    fn request_heads_are_encoded_in_origin_form() {
+        let mut out = Vec::new();
+        encode_head(&mut out, &get(Method::GET));
+        assert_eq!(out, b"GET /x?y=1 HTTP/1.1\r\nhost: example\r\n\r\n");
+    }
+
+    #[test]
+    fn the_inline_cache_cell_is_lock_free() {
+        // AtomicCell falls back to a global lock for types it cannot swap
+        // atomically; a boxed set is one pointer, which it can.
+        assert!(AtomicCell::<Option<Box<Vec<Parked>>>>::is_lock_free());
+    }
+}
