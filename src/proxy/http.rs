@@ -411,7 +411,8 @@ async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
     };
     tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
 
-    let (mut parts, body) = match answer {
+    // Inline answers come without hop-by-hop fields (see `inline.rs`).
+    let (mut parts, body, stripped) = match answer {
         Answer::Pooled(mut resp, sender) => {
             if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
                 (upgrade, resp.status())
@@ -423,7 +424,7 @@ async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
             }
             let (parts, body) = resp.into_parts();
             let completion = completion.with_upstream(active, sender);
-            (parts, ProxyBody::upstream(body, completion))
+            (parts, ProxyBody::upstream(body, completion), false)
         }
         Answer::Inline(head, body) => {
             // After a client's first request the connection goes back to
@@ -431,10 +432,16 @@ async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
             // connection must not hold an upstream connection each.
             let home = (ctx.activity.requests_started() > 1).then(|| ctx.inline.clone());
             let completion = completion.with_inline(active, home);
-            (head.into_parts().0, ProxyBody::inline(body, completion))
+            (
+                head.into_parts().0,
+                ProxyBody::inline(body, completion),
+                true,
+            )
         }
     };
-    strip_hop_by_hop(&mut parts.headers);
+    if !stripped {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     mark_close_if_draining(ctx, &mut parts.headers);
     parts.version = if ctx.activity.is_h2() {
         Version::HTTP_2
@@ -528,7 +535,7 @@ async fn send_inline(
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     let cached = ctx.inline.take(endpoint, timeouts.idle, started);
-    match InlineConn::exchange(cached, endpoint.addr, timeouts.connect, &req).await {
+    match InlineConn::exchange(cached, endpoint.addr, timeouts, &req).await {
         Ok(response) => Ok(Answer::Inline(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
@@ -614,6 +621,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A header that describes one hop and is never forwarded.
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

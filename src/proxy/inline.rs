@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use super::upstream::{UpstreamError, connect_tcp};
+use crate::config::UpstreamTimeouts;
 use crate::table::endpoints::EndpointState;
 
 /// Distinct endpoints whose connections one client connection keeps.
@@ -107,6 +108,8 @@ pub struct InlineConn {
     /// The request head being written; kept for its capacity.
     head: Vec<u8>,
     idle_since: Instant,
+    /// The backend's `idle` timeout: idle longer, the connection is closed.
+    max_idle: Duration,
 }
 
 /// How the rest of a response body arrives.
@@ -152,15 +155,21 @@ pub struct InlineBody {
 impl InlineConn {
     pub async fn connect(
         addr: std::net::SocketAddr,
-        timeout: Duration,
+        timeouts: UpstreamTimeouts,
     ) -> Result<Box<Self>, UpstreamError> {
-        let stream = connect_tcp(addr, timeout).await?;
+        let stream = connect_tcp(addr, timeouts.connect).await?;
         Ok(Box::new(Self {
             stream,
             buf: BytesMut::new(),
             head: Vec::with_capacity(256),
             idle_since: Instant::now(),
+            max_idle: timeouts.idle,
         }))
+    }
+
+    /// Idle no longer than its backend allows, and still open.
+    fn reusable_at(&mut self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since) <= self.max_idle && self.still_open()
     }
 
     /// Whether an idle connection is still usable: the server has neither
@@ -182,7 +191,7 @@ impl InlineConn {
     pub async fn exchange<B>(
         cached: Option<Box<InlineConn>>,
         addr: std::net::SocketAddr,
-        connect_timeout: Duration,
+        timeouts: UpstreamTimeouts,
         req: &Request<B>,
     ) -> Result<InlineResponse, ExchangeError> {
         let mut cached = cached.and_then(|mut c| c.still_open().then_some(c));
@@ -193,7 +202,7 @@ impl InlineConn {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future would otherwise
                 // enlarge every request's.
-                None => Box::pin(Self::connect(addr, connect_timeout))
+                None => Box::pin(Self::connect(addr, timeouts))
                     .await
                     .map_err(ExchangeError::Connect)?,
             };
@@ -329,33 +338,80 @@ fn parse_head(
             *at = FieldAt::of(base, h);
         }
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, &fields[..count])?;
-        let (framing, keep_alive) = framing_of(status, version, &headers, is_head)?;
+        let mut hop = HopByHop::default();
+        let mut headers = HeaderMap::with_capacity(count);
+        fill_header_map(&mut headers, &head, &fields[..count], Some(&mut hop))?;
+        let (framing, keep_alive) = framing_of(status, version, &headers, &hop, is_head)?;
+        if matches!(framing, Framing::Chunked(_)) {
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3);
+            // a stale length must not reach the client.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        for name in hop.named_by_connection {
+            headers.remove(name);
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
-        if matches!(framing, Framing::Chunked(_)) {
-            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3);
-            // a stale length must not reach the client.
-            response.headers_mut().remove(header::CONTENT_LENGTH);
-        }
         return Ok(Some((response, framing, keep_alive)));
     }
 }
 
-/// Builds a header map whose values share `head`'s bytes.
-fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, InlineError> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+/// What a response head said in its hop-by-hop fields, which are read
+/// here and never copied into the header map that is forwarded.
+#[derive(Default)]
+struct HopByHop {
+    close: bool,
+    keep_alive: bool,
+    /// The last Transfer-Encoding field.
+    transfer_encoding: Option<HeaderValue>,
+    /// Fields the Connection header names (rare; no allocation otherwise).
+    named_by_connection: Vec<HeaderName>,
+}
+
+impl HopByHop {
+    fn read_connection(&mut self, value: &HeaderValue) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                self.named_by_connection.push(name);
+            }
+        }
+    }
+}
+
+/// Appends `fields` to `headers`, values sharing `head`'s bytes. With
+/// `hop`, hop-by-hop fields are recorded there instead of appended.
+fn fill_header_map(
+    headers: &mut HeaderMap,
+    head: &Bytes,
+    fields: &[FieldAt],
+    mut hop: Option<&mut HopByHop>,
+) -> Result<(), InlineError> {
     let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
     for at in fields {
         let name = HeaderName::from_bytes(&head[range(at.name)])
             .map_err(|_| InlineError::Invalid("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(range(at.value)))
             .map_err(|_| InlineError::Invalid("header value"))?;
+        if let Some(hop) = hop.as_deref_mut()
+            && super::http::is_hop_by_hop(&name)
+        {
+            if name == header::CONNECTION {
+                hop.read_connection(&value);
+            } else if name == header::TRANSFER_ENCODING {
+                hop.transfer_encoding = Some(value);
+            }
+            continue;
+        }
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok(())
 }
 
 /// How the body is delimited (RFC 9112 §6.3) and whether the connection
@@ -364,27 +420,14 @@ fn framing_of(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    hop: &HopByHop,
     is_head: bool,
 ) -> Result<(Framing, bool), InlineError> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
-    }
+    let keep_alive = !hop.close && (version == Version::HTTP_11 || hop.keep_alive);
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Done, keep_alive));
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    if let Some(last) = &hop.transfer_encoding {
         let chunked = last
             .to_str()
             .ok()
@@ -592,7 +635,8 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, Inline
                     httparse::Status::Partial => return Ok(ChunkStep::NeedMore),
                 };
             let block = buf.split_to(len).freeze();
-            let trailers = header_map(&block, &fields[..count])?;
+            let mut trailers = HeaderMap::with_capacity(count);
+            fill_header_map(&mut trailers, &block, &fields[..count], None)?;
             Ok(if trailers.is_empty() {
                 ChunkStep::End
             } else {
@@ -724,9 +768,17 @@ impl ParkedPool {
         }
     }
 
-    /// Keeps `conn`; a full pool closes it.
-    pub fn park(&self, mut conn: Box<InlineConn>, now: Instant) {
-        conn.idle_since = now;
+    /// Keeps `conn`; a full pool closes it. Each call also looks at the
+    /// oldest parked connection and closes it if it outlived its idle time
+    /// or the server closed it, so a pool taken from rarely does not keep
+    /// dead sockets.
+    pub fn park(&self, mut conn: Box<InlineConn>, since: Instant) {
+        conn.idle_since = since;
+        if let Some(mut oldest) = self.queue.pop()
+            && oldest.reusable_at(Instant::now())
+        {
+            let _ = self.queue.push(oldest);
+        }
         let _ = self.queue.push(conn);
     }
 
@@ -780,6 +832,13 @@ mod tests {
         addr
     }
 
+    fn test_timeouts() -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            ..UpstreamTimeouts::default()
+        }
+    }
+
     fn get(method: Method) -> Request<()> {
         let mut req = Request::new(());
         *req.method_mut() = method;
@@ -810,7 +869,7 @@ mod tests {
         addr: std::net::SocketAddr,
         method: Method,
     ) -> Result<InlineResponse, ExchangeError> {
-        InlineConn::exchange(None, addr, Duration::from_secs(1), &get(method)).await
+        InlineConn::exchange(None, addr, test_timeouts(), &get(method)).await
     }
 
     #[tokio::test]
@@ -847,6 +906,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hop_by_hop_fields_are_read_but_not_forwarded() {
+        let addr = scripted(vec![
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+             X-Private: 1\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nX-Public: 2\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n",
+        ])
+        .await;
+        let response = exchange(addr, Method::GET).await.unwrap();
+        let names: Vec<&str> = response.head.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-public"]);
+        let (data, trailers, reusable) = read_all(response.body).await.unwrap();
+        assert_eq!(data, b"ok");
+        assert!(trailers.is_none());
+        assert!(reusable);
+    }
+
+    #[tokio::test]
     async fn bodies_without_framing_last_until_close_and_end_the_connection() {
         let addr = scripted(vec!["HTTP/1.1 200 OK\r\n\r\nuntil|close"]).await;
         let response = exchange(addr, Method::GET).await.unwrap();
@@ -869,10 +945,9 @@ mod tests {
             (Method::GET, StatusCode::NO_CONTENT),
             (Method::GET, StatusCode::NOT_MODIFIED),
         ] {
-            let response =
-                InlineConn::exchange(conn.take(), addr, Duration::from_secs(1), &get(method))
-                    .await
-                    .unwrap();
+            let response = InlineConn::exchange(conn.take(), addr, test_timeouts(), &get(method))
+                .await
+                .unwrap();
             assert_eq!(response.head.status(), status);
             assert!(response.body.is_end_stream());
             let mut body = response.body;
@@ -964,12 +1039,31 @@ mod tests {
         let conn = body.take_reusable().unwrap();
         // Give the server's close time to arrive.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let response =
-            InlineConn::exchange(Some(conn), addr, Duration::from_secs(1), &get(Method::GET))
-                .await
-                .unwrap();
+        let response = InlineConn::exchange(Some(conn), addr, test_timeouts(), &get(Method::GET))
+            .await
+            .unwrap();
         let (data, _, _) = read_all(response.body).await.unwrap();
         assert_eq!(data, b"ok");
+    }
+
+    #[tokio::test]
+    async fn parking_closes_the_oldest_connection_once_the_server_closed_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let first = InlineConn::connect(addr, test_timeouts()).await.unwrap();
+        let second = InlineConn::connect(addr, test_timeouts()).await.unwrap();
+        // Let both closes arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pool = ParkedPool::new(8);
+        pool.park(first, Instant::now());
+        assert_eq!(pool.queue.len(), 1);
+        pool.park(second, Instant::now());
+        assert_eq!(pool.queue.len(), 1, "the closed oldest one was dropped");
     }
 
     #[test]
