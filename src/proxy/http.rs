@@ -133,10 +133,16 @@ pub async fn handle(
         // Boxed: hyper moves the request future by value, and the forwarding
         // state would be copied with it; one allocation is cheaper.
         BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
-            match prepare(req, target, &ctx, started, completion) {
-                Ok(outbound) => Box::pin(forward(outbound)).await,
-                Err(response) => response,
-            }
+            // Not a `match` around the await: its scrutinee (the size of a
+            // response) would then be kept in this future while it waits.
+            let outbound = match prepare(req, target, &ctx, started, completion) {
+                Ok(outbound) => outbound,
+                Err(response) => {
+                    target.metrics.count(response.status());
+                    return Ok(response);
+                }
+            };
+            Box::pin(forward(outbound)).await
         }
         BackendTarget::Gateway(spec) => {
             Box::pin(via_gateway(req, target, spec, &ctx, started, completion)).await
