@@ -18,7 +18,6 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::balance::{self, HashInput};
@@ -67,7 +66,7 @@ pub struct ConnCtx {
     /// Set when the listener drains: HTTP/1 responses then carry
     /// `Connection: close`.
     pub drain: Arc<Drain>,
-    pub hard_stop: CancellationToken,
+    pub hard_stop: Arc<super::listener::Latch>,
     pub tasks: TaskTracker,
     /// Upstream connections this client connection drives itself.
     pub inline: Arc<InlineCache>,
@@ -255,7 +254,7 @@ fn error_response(ctx: &ConnCtx, error: ProxyError, completion: Completion) -> R
 /// A draining HTTP/1 connection answers its next request and closes, so the
 /// client never sends a request into a connection we are closing.
 fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
-    if ctx.drain.is_draining() && !ctx.activity.is_h2() {
+    if ctx.drain.is_set() && !ctx.activity.is_h2() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
@@ -267,6 +266,9 @@ fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
 /// its size is memory touched per request (the request itself is boxed).
 struct Outbound<'a> {
     req: Box<Request<RequestBody>>,
+    /// Set for requests that go over inline connections, which write these
+    /// headers themselves.
+    forwarded: Option<Forwarded>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// A copy of the head, to send again after a broken exchange.
     retry_head: Option<Box<http::request::Parts>>,
@@ -310,23 +312,33 @@ fn prepare<'a>(
         }
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    if let Err(e) = prepare_request(
+    // Body-less requests to HTTP/1.1 servers (most requests) go over an
+    // inline connection the request drives itself (see `inline.rs`).
+    let inline = spec.protocol == Protocol::Http1
+        && upgrade.is_none()
+        && req.body().is_end_stream()
+        && req.method() != http::Method::CONNECT;
+    let forwarded = match prepare_request(
         &mut req,
         ctx,
         first.endpoint().addr,
         spec.protocol,
         upgrade.is_some(),
+        inline,
     ) {
-        tracing::debug!(error = %e, "Request cannot be forwarded");
-        let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
-        return Err(local_response(
-            ctx,
-            status,
-            Bytes::from_static(body.as_bytes()),
-            &[],
-            completion,
-        ));
-    }
+        Ok(forwarded) => forwarded,
+        Err(e) => {
+            tracing::debug!(error = %e, "Request cannot be forwarded");
+            let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
+            return Err(local_response(
+                ctx,
+                status,
+                Bytes::from_static(body.as_bytes()),
+                &[],
+                completion,
+            ));
+        }
+    };
     let req = Box::new(req.map(|body| RequestBody::new(body, max_body)));
     // A copy of the head, to send again after a broken exchange: only for
     // requests that may be repeated (idempotent, no body) and when asked.
@@ -341,6 +353,7 @@ fn prepare<'a>(
     }
     Ok(Outbound {
         req,
+        forwarded,
         upgrade,
         retry_head,
         hash_key,
@@ -357,6 +370,7 @@ fn prepare<'a>(
 async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
     let Outbound {
         mut req,
+        forwarded,
         upgrade,
         retry_head,
         hash_key,
@@ -371,7 +385,7 @@ async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
     let mut active = first;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let answer = loop {
-        let sent = send(req, &active, ctx, spec, upgrade.is_some(), started).await;
+        let sent = send(req, &active, ctx, spec, forwarded.as_ref(), started).await;
         let failed = match sent {
             Ok(sent) => {
                 backend.report(active.endpoint(), !sent.status().is_server_error());
@@ -485,27 +499,24 @@ impl From<ProxyError> for Failed {
 
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
 /// request timeout.
+/// `inline` (set by [`prepare`]) sends it over an inline connection.
 async fn send(
     req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
     ctx: &Arc<ConnCtx>,
     spec: &crate::config::BackendSpec,
-    upgrade: bool,
+    inline: Option<&Forwarded>,
     started: Instant,
 ) -> Result<Answer, Failed> {
-    // Body-less requests to HTTP/1.1 servers (most requests) go over an
-    // inline connection the request drives itself (see `inline.rs`).
-    let inline = spec.protocol == Protocol::Http1
-        && !upgrade
-        && req.body().is_end_stream()
-        && req.method() != http::Method::CONNECT;
     let sent = tokio::time::timeout(spec.timeouts.request, async {
         match (spec.protocol, inline) {
-            (_, true) => send_inline(req, active, ctx, spec.timeouts, started).await,
+            (_, Some(forwarded)) => {
+                send_inline(req, forwarded, active, ctx, spec.timeouts, started).await
+            }
             // Boxed: these paths are rarer, and their futures would enlarge
             // every request's (moved) future.
-            (Protocol::Http1, false) => Box::pin(send_h1(*req, active, spec.timeouts)).await,
-            (Protocol::Http2, false) => Box::pin(send_h2(*req, active, spec.timeouts)).await,
+            (Protocol::Http1, None) => Box::pin(send_h1(*req, active, spec.timeouts)).await,
+            (Protocol::Http2, None) => Box::pin(send_h2(*req, active, spec.timeouts)).await,
         }
     })
     .await;
@@ -534,6 +545,7 @@ impl Answer {
 
 async fn send_inline(
     req: Box<Request<RequestBody>>,
+    forwarded: &Forwarded,
     active: &ActiveGuard,
     ctx: &Arc<ConnCtx>,
     timeouts: crate::config::UpstreamTimeouts,
@@ -541,7 +553,14 @@ async fn send_inline(
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     let cached = ctx.inline.take(endpoint, timeouts.idle, started);
-    match InlineConn::exchange(cached, endpoint.addr, timeouts, &req).await {
+    let host = forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h));
+    let extra = [
+        Some((&X_FORWARDED_FOR, &forwarded.for_)),
+        Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
+        host,
+    ];
+    let exchange = InlineConn::exchange(cached, endpoint.addr, timeouts, &req, &extra);
+    match exchange.await {
         Ok(response) => Ok(Answer::Inline(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
@@ -677,14 +696,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[error("request has no usable host or path: {0}")]
 struct PrepareError(String);
 
-/// Turns the client's request into the upstream request, in place.
+/// The `X-Forwarded-*` values for a request whose headers are written by
+/// an inline connection: appended to its head instead of inserted into the
+/// header map, which would grow the map on every request.
+pub struct Forwarded {
+    for_: HeaderValue,
+    host: Option<HeaderValue>,
+}
+
+static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Turns the client's request into the upstream request, in place. With
+/// `inline`, the `X-Forwarded-*` headers are returned instead of inserted.
 fn prepare_request(
     req: &mut Request<Incoming>,
     ctx: &ConnCtx,
     endpoint: SocketAddr,
     protocol: Protocol,
     upgrade: bool,
-) -> Result<(), PrepareError> {
+    inline: bool,
+) -> Result<Option<Forwarded>, PrepareError> {
     let te_trailers = protocol == Protocol::Http2
         && req
             .headers()
@@ -720,11 +751,26 @@ fn prepare_request(
         }
         None => ctx.peer_header.clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = &host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
+    let forwarded = if inline {
+        // The client's own values are replaced (X-Forwarded-For was
+        // folded into `xff` above).
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            if headers.contains_key(name) {
+                headers.remove(name);
+            }
+        }
+        Some(Forwarded {
+            for_: xff,
+            host: host.clone(),
+        })
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        headers.insert(X_FORWARDED_PROTO.clone(), PROTO_HTTP.clone());
+        if let Some(host) = &host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None
+    };
 
     let path = req
         .uri()
@@ -758,7 +804,7 @@ fn prepare_request(
                 .map_err(|e| PrepareError(e.to_string()))?;
         }
     }
-    Ok(())
+    Ok(forwarded)
 }
 
 /// Copies bytes both ways between the two upgraded connections until both
@@ -783,7 +829,7 @@ fn spawn_tunnel(
             result = tunnel => if let Err(error) = result {
                 tracing::debug!(%error, endpoint.addr = %active.endpoint().addr, "Tunnel ended");
             },
-            () = hard_stop.cancelled() => {}
+            () = hard_stop.wait() => {}
         }
         drop(active);
     });

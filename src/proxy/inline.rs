@@ -193,6 +193,7 @@ impl InlineConn {
         addr: std::net::SocketAddr,
         timeouts: UpstreamTimeouts,
         req: &Request<B>,
+        extra: &[Option<(&HeaderName, &HeaderValue)>],
     ) -> Result<InlineResponse, ExchangeError> {
         let mut cached = cached.and_then(|mut c| c.still_open().then_some(c));
         let is_head = req.method() == Method::HEAD;
@@ -206,7 +207,7 @@ impl InlineConn {
                     .await
                     .map_err(ExchangeError::Connect)?,
             };
-            encode_head(&mut conn.head, req);
+            encode_head(&mut conn.head, req, extra);
             match conn.send_and_read_head(is_head).await {
                 Ok((head, framing, keep_alive)) => {
                     return Ok(InlineResponse {
@@ -259,16 +260,20 @@ impl InlineConn {
     }
 }
 
-/// Writes the request line and header fields (the request has no body, so
-/// no framing header is added).
-fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+/// Writes the request line and header fields, then `extra` fields (the
+/// request has no body, so no framing header is added).
+fn encode_head<B>(
+    out: &mut Vec<u8>,
+    req: &Request<B>,
+    extra: &[Option<(&HeaderName, &HeaderValue)>],
+) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    for (name, value) in req.headers().iter().chain(extra.iter().flatten().copied()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -869,7 +874,7 @@ mod tests {
         addr: std::net::SocketAddr,
         method: Method,
     ) -> Result<InlineResponse, ExchangeError> {
-        InlineConn::exchange(None, addr, test_timeouts(), &get(method)).await
+        InlineConn::exchange(None, addr, test_timeouts(), &get(method), &[]).await
     }
 
     #[tokio::test]
@@ -945,9 +950,10 @@ mod tests {
             (Method::GET, StatusCode::NO_CONTENT),
             (Method::GET, StatusCode::NOT_MODIFIED),
         ] {
-            let response = InlineConn::exchange(conn.take(), addr, test_timeouts(), &get(method))
-                .await
-                .unwrap();
+            let response =
+                InlineConn::exchange(conn.take(), addr, test_timeouts(), &get(method), &[])
+                    .await
+                    .unwrap();
             assert_eq!(response.head.status(), status);
             assert!(response.body.is_end_stream());
             let mut body = response.body;
@@ -1039,9 +1045,10 @@ mod tests {
         let conn = body.take_reusable().unwrap();
         // Give the server's close time to arrive.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let response = InlineConn::exchange(Some(conn), addr, test_timeouts(), &get(Method::GET))
-            .await
-            .unwrap();
+        let response =
+            InlineConn::exchange(Some(conn), addr, test_timeouts(), &get(Method::GET), &[])
+                .await
+                .unwrap();
         let (data, _, _) = read_all(response.body).await.unwrap();
         assert_eq!(data, b"ok");
     }
@@ -1069,8 +1076,13 @@ mod tests {
     #[test]
     fn request_heads_are_encoded_in_origin_form() {
         let mut out = Vec::new();
-        encode_head(&mut out, &get(Method::GET));
-        assert_eq!(out, b"GET /x?y=1 HTTP/1.1\r\nhost: example\r\n\r\n");
+        let value = HeaderValue::from_static("10.0.0.1");
+        let name = HeaderName::from_static("x-forwarded-for");
+        encode_head(&mut out, &get(Method::GET), &[None, Some((&name, &value))]);
+        assert_eq!(
+            out,
+            b"GET /x?y=1 HTTP/1.1\r\nhost: example\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub struct ListenerSet {
     running: HashMap<ListenerKey, RunningListener>,
     table: TableHandle,
     /// Ends every remaining connection when the grace period is over.
-    hard_stop: CancellationToken,
+    hard_stop: Arc<Latch>,
     /// Every connection and tunnel task, for waiting at shutdown.
     tasks: TaskTracker,
 }
@@ -87,7 +87,7 @@ impl ListenerSet {
         Self {
             running: HashMap::new(),
             table,
-            hard_stop: CancellationToken::new(),
+            hard_stop: Arc::new(Latch::default()),
             tasks: TaskTracker::new(),
         }
     }
@@ -167,7 +167,7 @@ impl ListenerSet {
             None => {
                 tracing::info!(listener = %running.name, addr = %running.local_addr, "Listener removed; draining");
                 running.stop_accept.cancel();
-                running.drain.start();
+                running.drain.set();
                 false
             }
         });
@@ -186,12 +186,12 @@ impl ListenerSet {
     pub async fn shutdown(&mut self, grace: Duration) -> bool {
         for running in self.running.values() {
             running.stop_accept.cancel();
-            running.drain.start();
+            running.drain.set();
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         if !drained {
-            self.hard_stop.cancel();
+            self.hard_stop.set();
             self.tasks.wait().await;
         }
         drained
@@ -219,7 +219,7 @@ async fn accept_loop(
     limit: Arc<ArcSwap<Semaphore>>,
     stop: CancellationToken,
     drain: Arc<Drain>,
-    hard_stop: CancellationToken,
+    hard_stop: Arc<Latch>,
     tasks: TaskTracker,
 ) {
     // Connections over the limit waiting for a slot; bounded so a flood
@@ -329,27 +329,66 @@ async fn reject(mut stream: TcpStream, mode: Mode) {
     .await;
 }
 
-/// Tells a listener's connections to finish up: set once, never cleared.
-/// Requests read the flag without locking; connection tasks await the token.
+/// A one-way signal: set once, never cleared. Requests read the flag
+/// without locking; tasks wait on the token. A listener's drain is one,
+/// the hard stop after the drain deadline another.
 #[derive(Default)]
-pub struct Drain {
+pub struct Latch {
     flag: AtomicBool,
     token: CancellationToken,
 }
 
-impl Drain {
-    pub fn start(&self) {
-        self.flag.store(true, Ordering::Relaxed);
+/// Tells a listener's connections to finish up.
+pub type Drain = Latch;
+
+impl Latch {
+    pub fn set(&self) {
+        // Before the wake-ups, so a woken task sees the flag (`signalled`).
+        self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 
-    pub async fn started(&self) {
+    pub async fn wait(&self) {
         self.token.cancelled().await
     }
+}
+
+/// Which signal ended a connection's normal service.
+enum Signal {
+    Drain,
+    Stop,
+}
+
+/// Resolves when `drain` or `stop` is set.
+///
+/// Each token is waited on once, which puts this task on its wait list (a
+/// task's waker never changes); after that, a wake-up of the connection's
+/// task — two per request — reads two flags, where polling the tokens
+/// again would take both of their locks every time.
+async fn signalled(drain: &Latch, stop: &Latch) -> Signal {
+    let drain_wait = drain.token.cancelled();
+    let stop_wait = stop.token.cancelled();
+    tokio::pin!(drain_wait, stop_wait);
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if !registered {
+            registered = true;
+            let _ = drain_wait.as_mut().poll(cx);
+            let _ = stop_wait.as_mut().poll(cx);
+        }
+        if stop.is_set() {
+            std::task::Poll::Ready(Signal::Stop)
+        } else if drain.is_set() {
+            std::task::Poll::Ready(Signal::Drain)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// What an accepted connection needs from its listener.
@@ -357,7 +396,7 @@ struct Connection {
     key: ListenerKey,
     table: TableHandle,
     drain: Arc<Drain>,
-    hard_stop: CancellationToken,
+    hard_stop: Arc<Latch>,
     tasks: TaskTracker,
 }
 
@@ -410,7 +449,7 @@ impl Connection {
             Mode::Tcp => {
                 tokio::select! {
                     () = tcp::serve(io, peer, &listener) => {}
-                    () = self.hard_stop.cancelled() => {}
+                    () = self.hard_stop.wait() => {}
                 }
             }
             Mode::Http => {
@@ -439,7 +478,7 @@ async fn serve_http(
     io: ClientIo<TcpStream>,
     ctx: Arc<ConnCtx>,
     drain: Arc<Drain>,
-    hard_stop: CancellationToken,
+    hard_stop: Arc<Latch>,
 ) {
     let activity = ctx.activity.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -465,8 +504,10 @@ async fn serve_http(
             log_conn_end(result);
             return;
         }
-        () = drain.started() => {}
-        () = hard_stop.cancelled() => return,
+        signal = signalled(&drain, &hard_stop) => match signal {
+            Signal::Drain => {}
+            Signal::Stop => return,
+        },
     }
     // HTTP/1: keep serving; each response now says `Connection: close`.
     // HTTP/2: GOAWAY tells the client which streams we will still answer.
@@ -475,7 +516,7 @@ async fn serve_http(
     }
     tokio::select! {
         result = conn.as_mut() => log_conn_end(result),
-        () = hard_stop.cancelled() => {}
+        () = hard_stop.wait() => {}
     }
 }
 

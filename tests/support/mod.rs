@@ -286,12 +286,14 @@ async fn backend_answer(name: &'static str, req: Request<Incoming>) -> Response<
         }
         return Response::new(full(total.to_string()));
     }
+    // Every value of the header, so a repeated one shows.
     let seen = |h: &str| {
         req.headers()
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
+            .get_all(h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut resp = Response::new(full(name));
     for (theirs, ours) in [
