@@ -336,9 +336,12 @@ def run_series(workdir, procs, runs, seconds, label):
     results = {}  # (case, target) -> list of measurements
     targets = ["direct", "switchyard", "haproxy", "nginx"]
     for r in range(runs):
+        # The order rotates from run to run, so no target always runs right
+        # after another one (the direct run loads the backend hardest).
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
         for case in CASES:
             name, path, conns, close, mode = case
-            for target in targets:
+            for target in order:
                 proc = procs.get(target)
                 cpu0 = proc.cpu_seconds() if proc else 0
                 m = wrk(port_of(target, mode), path, conns, seconds, close)
