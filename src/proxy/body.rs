@@ -95,6 +95,13 @@ pub struct ProxyBody {
     completion: Option<Completion>,
 }
 
+/// A polled frame with its error as a [`BodyError`].
+fn with_body_error<E: Into<BodyError>>(
+    polled: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
+}
+
 /// Why a response body stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -148,12 +155,8 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BodyError::from))),
-            Kind::Inline(body) => body
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BodyError::from))),
+            Kind::Upstream(body) => with_body_error(Pin::new(body).poll_frame(cx)),
+            Kind::Inline(body) => with_body_error(body.poll_frame(cx)),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {

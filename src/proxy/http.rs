@@ -367,108 +367,100 @@ fn prepare<'a>(
 
 /// Sends a prepared request, on other endpoints again as retries allow,
 /// and turns the upstream's answer into the client's response.
-async fn forward(outbound: Outbound<'_>) -> Response<ProxyBody> {
-    let Outbound {
-        mut req,
-        forwarded,
-        upgrade,
-        retry_head,
-        hash_key,
-        first,
-        target,
-        ctx,
-        started,
-        completion,
-    } = outbound;
-    let backend = &target.backend;
-    let spec = &backend.spec;
-    let mut active = first;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let answer = loop {
-        let sent = send(req, &active, ctx, spec, forwarded.as_ref(), started).await;
-        let failed = match sent {
-            Ok(sent) => {
-                backend.report(active.endpoint(), !sent.status().is_server_error());
-                break sent;
-            }
-            Err(failed) => failed,
+// Not an `async fn`: its argument would be stored twice in the future (as
+// the argument and as the local it is moved into); the block reads the
+// captured fields in place.
+#[allow(clippy::manual_async_fn)]
+fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> + '_ {
+    async move {
+        let (ctx, hash_key, completion) = (outbound.ctx, &outbound.hash_key, outbound.completion);
+        let backend = &outbound.target.backend;
+        let spec = &backend.spec;
+        let mut req = outbound.req;
+        let mut active = outbound.first;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let answer = loop {
+            let forwarded = outbound.forwarded.as_ref();
+            let sent = send(req, &active, ctx, spec, forwarded, outbound.started).await;
+            let failed = match sent {
+                Ok(sent) => {
+                    backend.report(active.endpoint(), !sent.status().is_server_error());
+                    break sent;
+                }
+                Err(failed) => failed,
+            };
+            let from = active.endpoint().addr;
+            backend.report(active.endpoint(), false);
+            let again = match (&failed.error, failed.unsent) {
+                (ProxyError::Connect(_), Some(unsent)) => {
+                    backend.connect_failed();
+                    Some(unsent)
+                }
+                (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e.as_ref()) => {
+                    return error_response(ctx, ProxyError::BodyTooLarge, completion);
+                }
+                (ProxyError::Upstream(_), _) => outbound.retry_head.as_ref().map(|head| {
+                    Box::new(Request::from_parts(
+                        http::request::Parts::clone(head),
+                        RequestBody::empty(),
+                    ))
+                }),
+                _ => None,
+            };
+            let Some(again) = again.filter(|_| {
+                tried.len() < spec.retry.retries as usize
+                    && backend.retry_budget.try_retry(&spec.retry)
+            }) else {
+                return error_response(ctx, failed.error, completion);
+            };
+            tried.push(from);
+            let next = {
+                let set = backend.endpoints.load();
+                balance::pick(backend, &set, hash_key, &tried).map(|e| e.state.acquire())
+            };
+            let Some(next) = next else {
+                return error_response(ctx, failed.error, completion);
+            };
+            tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
+            backend.counters.retries.inc();
+            active = next;
+            req = again;
         };
-        let from = active.endpoint().addr;
-        backend.report(active.endpoint(), false);
-        let again = match (&failed.error, failed.unsent) {
-            (ProxyError::Connect(_), Some(unsent)) => {
-                backend.connect_failed();
-                Some(unsent)
-            }
-            (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e.as_ref()) => {
-                return error_response(ctx, ProxyError::BodyTooLarge, completion);
-            }
-            (ProxyError::Upstream(_), _) => retry_head.as_ref().map(|head| {
-                Box::new(Request::from_parts(
-                    http::request::Parts::clone(head),
-                    RequestBody::empty(),
-                ))
-            }),
-            _ => None,
-        };
-        let Some(again) = again.filter(|_| {
-            tried.len() < spec.retry.retries as usize && backend.retry_budget.try_retry(&spec.retry)
-        }) else {
-            return error_response(ctx, failed.error, completion);
-        };
-        tried.push(from);
-        let next = {
-            let set = backend.endpoints.load();
-            balance::pick(backend, &set, &hash_key, &tried).map(|e| e.state.acquire())
-        };
-        let Some(next) = next else {
-            return error_response(ctx, failed.error, completion);
-        };
-        tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
-        backend.counters.retries.inc();
-        active = next;
-        req = again;
-    };
-    tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
+        tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
 
-    // Inline answers come without hop-by-hop fields (see `inline.rs`).
-    let (mut parts, body, stripped) = match answer {
-        Answer::Pooled(mut resp, sender) => {
-            if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-                (upgrade, resp.status())
-            {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
-                let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
+        let (mut parts, body) = match answer {
+            Answer::Pooled(mut resp, sender) => {
+                if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+                    (outbound.upgrade, resp.status())
+                {
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
+                    let (parts, _) = resp.into_parts();
+                    return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
+                }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let completion = completion.with_upstream(active, sender);
+                (parts, ProxyBody::upstream(body, completion))
             }
-            let (parts, body) = resp.into_parts();
-            let completion = completion.with_upstream(active, sender);
-            (parts, ProxyBody::upstream(body, completion), false)
-        }
-        Answer::Inline(head, body) => {
-            // After a client's first request the connection goes back to
-            // the endpoint's pool: a client sending one request per
-            // connection must not hold an upstream connection each.
-            let home = (ctx.activity.requests_started() > 1).then(|| ctx.inline.clone());
-            let completion = completion.with_inline(active, home);
-            (
-                head.into_parts().0,
-                ProxyBody::inline(body, completion),
-                true,
-            )
-        }
-    };
-    if !stripped {
-        strip_hop_by_hop(&mut parts.headers);
+            Answer::Inline(head, body) => {
+                // After a client's first request the connection goes back to
+                // the endpoint's pool: a client sending one request per
+                // connection must not hold an upstream connection each.
+                let home = (ctx.activity.requests_started() > 1).then(|| ctx.inline.clone());
+                let completion = completion.with_inline(active, home);
+                // Its head comes without hop-by-hop fields (see `inline.rs`).
+                (head.into_parts().0, ProxyBody::inline(body, completion))
+            }
+        };
+        mark_close_if_draining(ctx, &mut parts.headers);
+        parts.version = if ctx.activity.is_h2() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        Response::from_parts(parts, body)
     }
-    mark_close_if_draining(ctx, &mut parts.headers);
-    parts.version = if ctx.activity.is_h2() {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    Response::from_parts(parts, body)
 }
 
 /// The parts of a request head, cloned for a retry.
@@ -498,8 +490,8 @@ impl From<ProxyError> for Failed {
 }
 
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
-/// request timeout.
-/// `inline` (set by [`prepare`]) sends it over an inline connection.
+/// request timeout, over an inline connection when [`prepare`] chose one
+/// (`inline` then carries the forwarding headers it writes).
 async fn send(
     req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
@@ -552,7 +544,7 @@ async fn send_inline(
     started: Instant,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
-    let cached = ctx.inline.take(endpoint, timeouts.idle, started);
+    let cached = ctx.inline.take(endpoint, started);
     let host = forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h));
     let extra = [
         Some((&X_FORWARDED_FOR, &forwarded.for_)),
@@ -755,9 +747,7 @@ fn prepare_request(
         // The client's own values are replaced (X-Forwarded-For was
         // folded into `xff` above).
         for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-            if headers.contains_key(name) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
         Some(Forwarded {
             for_: xff,

@@ -167,9 +167,14 @@ impl InlineConn {
         }))
     }
 
-    /// Idle no longer than its backend allows, and still open.
+    /// Idle no longer than its backend allows.
+    fn fresh_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since) <= self.max_idle
+    }
+
+    /// Fresh, and still open.
     fn reusable_at(&mut self, now: Instant) -> bool {
-        now.saturating_duration_since(self.idle_since) <= self.max_idle && self.still_open()
+        self.fresh_at(now) && self.still_open()
     }
 
     /// Whether an idle connection is still usable: the server has neither
@@ -501,15 +506,11 @@ impl InlineBody {
                 Framing::Done => return Poll::Ready(None),
                 Framing::Length(remaining) => {
                     if !conn.buf.is_empty() {
-                        let n = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                        *remaining -= n as u64;
+                        let data = split_data(&mut conn.buf, remaining);
                         if *remaining == 0 {
                             self.framing = Framing::Done;
                         }
-                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(n).freeze()))));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     let want = usize::try_from(*remaining)
                         .unwrap_or(MAX_READ_SIZE)
@@ -549,6 +550,15 @@ impl InlineBody {
             }
         }
     }
+}
+
+/// Takes up to `remaining` buffered body bytes off the front of `buf`.
+fn split_data(buf: &mut BytesMut, remaining: &mut u64) -> Bytes {
+    let n = buf
+        .len()
+        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+    *remaining -= n as u64;
+    buf.split_to(n).freeze()
 }
 
 /// What the chunked decoder did with the buffered bytes.
@@ -598,14 +608,11 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, Inline
             if buf.is_empty() {
                 return Ok(ChunkStep::NeedMore);
             }
-            let n = buf
-                .len()
-                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-            *remaining -= n as u64;
+            let data = split_data(buf, remaining);
             if *remaining == 0 {
                 *chunk = Chunk::DataEnd;
             }
-            Ok(ChunkStep::Frame(Frame::data(buf.split_to(n).freeze())))
+            Ok(ChunkStep::Frame(Frame::data(data)))
         }
         Chunk::DataEnd => {
             if buf.len() < 2 {
@@ -693,14 +700,9 @@ impl Drop for InlineCache {
 }
 
 impl InlineCache {
-    /// An idle connection to `endpoint` no older than `max_idle`: this
+    /// An idle connection to `endpoint` within its `idle` timeout: this
     /// client connection's own, else one from the endpoint's pool.
-    pub fn take(
-        &self,
-        endpoint: &Arc<EndpointState>,
-        max_idle: Duration,
-        now: Instant,
-    ) -> Option<Box<InlineConn>> {
+    pub fn take(&self, endpoint: &Arc<EndpointState>, now: Instant) -> Option<Box<InlineConn>> {
         if let Some(mut set) = self.set.take() {
             let found = set
                 .iter()
@@ -708,12 +710,12 @@ impl InlineCache {
                 .map(|i| set.swap_remove(i));
             self.put_back(set);
             if let Some(parked) = found
-                && now.saturating_duration_since(parked.conn.idle_since) <= max_idle
+                && parked.conn.fresh_at(now)
             {
                 return Some(parked.conn);
             }
         }
-        endpoint.pool.unpark_inline(max_idle, now)
+        endpoint.pool.unpark_inline(now)
     }
 
     /// Hands the idle connections to their endpoints' pools: the client
@@ -788,9 +790,9 @@ impl ParkedPool {
     }
 
     /// The most usable idle connection, dropping stale ones on the way.
-    pub fn unpark(&self, max_idle: Duration, now: Instant) -> Option<Box<InlineConn>> {
+    pub fn unpark(&self, now: Instant) -> Option<Box<InlineConn>> {
         while let Some(conn) = self.queue.pop() {
-            if now.saturating_duration_since(conn.idle_since) <= max_idle {
+            if conn.fresh_at(now) {
                 return Some(conn);
             }
         }

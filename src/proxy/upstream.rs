@@ -121,9 +121,9 @@ impl UpstreamPool {
             .park(conn, now);
     }
 
-    /// An idle inline connection no older than `max_idle`.
-    pub fn unpark_inline(&self, max_idle: Duration, now: Instant) -> Option<Box<InlineConn>> {
-        self.inline.get()?.unpark(max_idle, now)
+    /// An idle inline connection within its `idle` timeout.
+    pub fn unpark_inline(&self, now: Instant) -> Option<Box<InlineConn>> {
+        self.inline.get()?.unpark(now)
     }
 
     /// Returns a connection whose last exchange completed.
