@@ -314,6 +314,26 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
             "{method}: a header named by Connection must not be forwarded"
         );
     }
+    // Only some of the fields from the client, or none: each is still set
+    // exactly once.
+    for (method, body) in [("GET", ""), ("POST", "payload")] {
+        for sent in [Some("evil.example"), None] {
+            let mut req = Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "shop.example");
+            if let Some(host) = sent {
+                req = req.header("x-forwarded-host", host);
+            }
+            let (_, headers, _) = client.send(req.body(full(body)).unwrap()).await.unwrap();
+            assert_eq!(headers["x-seen-xff"], "127.0.0.1", "{method} {sent:?}");
+            assert_eq!(headers["x-seen-proto"], "http", "{method} {sent:?}");
+            assert_eq!(
+                headers["x-seen-forwarded-host"], "shop.example",
+                "{method} {sent:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

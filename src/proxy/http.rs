@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::{self, HashInput};
 use super::body::{Completion, ProxyBody, RequestBody};
 use super::gateway;
-use super::inline::{ExchangeError, InlineBody, InlineCache, InlineConn};
+use super::inline::{ExchangeError, InlineBody, InlineCache, InlineConn, InlineError};
 use super::io::ConnActivity;
 use super::listener::Drain;
 use super::upstream::{H1Sender, UpstreamError};
@@ -379,9 +379,10 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         let mut req = outbound.req;
         let mut active = outbound.first;
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt_started = outbound.started;
         let answer = loop {
             let forwarded = outbound.forwarded.as_ref();
-            let sent = send(req, &active, ctx, spec, forwarded, outbound.started).await;
+            let sent = send(req, &active, ctx, spec, forwarded, attempt_started).await;
             let failed = match sent {
                 Ok(sent) => {
                     backend.report(active.endpoint(), !sent.status().is_server_error());
@@ -425,6 +426,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             backend.counters.retries.inc();
             active = next;
             req = again;
+            attempt_started = Instant::now();
         };
         tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
 
@@ -498,21 +500,35 @@ async fn send(
     ctx: &Arc<ConnCtx>,
     spec: &crate::config::BackendSpec,
     inline: Option<&Forwarded>,
-    started: Instant,
+    attempt_started: Instant,
 ) -> Result<Answer, Failed> {
-    let sent = tokio::time::timeout(spec.timeouts.request, async {
-        match (spec.protocol, inline) {
-            (_, Some(forwarded)) => {
-                send_inline(req, forwarded, active, ctx, spec.timeouts, started).await
-            }
-            // Boxed: these paths are rarer, and their futures would enlarge
-            // every request's (moved) future.
-            (Protocol::Http1, None) => Box::pin(send_h1(*req, active, spec.timeouts)).await,
-            (Protocol::Http2, None) => Box::pin(send_h2(*req, active, spec.timeouts)).await,
+    match inline {
+        Some(forwarded) => {
+            send_inline(req, forwarded, active, ctx, spec.timeouts, attempt_started).await
         }
-    })
-    .await;
-    match sent {
+        // Boxed: these paths are rarer, and their futures (a timer among
+        // them) would enlarge every request's (moved) future.
+        None => {
+            let deadline = attempt_started + spec.timeouts.request;
+            Box::pin(send_pooled(*req, active, spec, deadline)).await
+        }
+    }
+}
+
+/// Sends through hyper's client (HTTP/1 with a body or an upgrade, HTTP/2).
+async fn send_pooled(
+    req: Request<RequestBody>,
+    active: &ActiveGuard,
+    spec: &crate::config::BackendSpec,
+    deadline: Instant,
+) -> Result<Answer, Failed> {
+    let sent = tokio::time::timeout_at(deadline, async {
+        match spec.protocol {
+            Protocol::Http1 => send_h1(req, active, spec.timeouts).await,
+            Protocol::Http2 => send_h2(req, active, spec.timeouts).await,
+        }
+    });
+    match sent.await {
         Ok(result) => result,
         Err(_elapsed) => Err(ProxyError::Timeout.into()),
     }
@@ -545,19 +561,22 @@ async fn send_inline(
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     let cached = ctx.inline.take(endpoint, started);
+    // The inline connection keeps its own timer for the deadline.
+    let deadline = started + timeouts.request;
     let host = forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h));
     let extra = [
         Some((&X_FORWARDED_FOR, &forwarded.for_)),
         Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
         host,
     ];
-    let exchange = InlineConn::exchange(cached, endpoint.addr, timeouts, &req, &extra);
+    let exchange = InlineConn::exchange(cached, endpoint.addr, timeouts, deadline, &req, &extra);
     match exchange.await {
         Ok(response) => Ok(Answer::Inline(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
             unsent: Some(req),
         }),
+        Err(ExchangeError::Send(InlineError::TimedOut)) => Err(ProxyError::Timeout.into()),
         Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(Box::new(e)).into()),
     }
 }
@@ -716,9 +735,10 @@ fn prepare_request(
     let upgrade_proto = upgrade
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten();
-    let has_host_header = req.headers().contains_key(header::HOST);
-    let host: Option<HeaderValue> = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
+    let host_header = req.headers().get(header::HOST).cloned();
+    let has_host_header = host_header.is_some();
+    let host: Option<HeaderValue> = match host_header {
+        Some(h) => Some(h),
         None => req
             .uri()
             .authority()
@@ -733,7 +753,15 @@ fn prepare_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    let xff = match headers.get(&X_FORWARDED_FOR) {
+    // Most clients send none of these: one pass comparing names is cheaper
+    // than the hashed lookups and removals of these custom names.
+    let client_forwarded = headers.keys().any(|name| {
+        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+    });
+    let prev_xff = client_forwarded
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten();
+    let xff = match prev_xff {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_header.len());
             v.extend_from_slice(prev.as_bytes());
@@ -746,8 +774,10 @@ fn prepare_request(
     let forwarded = if inline {
         // The client's own values are replaced (X-Forwarded-For was
         // folded into `xff` above).
-        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-            headers.remove(name);
+        if client_forwarded {
+            for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+                headers.remove(name);
+            }
         }
         Some(Forwarded {
             for_: xff,

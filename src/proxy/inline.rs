@@ -38,9 +38,9 @@ use crossbeam_utils::atomic::AtomicCell;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::upstream::{UpstreamError, connect_tcp};
@@ -78,6 +78,8 @@ pub enum InlineError {
     HeadTooLarge,
     #[error("invalid response: {0}")]
     Invalid(&'static str),
+    #[error("no response head before the request timeout")]
+    TimedOut,
 }
 
 impl InlineError {
@@ -110,6 +112,11 @@ pub struct InlineConn {
     idle_since: Instant,
     /// The backend's `idle` timeout: idle longer, the connection is closed.
     max_idle: Duration,
+    /// Fires at the request timeout of the exchange in progress. Registered
+    /// with tokio's timer once, then moved to each request's (later)
+    /// deadline, which takes no lock: a request costs no timer registration
+    /// or removal. An expired one is re-registered on the next exchange.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// How the rest of a response body arrives.
@@ -164,7 +171,31 @@ impl InlineConn {
             head: Vec::with_capacity(256),
             idle_since: Instant::now(),
             max_idle: timeouts.idle,
+            timer: None,
         }))
+    }
+
+    /// Sets the deadline of the exchange about to start.
+    fn arm(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Polls `io`; when it is pending, fails once the deadline has passed.
+    fn poll_until_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: impl FnOnce(&mut Self, &mut Context<'_>) -> Poll<Result<T, InlineError>>,
+    ) -> Poll<Result<T, InlineError>> {
+        if let Poll::Ready(result) = io(self, cx) {
+            return Poll::Ready(result);
+        }
+        match self.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(InlineError::TimedOut)),
+            _ => Poll::Pending,
+        }
     }
 
     /// Idle no longer than its backend allows.
@@ -190,13 +221,16 @@ impl InlineConn {
     }
 
     /// Sends a body-less request and reads the response head, on `cached`
-    /// (a connection from [`InlineCache::take`]) or on a new connection.
-    /// When a reused connection turns out closed without a byte of answer,
-    /// an idempotent request is sent once more on a fresh connection.
+    /// (a connection from [`InlineCache::take`]) or on a new connection,
+    /// failing with [`InlineError::TimedOut`] if the head is not in by
+    /// `deadline`. When a reused connection turns out closed without a byte
+    /// of answer, an idempotent request is sent once more on a fresh
+    /// connection.
     pub async fn exchange<B>(
         cached: Option<Box<InlineConn>>,
         addr: std::net::SocketAddr,
         timeouts: UpstreamTimeouts,
+        deadline: Instant,
         req: &Request<B>,
         extra: &[Option<(&HeaderName, &HeaderValue)>],
     ) -> Result<InlineResponse, ExchangeError> {
@@ -213,6 +247,7 @@ impl InlineConn {
                     .map_err(ExchangeError::Connect)?,
             };
             encode_head(&mut conn.head, req, extra);
+            conn.arm(deadline);
             match conn.send_and_read_head(is_head).await {
                 Ok((head, framing, keep_alive)) => {
                     return Ok(InlineResponse {
@@ -236,8 +271,13 @@ impl InlineConn {
         &mut self,
         is_head: bool,
     ) -> Result<(Response<()>, Framing, bool), InlineError> {
-        let Self { stream, head, .. } = self;
-        stream.write_all(head).await.map_err(InlineError::Write)?;
+        let mut written = 0;
+        while written < self.head.len() {
+            written += poll_fn(|cx| {
+                self.poll_until_deadline(cx, |conn, cx| conn.poll_write_head(cx, written))
+            })
+            .await?;
+        }
         self.buf.clear();
         loop {
             if !self.buf.is_empty() {
@@ -248,9 +288,25 @@ impl InlineConn {
                     return Err(InlineError::HeadTooLarge);
                 }
             }
-            if poll_fn(|cx| self.poll_fill(cx, READ_SIZE)).await? == 0 {
+            let read = poll_fn(|cx| {
+                self.poll_until_deadline(cx, |conn, cx| conn.poll_fill(cx, READ_SIZE))
+            });
+            if read.await? == 0 {
                 return Err(InlineError::ClosedBeforeHead);
             }
+        }
+    }
+
+    /// Writes what is left of the request head from `from`.
+    fn poll_write_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: usize,
+    ) -> Poll<Result<usize, InlineError>> {
+        match ready!(Pin::new(&mut self.stream).poll_write(cx, &self.head[from..])) {
+            Ok(0) => Poll::Ready(Err(InlineError::Write(io::ErrorKind::WriteZero.into()))),
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(InlineError::Write(e))),
         }
     }
 
@@ -803,7 +859,7 @@ impl ParkedPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A server that answers each request head it reads with the next of
@@ -846,6 +902,11 @@ mod tests {
         }
     }
 
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     fn get(method: Method) -> Request<()> {
         let mut req = Request::new(());
         *req.method_mut() = method;
@@ -876,7 +937,7 @@ mod tests {
         addr: std::net::SocketAddr,
         method: Method,
     ) -> Result<InlineResponse, ExchangeError> {
-        InlineConn::exchange(None, addr, test_timeouts(), &get(method), &[]).await
+        InlineConn::exchange(None, addr, test_timeouts(), far(), &get(method), &[]).await
     }
 
     #[tokio::test]
@@ -953,7 +1014,7 @@ mod tests {
             (Method::GET, StatusCode::NOT_MODIFIED),
         ] {
             let response =
-                InlineConn::exchange(conn.take(), addr, test_timeouts(), &get(method), &[])
+                InlineConn::exchange(conn.take(), addr, test_timeouts(), far(), &get(method), &[])
                     .await
                     .unwrap();
             assert_eq!(response.head.status(), status);
@@ -1047,12 +1108,74 @@ mod tests {
         let conn = body.take_reusable().unwrap();
         // Give the server's close time to arrive.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let response =
-            InlineConn::exchange(Some(conn), addr, test_timeouts(), &get(Method::GET), &[])
-                .await
-                .unwrap();
+        let response = InlineConn::exchange(
+            Some(conn),
+            addr,
+            test_timeouts(),
+            far(),
+            &get(Method::GET),
+            &[],
+        )
+        .await
+        .unwrap();
         let (data, _, _) = read_all(response.body).await.unwrap();
         assert_eq!(data, b"ok");
+    }
+
+    #[tokio::test]
+    async fn each_exchange_gets_its_own_deadline_on_a_reused_connection() {
+        // One connection: the first request answered at once, the second
+        // after 300 ms, the third never.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for delay in [Some(0), Some(300), None] {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match socket.read(&mut chunk).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                seen.clear();
+                let Some(delay) = delay else {
+                    // Hold the connection open without answering.
+                    let mut chunk = [0u8; 1024];
+                    while socket.read(&mut chunk).await.unwrap_or(0) > 0 {}
+                    return;
+                };
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        });
+        let req = get(Method::GET);
+        let exchange =
+            |conn, deadline| InlineConn::exchange(conn, addr, test_timeouts(), deadline, &req, &[]);
+        async fn reusable(mut body: InlineBody) -> Box<InlineConn> {
+            while let Some(frame) = poll_fn(|cx| body.poll_frame(cx)).await {
+                frame.unwrap();
+            }
+            body.take_reusable().expect("kept alive")
+        }
+        let short = || Instant::now() + Duration::from_millis(100);
+
+        let conn = reusable(exchange(None, short()).await.unwrap().body).await;
+        // The timer armed for the first deadline moves to the second,
+        // later one instead of firing at the first.
+        let second = exchange(Some(conn), Instant::now() + Duration::from_secs(30));
+        let conn = reusable(second.await.unwrap().body).await;
+        // And back to an earlier one.
+        let started = Instant::now();
+        match exchange(Some(conn), short()).await {
+            Err(ExchangeError::Send(InlineError::TimedOut)) => {}
+            other => panic!("expected a timeout, got {:?}", other.map(|r| r.head)),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[tokio::test]
