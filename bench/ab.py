@@ -2,7 +2,7 @@
 """Side-by-side A/B of Switchyard builds against HAProxy, with the proxy's
 CPU time split into user and system time per request.
 
-    python3 bench/ab.py BIN[,BIN...] [--conns 64,256] [--runs 3] [--seconds 5]
+    python3 bench/ab.py BIN[,BIN...] [--conns 64,256] [--runs 3] [--seconds 5] [--path /16k]
 
 Each BIN is a switchyard binary (or a script that execs one) run with
 `--threads 1` on its own port; HAProxy runs with `nbthread 1`; the backend
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--path", default="/", help="/ (small body) or /16k")
     args = ap.parse_args()
     conns = [int(c) for c in args.conns.split(",")]
     work = Path(tempfile.mkdtemp(prefix="switchyard-ab-"))
@@ -73,7 +74,7 @@ def main():
             for c in conns:
                 for name, (proc, port) in targets.items():
                     u0, s0, f0 = cpu_split(proc)
-                    m = B.wrk(port, "/", c, args.seconds)
+                    m = B.wrk(port, args.path, c, args.seconds)
                     u1, s1, f1 = cpu_split(proc)
                     n = max(m["requests"], 1)
                     row = (m["rps"], (u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n, m["p99"], (f1 - f0) / n)

@@ -484,13 +484,17 @@ async fn serve_http(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle timeouts are enforced by `ClientIo`, which can tell
     // the two apart; hyper's own timer would cut idle keep-alive connections.
-    // A head over max_buf_size gets 431 from hyper.
+    // A head over max_buf_size gets 431 from hyper. Responses are written
+    // flattened (one `send` instead of a `writev` of head and body): the
+    // vectored path costs more in the kernel than copying a small body, and
+    // measured no better on 16 KiB bodies (bench/RESULTS.md).
     let max_header = ctx.limits.max_header_bytes;
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
+        .writev(false)
         .max_buf_size(max_header);
     builder
         .http2()
