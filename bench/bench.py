@@ -332,7 +332,8 @@ def port_of(target, mode):
 
 
 def run_series(workdir, procs, runs, seconds, label):
-    """Alternating runs of every case on every target; medians."""
+    """Alternating runs of every case on every target: medians, and every
+    run's measurements (for the per-run comparison)."""
     results = {}  # (case, target) -> list of measurements
     targets = ["direct", "switchyard", "haproxy", "nginx"]
     for r in range(runs):
@@ -352,7 +353,7 @@ def run_series(workdir, procs, runs, seconds, label):
     for key, ms in results.items():
         med[key] = {k: statistics.median([m[k] for m in ms]) for k in ("rps", "p50", "p99", "cpu_us")}
         med[key]["failed"] = sum(m["errors"] + m["non2xx"] for m in ms)
-    return med
+    return med, results
 
 
 def series_table(med, title):
@@ -366,6 +367,22 @@ def series_table(med, title):
             ratio = f"{m['rps'] / base:.2f}" if target != "direct" and base else "—"
             cpu = "—" if m["cpu_us"] != m["cpu_us"] else f"{m['cpu_us']:.1f}"
             lines.append(f"| {name} | {target} | {m['rps']:.0f} | {ratio} | {m['p50']:.2f} | {m['p99']:.2f} | {cpu} | {m['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_run_table(results, runs):
+    """Switchyard against HAProxy run by run (both measured minutes apart in
+    the same rotation): a median can hide how often each was ahead."""
+    lines = ["Switchyard vs HAProxy, run by run (req/s ratio; p99 Switchyard / HAProxy ms):", "",
+             "| case | " + " | ".join(f"run {r + 1}" for r in range(runs)) + " | ahead in | p99 lower or equal in |",
+             "|---|" + "---:|" * runs + "---:|---:|"]
+    for name, *_ in CASES:
+        sy, ha = results[(name, "switchyard")], results[(name, "haproxy")]
+        pairs = list(zip(sy, ha))
+        cells = [f"{a['rps'] / b['rps']:.2f} ({a['p99']:.2f} / {b['p99']:.2f})" if b["rps"] else "—" for a, b in pairs]
+        ahead = sum(a["rps"] >= b["rps"] for a, b in pairs)
+        p99_ok = sum(a["p99"] <= b["p99"] for a, b in pairs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ahead} of {len(pairs)} | {p99_ok} of {len(pairs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -482,8 +499,7 @@ def main():
     backend = Proc("backend", pinned("load", backend_args), workdir)
     wait_port(BACKEND_PORT)
     report = ["# Benchmark run", "", *versions(), "",
-              f"Command: `bench/run.sh --runs {args.runs} --seconds {args.seconds} --storm-seconds {args.storm_seconds}`"
-              + (" --pin" if args.pin else ""), "",
+              "Command: `python3 bench/bench.py " + " ".join(sys.argv[1:]) + "`", "",
               "CPU placement: " + ("one-worker proxies on core 1, wrk and the backend on core 0 (taskset)" if ap_pin else "unpinned"), ""]
     try:
         if args.only in (None, "series"):
@@ -499,11 +515,12 @@ def main():
                     "nginx": start_nginx(workdir, threads),
                 }
                 try:
-                    med = run_series(workdir, procs, args.runs, args.seconds, label)
+                    med, results = run_series(workdir, procs, args.runs, args.seconds, label)
                 finally:
                     for p in procs.values():
                         p.stop()
                 report.append(series_table(med, f"{label} (wrk -t1, {args.seconds} s, median of {args.runs})"))
+                report.append(per_run_table(results, args.runs))
                 (args.out.parent).mkdir(parents=True, exist_ok=True)
                 args.out.write_text("\n".join(report))
         if args.only in (None, "storm"):
