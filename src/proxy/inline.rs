@@ -872,17 +872,8 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
             for answer in answers {
-                loop {
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        break;
-                    }
-                    let mut chunk = [0u8; 1024];
-                    let n = socket.read(&mut chunk).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&chunk[..n]);
+                if !read_request_head(&mut socket, &mut seen).await {
+                    return;
                 }
                 for (i, part) in answer.split('|').enumerate() {
                     if i > 0 {
@@ -893,6 +884,22 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// Reads up to the end of the next request head into `seen` and drops
+    /// that head; `false` once the client has closed.
+    async fn read_request_head(socket: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                return true;
+            }
+            let mut chunk = [0u8; 1024];
+            match socket.read(&mut chunk).await {
+                Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
     }
 
     fn test_timeouts() -> UpstreamTimeouts {
@@ -1028,27 +1035,23 @@ mod tests {
 
     #[tokio::test]
     async fn close_and_http10_answers_are_not_reused() {
-        let addr = scripted(vec![
-            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
-        ])
-        .await;
-        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
-            .await
-            .unwrap();
-        assert!(!reusable);
-        let addr = scripted(vec!["HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"]).await;
-        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
-            .await
-            .unwrap();
-        assert!(!reusable);
-        let addr = scripted(vec![
-            "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx",
-        ])
-        .await;
-        let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
-            .await
-            .unwrap();
-        assert!(reusable);
+        for (answer, kept) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+                false,
+            ),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", false),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx",
+                true,
+            ),
+        ] {
+            let addr = scripted(vec![answer]).await;
+            let (_, _, reusable) = read_all(exchange(addr, Method::GET).await.unwrap().body)
+                .await
+                .unwrap();
+            assert_eq!(reusable, kept, "{answer:?}");
+        }
     }
 
     #[tokio::test]
@@ -1132,14 +1135,9 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
             for delay in [Some(0), Some(300), None] {
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 1024];
-                    match socket.read(&mut chunk).await {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
+                if !read_request_head(&mut socket, &mut seen).await {
+                    return;
                 }
-                seen.clear();
                 let Some(delay) = delay else {
                     // Hold the connection open without answering.
                     let mut chunk = [0u8; 1024];
