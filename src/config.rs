@@ -64,9 +64,17 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
-/// Outlier ejection: Envoy's consecutive-5xx detector, with a larger cap.
+/// Outlier ejection: Envoy's consecutive-5xx detector (on only when
+/// `outlier` is written), with a larger cap.
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
+/// Connect failures in a row that eject an endpoint, on by default: a
+/// refused or timed-out connect is local evidence (Envoy's local-origin
+/// detector, HAProxy's `observe layer4`).
+pub const DEFAULT_CONSECUTIVE_CONNECT_FAILURES: u32 = 3;
+/// Short, because getting back is cheap: after the period one trial
+/// request goes to the endpoint, and a failed trial connect is retried
+/// elsewhere at no cost to the client.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 /// Retries: two more attempts on a failed connect, within linkerd's
@@ -348,7 +356,9 @@ pub struct BackendSpec {
     pub health_check: Option<HealthCheckSpec>,
     /// With no usable endpoint, use unhealthy and ejected ones.
     pub fail_open: bool,
-    pub outlier: Option<OutlierSpec>,
+    /// Passive ejection; always present, as connect-failure ejection is on
+    /// by default.
+    pub outlier: OutlierSpec,
     pub retry: RetrySpec,
     pub max_connections_per_server: Option<usize>,
 }
@@ -375,15 +385,31 @@ pub enum CheckKind {
     },
 }
 
-/// Passive outlier ejection: an endpoint failing `consecutive_failures`
-/// times in a row (connect errors, broken exchanges, 5xx) is ejected for
-/// `base_ejection` × the times it was ejected, at most `max_ejection`.
+/// Passive ejection: an endpoint whose connects fail
+/// `consecutive_connect_failures` times in a row, or whose requests fail
+/// `consecutive_failures` times in a row (connect errors, broken
+/// exchanges, timeouts, 5xx), is ejected for `base_ejection` × the times
+/// it was ejected in a row, at most `max_ejection`; 0 turns a detector off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutlierSpec {
     pub consecutive_failures: u32,
+    pub consecutive_connect_failures: u32,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
+}
+
+/// Without an `outlier` table: connect failures eject, 5xx answers do not.
+impl Default for OutlierSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 0,
+            consecutive_connect_failures: DEFAULT_CONSECUTIVE_CONNECT_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,7 +580,7 @@ impl BackendSpec {
             timeouts,
             health_check: None,
             fail_open: false,
-            outlier: None,
+            outlier: OutlierSpec::default(),
             retry: RetrySpec::default(),
             max_connections_per_server: None,
         }

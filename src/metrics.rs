@@ -16,6 +16,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::table::endpoints::EjectReason;
+
 /// Request duration buckets in seconds, from sub-millisecond loopback hops to
 /// slow upstreams.
 const DURATION_BUCKETS: &[f64] = &[
@@ -63,8 +65,29 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct BackendCounters {
     pub connect_errors: IntCounter,
-    pub retries: IntCounter,
-    pub ejections: IntCounter,
+    /// Retries after a failed connect (never reached a server, outside the
+    /// retry budget) and after a broken exchange (within it).
+    pub retries_after_connect: IntCounter,
+    pub retries_after_reset: IntCounter,
+    ejected_connect: IntCounter,
+    ejected_failing: IntCounter,
+}
+
+impl BackendCounters {
+    pub fn ejections(&self, reason: EjectReason) -> &IntCounter {
+        match reason {
+            EjectReason::ConnectFailures => &self.ejected_connect,
+            EjectReason::FailingRequests => &self.ejected_failing,
+        }
+    }
+
+    pub fn retries(&self, after_connect: bool) -> &IntCounter {
+        if after_connect {
+            &self.retries_after_connect
+        } else {
+            &self.retries_after_reset
+        }
+    }
 }
 
 impl Metrics {
@@ -171,17 +194,17 @@ impl Metrics {
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "switchyard_upstream_retries_total",
-                "Requests sent again to another endpoint after a failed connect or a broken exchange",
+                "Requests sent again to another endpoint, by cause (connect: a failed connect, reset: a broken exchange)",
             ),
-            &["backend"],
+            &["backend", "reason"],
         )?;
         registry.register(Box::new(upstream_retries.clone()))?;
         let outlier_ejections = IntCounterVec::new(
             Opts::new(
                 "switchyard_outlier_ejections_total",
-                "Endpoints ejected after failing requests in a row",
+                "Endpoints ejected, by reason (connect_failures, failing_requests)",
             ),
-            &["backend"],
+            &["backend", "reason"],
         )?;
         registry.register(Box::new(outlier_ejections.clone()))?;
         let listener_rejected = IntCounterVec::new(
@@ -268,8 +291,16 @@ impl Metrics {
     pub fn backend_counters(&self, backend: &str) -> BackendCounters {
         BackendCounters {
             connect_errors: self.upstream_connect_errors.with_label_values(&[backend]),
-            retries: self.upstream_retries.with_label_values(&[backend]),
-            ejections: self.outlier_ejections.with_label_values(&[backend]),
+            retries_after_connect: self
+                .upstream_retries
+                .with_label_values(&[backend, "connect"]),
+            retries_after_reset: self.upstream_retries.with_label_values(&[backend, "reset"]),
+            ejected_connect: self
+                .outlier_ejections
+                .with_label_values(&[backend, "connect_failures"]),
+            ejected_failing: self
+                .outlier_ejections
+                .with_label_values(&[backend, "failing_requests"]),
         }
     }
 

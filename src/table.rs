@@ -30,12 +30,12 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::RetrySpec;
 use crate::config::{BackendSpec, BackendTarget, Balance, Config, ListenerSpec, ServerTarget};
-use crate::config::{OutlierSpec, RetrySpec};
 use crate::discovery::consul::{self, ConsulWatch, WatchData, WatchKey};
 use crate::discovery::dns::{DnsName, DnsQuery};
 use crate::metrics::{BackendCounters, ListenerMetrics, Metrics, RequestMetrics};
-use endpoints::{Endpoint, EndpointSet, EndpointState, Origin};
+use endpoints::{Endpoint, EndpointSet, EndpointState, Origin, Outcome};
 use routes::Router;
 
 /// Identifies a listener socket across swaps: an unchanged key keeps its
@@ -85,72 +85,34 @@ impl Backend {
         &self.spec.name
     }
 
-    /// Counts a failed connection to one of the endpoints. Names the
-    /// endpoints came from are looked up again soon: the address may be
-    /// gone, replaced by one the TTL has not shown yet.
-    pub fn connect_failed(&self) {
-        self.counters.connect_errors.inc();
-        for name in &self.dns {
-            name.refresh_soon();
-        }
-    }
-
-    /// Records how a request to `state` ended, for outlier ejection: a
-    /// failed connect, a broken exchange or a 5xx is a failure.
-    pub fn report(&self, state: &Arc<EndpointState>, ok: bool) {
-        let Some(outlier) = &self.spec.outlier else {
-            return;
-        };
-        if ok {
-            state.request_succeeded();
-        } else if state.request_failed() >= outlier.consecutive_failures {
-            self.eject(state, outlier);
-        }
-    }
-
-    /// Takes `state` out of rotation for a period that grows with each
-    /// ejection in a series, unless that would eject more than the allowed
-    /// share of the backend (Envoy's rule: one may always go).
-    fn eject(&self, state: &Arc<EndpointState>, outlier: &OutlierSpec) {
-        if state.is_ejected() {
-            return;
-        }
-        let set = self.endpoints.load();
-        let ejected = set
-            .endpoints
-            .iter()
-            .filter(|e| e.state.is_ejected())
-            .count();
-        if ejected * 100 >= outlier.max_ejected_percent as usize * set.endpoints.len() {
-            return;
-        }
-        if !state.try_eject() {
-            return; // another request got here first
-        }
-        let now = Instant::now();
-        let period = {
-            let mut r = state.record();
-            if r.last_ejection_end
-                .is_some_and(|end| now.duration_since(end) > outlier.max_ejection)
-            {
-                r.ejections = 0;
+    /// Takes in how one attempt to `state` ended: counts a failed connect
+    /// (and asks for an early DNS lookup: the address may be gone, replaced
+    /// by one the TTL has not shown yet) and applies passive ejection.
+    pub fn report(&self, state: &EndpointState, outcome: Outcome) {
+        if outcome == Outcome::ConnectFailed {
+            self.counters.connect_errors.inc();
+            for name in &self.dns {
+                name.refresh_soon();
             }
-            r.ejections += 1;
-            outlier
-                .base_ejection
-                .saturating_mul(r.ejections)
-                .min(outlier.max_ejection)
+        }
+        let Some(ejection) = state.report(outcome, &self.spec.outlier, &self.endpoints) else {
+            return;
         };
-        self.counters.ejections.inc();
-        tracing::warn!(backend = %self.name(), endpoint = %state.addr, ?period, "Endpoint ejected after failing requests in a row");
-        let state = state.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(period).await;
-            state.record().last_ejection_end = Some(Instant::now());
-            state.reset_failures();
-            state.set_ejected(false);
-            tracing::info!(backend = %state.backend, endpoint = %state.addr, "Ejection over; endpoint back in rotation");
-        });
+        self.counters.ejections(ejection.reason).inc();
+        tracing::warn!(
+            backend = %self.name(),
+            endpoint = %state.addr,
+            reason = ?ejection.reason,
+            period = ?ejection.period,
+            "Endpoint ejected"
+        );
+    }
+
+    /// How long a trial request has before another may be sent: the
+    /// shortest ejection period, so a trial whose client went away delays
+    /// the endpoint's return by no more than one period.
+    pub fn trial_window(&self) -> Duration {
+        self.spec.outlier.base_ejection
     }
 
     /// The states of the current endpoints.

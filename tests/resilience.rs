@@ -270,28 +270,34 @@ async fn consecutive_failures_eject_an_endpoint_for_a_growing_period_within_the_
     assert_eq!(bad.requests.load(Ordering::SeqCst), 3);
     let e = endpoint(&sy.status().await, bad.addr);
     assert_eq!(e["ejected"], true, "{e}");
-    let ejections = "switchyard_outlier_ejections_total{backend=\"b\"}";
+    assert_eq!(e["ejection"]["reason"], "failing_requests", "{e}");
+    assert_eq!(e["ejection"]["ejections"], 1, "{e}");
+    let ejections = "switchyard_outlier_ejections_total{backend=\"b\",reason=\"failing_requests\"}";
     assert_eq!(sy.metric(ejections).await, Some(1.0));
 
-    // Back after 300 ms, ejected again after 3 more failures, now for 600 ms.
-    eventually("the ejection ends", WAIT, || async {
-        endpoint(&sy.status().await, bad.addr)["ejected"] == false
-    })
-    .await;
-    for _ in 0..10 {
-        client.get("/", None).await.unwrap();
-    }
-    assert_eq!(bad.requests.load(Ordering::SeqCst), 6);
+    // After 300 ms one trial request goes to it; its 500 ejects it again,
+    // now for 600 ms, and the other requests never see it meanwhile.
+    let first_wait = requests_until(&bad, &mut client, 4).await;
+    assert!(first_wait < WAIT, "{first_wait:?}");
     assert_eq!(sy.metric(ejections).await, Some(2.0));
-    let ejected_at = std::time::Instant::now();
-    eventually("the second ejection ends", WAIT, || async {
+    assert_eq!(
+        endpoint(&sy.status().await, bad.addr)["ejection"]["ejections"],
+        2
+    );
+    let second_wait = requests_until(&bad, &mut client, 5).await;
+    assert!(
+        second_wait >= Duration::from_millis(550),
+        "the second period grows: {second_wait:?}"
+    );
+
+    // Healthy again: the next trial's 200 ends the ejection.
+    bad.status.store(200, Ordering::SeqCst);
+    eventually("a trial brings it back", WAIT, || async {
+        let mut c = HttpClient::connect(sy.addr("web")).await;
+        c.get("/", None).await.unwrap();
         endpoint(&sy.status().await, bad.addr)["ejected"] == false
     })
     .await;
-    assert!(
-        ejected_at.elapsed() >= Duration::from_millis(550),
-        "the second period grows"
-    );
 
     // The cap: with both failing, at most half of the backend is ejected.
     bad.status.store(500, Ordering::SeqCst);
@@ -313,36 +319,45 @@ async fn consecutive_failures_eject_an_endpoint_for_a_growing_period_within_the_
     assert_eq!(ejected, 1, "{status}");
 }
 
+/// Sends requests until `bad` has seen `n`; how long that took. Every
+/// request but the one `bad` answers is answered 200 by the good endpoint.
+async fn requests_until(bad: &Scripted, client: &mut HttpClient, n: usize) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, body) = client.get("/", None).await.unwrap();
+        if bad.requests.load(Ordering::SeqCst) >= n {
+            return started.elapsed();
+        }
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "good"));
+        assert!(started.elapsed() < WAIT, "no trial request");
+    }
+}
+
 #[tokio::test]
-async fn failed_connects_are_retried_on_another_endpoint_within_the_budget() {
+async fn failed_connects_are_retried_outside_the_budget_and_eject_the_endpoint() {
     let dead = refusing_addr().await;
     let live = Backend::start("live").await;
-    // Round robin: each request's first pick is the dead one (the retry's
-    // pick takes the next turn), so every request needs its retry; a budget
-    // of one retry per request allows them all.
-    let sy = Switchyard::start(&backend_config(
-        &[dead, live.addr],
-        "retry_budget = { percent = 100 }",
-    ))
-    .await;
+    let retries = "switchyard_upstream_retries_total{backend=\"b\",reason=\"connect\"}";
+    let connect_errors = "switchyard_upstream_connect_errors_total{backend=\"b\"}";
+    // Defaults: the first three requests that pick the dead endpoint are
+    // sent to the live one instead; then the dead one is ejected and no
+    // request picks it.
+    let sy = Switchyard::start(&backend_config(&[dead, live.addr], "")).await;
     let mut client = HttpClient::connect(sy.addr("web")).await;
     for _ in 0..20 {
         let (status, _, body) = client.get("/", None).await.unwrap();
         assert_eq!((status, body.as_str()), (StatusCode::OK, "live"));
     }
-    let retries = sy
-        .metric("switchyard_upstream_retries_total{backend=\"b\"}")
-        .await
-        .unwrap();
-    assert_eq!(retries, 20.0);
-    assert_eq!(
-        sy.metric("switchyard_upstream_connect_errors_total{backend=\"b\"}")
-            .await,
-        Some(retries)
-    );
+    assert_eq!(sy.metric(retries).await, Some(3.0));
+    assert_eq!(sy.metric(connect_errors).await, Some(3.0));
+    assert_eq!(endpoint(&sy.status().await, dead)["ejected"], true);
 
-    // No retries: the dead one costs its share of requests.
-    let sy = Switchyard::start(&backend_config(&[dead, live.addr], "retries = 0")).await;
+    // No retries, no ejection: the dead one costs its share of requests.
+    let sy = Switchyard::start(&backend_config(
+        &[dead, live.addr],
+        "retries = 0\noutlier = { consecutive_failures = 0, consecutive_connect_failures = 0 }",
+    ))
+    .await;
     let mut client = HttpClient::connect(sy.addr("web")).await;
     let mut bad_gateway = 0;
     for _ in 0..20 {
@@ -352,28 +367,32 @@ async fn failed_connects_are_retried_on_another_endpoint_within_the_budget() {
     }
     assert_eq!(bad_gateway, 10);
 
-    // An exhausted budget (none per request, one a second) stops retries:
-    // one request is rescued, the rest fail on the dead endpoint.
+    // No retries, default ejection: three fail, then none.
+    let sy = Switchyard::start(&backend_config(&[dead, live.addr], "retries = 0")).await;
+    let mut client = HttpClient::connect(sy.addr("web")).await;
+    let mut bad_gateway = 0;
+    for _ in 0..20 {
+        if client.get("/", None).await.unwrap().0 == StatusCode::BAD_GATEWAY {
+            bad_gateway += 1;
+        }
+    }
+    assert_eq!(bad_gateway, 3);
+
+    // An exhausted budget (none per request, one a second) does not stop
+    // retries of failed connects: they never reached a server.
     let sy = Switchyard::start(&backend_config(
         &[dead, live.addr],
-        "retry_budget = { percent = 0, min_per_second = 1 }",
+        "retry_budget = { percent = 0, min_per_second = 1 }\n\
+         outlier = { consecutive_failures = 0, consecutive_connect_failures = 0 }",
     ))
     .await;
     let mut client = HttpClient::connect(sy.addr("web")).await;
-    let mut ok = 0;
     for _ in 0..20 {
-        if client.get("/", None).await.unwrap().0 == StatusCode::OK {
-            ok += 1;
-        }
+        assert_eq!(client.get("/", None).await.unwrap().0, StatusCode::OK);
     }
-    // A refused retry takes no second turn, so the picks alternate again:
-    // the live endpoint's share plus the one or two rescued requests.
-    assert!((10..=12).contains(&ok), "{ok} answered");
-    let retries = sy
-        .metric("switchyard_upstream_retries_total{backend=\"b\"}")
-        .await
-        .unwrap();
-    assert!((1.0..=2.0).contains(&retries), "{retries} retries");
+    // Round robin: each request's first pick is the dead one (the retry's
+    // pick takes the next turn), so every request needs its retry.
+    assert_eq!(sy.metric(retries).await, Some(20.0));
 }
 
 #[tokio::test]
@@ -418,6 +437,28 @@ async fn broken_exchanges_are_retried_only_for_idempotent_requests_without_a_bod
         2,
         "{statuses:?}"
     );
+
+    // Retries of sent requests draw on the budget: with none per request
+    // and one a second, one or two broken GETs are rescued, no more.
+    let sy = Switchyard::start(&backend_config(
+        &[slammer.addr, live.addr],
+        "retry_on = [\"connect\", \"reset\"]\nretry_budget = { percent = 0, min_per_second = 1 }",
+    ))
+    .await;
+    let mut failed = 0;
+    for _ in 0..20 {
+        if get(sy.addr("web"), "/", None).await.0 != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    let retries = sy
+        .metric("switchyard_upstream_retries_total{backend=\"b\",reason=\"reset\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!((1.0..=2.0).contains(&retries), "{retries} retries");
+    // A rescued request takes two turns of the round robin, so the broken
+    // endpoint gets 10 or 11 of the 20 first picks.
+    assert!((8..=10).contains(&failed), "{failed} failed");
 }
 
 #[tokio::test]

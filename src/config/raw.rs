@@ -338,7 +338,11 @@ pub enum RawCheckKind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
+    /// Failed requests in a row (5xx, broken exchange, timeout, failed
+    /// connect); default 5 once `outlier` is written, 0 = off.
     pub consecutive_failures: Option<u32>,
+    /// Failed connects in a row; default 3 (with or without `outlier`), 0 = off.
+    pub consecutive_connect_failures: Option<u32>,
     pub base_ejection: Option<ConfigDuration>,
     pub max_ejection: Option<ConfigDuration>,
     pub max_ejected_percent: Option<u32>,

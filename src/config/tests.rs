@@ -528,8 +528,12 @@ max_connections_per_server = 7
     );
     assert_eq!(h.jitter, Duration::from_millis(500));
     assert!(b.fail_open);
-    let o = b.outlier.unwrap();
+    let o = b.outlier;
     assert_eq!(o.consecutive_failures, 3);
+    assert_eq!(
+        o.consecutive_connect_failures,
+        DEFAULT_CONSECUTIVE_CONNECT_FAILURES
+    );
     assert_eq!(o.base_ejection, DEFAULT_BASE_EJECTION);
     assert_eq!(b.retry.retries, 1);
     assert!(b.retry.on_reset);
@@ -537,11 +541,15 @@ max_connections_per_server = 7
     assert_eq!(b.retry.budget_min_per_second, DEFAULT_RETRY_MIN_PER_SECOND);
     assert_eq!(b.max_connections_per_server, Some(7));
 
-    // Defaults: no checks, no ejection, two retries on connect failures.
+    // Defaults: no checks, ejection after connect failures only, two
+    // retries on connect failures.
     let (_dir, result) = load_files(&[("main.toml", BASE)]);
     let c = result.unwrap();
     let b = &c.backends[0];
-    assert!(b.health_check.is_none() && b.outlier.is_none() && !b.fail_open);
+    assert!(b.health_check.is_none() && !b.fail_open);
+    assert_eq!(b.outlier, OutlierSpec::default());
+    assert_eq!(b.outlier.consecutive_failures, 0);
+    assert_eq!(b.outlier.consecutive_connect_failures, 3);
     assert_eq!(b.retry, RetrySpec::default());
     assert_eq!(c.limits, Limits::default());
 }
@@ -578,7 +586,6 @@ health_check = { type = "http", path = "nope", expect_status = "999" }
         "`listeners[0].queue_timeout`: only used with `max_connections`",
         "`backends[0].health_check.path`: only used with type = \"http\"",
         "`backends[0].health_check`: `rise` and `fall` must be at least 1",
-        "`backends[0].outlier.consecutive_failures`: must be at least 1",
         "`backends[0].outlier.max_ejection`: must not be less than `base_ejection`",
         "`backends[0].outlier.max_ejected_percent`: must be between 0 and 100",
         "`backends[0].retries`: must be between 0 and 10",

@@ -520,7 +520,10 @@ fn check_backend(
         .health_check
         .as_ref()
         .and_then(|h| check_health(f, key, h, p));
-    let outlier = b.outlier.as_ref().map(|o| check_outlier(f, key, o, p));
+    let outlier = b
+        .outlier
+        .as_ref()
+        .map_or_else(OutlierSpec::default, |o| check_outlier(f, key, o, p));
     let retry = check_retry(f, key, b, p);
     if b.max_connections_per_server == Some(0) {
         p.at(
@@ -656,17 +659,13 @@ fn check_outlier(f: &Arc<Path>, key: &str, o: &RawOutlier, p: &mut Problems) -> 
         consecutive_failures: o
             .consecutive_failures
             .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        consecutive_connect_failures: o
+            .consecutive_connect_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_CONNECT_FAILURES),
         base_ejection: pick(&o.base_ejection, DEFAULT_BASE_EJECTION),
         max_ejection: pick(&o.max_ejection, DEFAULT_MAX_EJECTION),
         max_ejected_percent: o.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT),
     };
-    if spec.consecutive_failures == 0 {
-        p.at(
-            f,
-            format!("{key}.consecutive_failures"),
-            "must be at least 1",
-        );
-    }
     if spec.base_ejection.is_zero() {
         p.at(
             f,

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{BoardState, ReloadRecord};
 use crate::config::{BackendTarget, Balance, Mode, Protocol};
-use crate::table::endpoints::{EndpointState, Origin};
+use crate::table::endpoints::{EjectReason, EndpointState, Origin};
 use crate::table::{Backend, Table};
 
 #[derive(Serialize)]
@@ -58,8 +58,10 @@ pub struct EndpointStatus {
     pub origin: Option<Origin>,
     pub weight: Option<u32>,
     pub healthy: bool,
-    /// Out of rotation after failing requests in a row (outlier ejection).
+    /// Out of rotation after failing connects or requests in a row
+    /// (passive ejection); `ejection` says why and until when.
     pub ejected: bool,
+    pub ejection: Option<EjectionStatus>,
     pub draining: bool,
     pub active_connections: usize,
     /// Active health checks, when the backend has them.
@@ -77,6 +79,17 @@ pub struct CheckStatus {
 }
 
 #[derive(Serialize)]
+pub struct EjectionStatus {
+    pub reason: EjectReason,
+    pub since: String,
+    /// End of the period; the next request after it is a trial, whose
+    /// success puts the endpoint back in rotation.
+    pub until: String,
+    /// Ejections in the current series (each period is longer).
+    pub ejections: u32,
+}
+
+#[derive(Serialize)]
 pub struct CheckChange {
     pub check: u64,
     pub healthy: bool,
@@ -84,16 +97,29 @@ pub struct CheckChange {
 
 impl EndpointStatus {
     fn of(state: &EndpointState, origin: Option<Origin>, weight: Option<u32>) -> Self {
+        let record = state.record();
+        let ejected = state.is_ejected();
+        let time = |t| humantime::format_rfc3339_millis(t).to_string();
         Self {
             backend: state.backend.to_string(),
             address: state.addr.to_string(),
             origin,
             weight,
             healthy: state.is_healthy(),
-            ejected: state.is_ejected(),
+            ejected,
+            ejection: record
+                .ejection
+                .as_ref()
+                .filter(|_| ejected)
+                .map(|e| EjectionStatus {
+                    reason: e.reason,
+                    since: time(e.since),
+                    until: time(e.until),
+                    ejections: record.ejections,
+                }),
             draining: state.is_draining(),
             active_connections: state.active(),
-            health_checks: state.record().checks.as_ref().map(|c| CheckStatus {
+            health_checks: record.checks.as_ref().map(|c| CheckStatus {
                 checks: c.checks,
                 successes_in_a_row: c.successes_in_a_row,
                 failures_in_a_row: c.failures_in_a_row,

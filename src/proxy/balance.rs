@@ -1,8 +1,9 @@
 //! Choosing an endpoint of a backend for one request or connection.
 //!
 //! Every algorithm works on an immutable [`EndpointSet`] plus atomics, so a
-//! pick never locks or allocates. Endpoints that are unhealthy or draining
-//! are skipped; `None` means no endpoint may take traffic (503 / close).
+//! pick never locks or allocates. Unhealthy and ejected endpoints are
+//! skipped while others are left (see [`pick`]); `None` means no endpoint
+//! may take traffic (503 / close).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -18,28 +19,59 @@ pub trait HashInput {
 
 /// Picks an endpoint of `backend` from `set` (the set loaded for this unit of
 /// work), skipping the addresses in `avoid` (those a retry already tried)
-/// and endpoints at `max_connections_per_server`. With `fail_open`, when no
-/// healthy endpoint is left, unhealthy and ejected ones are used.
+/// and endpoints at `max_connections_per_server`.
+///
+/// Endpoints that are unhealthy (active checks) or ejected (passive) are
+/// skipped, in this order of fallbacks when nothing is left:
+/// 1. healthy endpoints that are not ejected, or whose ejection period is
+///    over (the request that picks one is its trial);
+/// 2. healthy endpoints, ejected or not: ejection never leaves a backend
+///    with no endpoint, so a backend of one server whose server restarts
+///    serves again as soon as it is back, not a period later;
+/// 3. with `fail_open`, every endpoint.
 pub fn pick<'s>(
     backend: &Backend,
     set: &'s EndpointSet,
     input: &dyn HashInput,
     avoid: &[SocketAddr],
 ) -> Option<&'s Endpoint> {
+    let (found, trial) = pick_among(backend, set, input, |e| !avoid.contains(&e.addr))?;
+    if !trial || found.state.claim_trial(backend.trial_window()) {
+        return Some(found);
+    }
+    // Another request claimed this endpoint's trial first (rare: only at
+    // the end of an ejection period); choose again without it.
+    let lost = found.addr;
+    pick_among(backend, set, input, |e| {
+        e.addr != lost && !avoid.contains(&e.addr)
+    })
+    .map(|(e, _)| e)
+}
+
+/// The first fallback tier with an endpoint `allowed` accepts, and whether
+/// that endpoint is ejected with its trial due.
+fn pick_among<'s>(
+    backend: &Backend,
+    set: &'s EndpointSet,
+    input: &dyn HashInput,
+    allowed: impl Fn(&Endpoint) -> bool,
+) -> Option<(&'s Endpoint, bool)> {
     let eps = &set.endpoints;
-    let n = eps.len();
-    if n == 0 {
+    if eps.is_empty() {
         return None;
     }
     let limit = backend.spec.max_connections_per_server;
     let open = |i: usize| {
         let e = &eps[i];
-        limit.is_none_or(|max| e.state.active() < max) && !avoid.contains(&e.addr)
+        limit.is_none_or(|max| e.state.active() < max) && allowed(e)
     };
-    let usable = |i: usize| eps[i].state.is_usable() && open(i);
-    let found = choose(backend, set, input, usable)
+    if let Some(i) = choose(backend, set, input, |i| eps[i].state.is_usable() && open(i)) {
+        return Some((&eps[i], eps[i].state.is_ejected()));
+    }
+    let healthy = |i: usize| eps[i].state.is_healthy() && open(i);
+    let found = choose(backend, set, input, healthy)
         .or_else(|| (backend.spec.fail_open).then(|| choose(backend, set, input, open))?);
-    found.map(|i| &eps[i])
+    found.map(|i| (&eps[i], false))
 }
 
 /// The balancing algorithm's choice among the endpoints `ok` accepts.

@@ -28,7 +28,7 @@ use super::io::ConnActivity;
 use super::listener::Drain;
 use super::upstream::{H1Sender, UpstreamError};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
-use crate::table::endpoints::ActiveGuard;
+use crate::table::endpoints::{ActiveGuard, Outcome};
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -348,7 +348,9 @@ fn prepare<'a>(
         && req.method().is_idempotent()
         && req.body().is_end_stream())
     .then(|| Box::new(head_of(&req)));
-    if spec.retry.retries > 0 {
+    // Only retries of sent requests (`retry_on = ["reset"]`) draw on the
+    // budget, so only then does it need the request count.
+    if spec.retry.on_reset && spec.retry.retries > 0 {
         backend.retry_budget.request_started();
     }
     Ok(Outbound {
@@ -385,18 +387,26 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             let sent = send(req, &active, ctx, spec, forwarded, attempt_started).await;
             let failed = match sent {
                 Ok(sent) => {
-                    backend.report(active.endpoint(), !sent.status().is_server_error());
+                    let outcome = if sent.status().is_server_error() {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Answered
+                    };
+                    backend.report(active.endpoint(), outcome);
                     break sent;
                 }
                 Err(failed) => failed,
             };
             let from = active.endpoint().addr;
-            backend.report(active.endpoint(), false);
+            let connect_failed = matches!(failed.error, ProxyError::Connect(_));
+            let outcome = if connect_failed {
+                Outcome::ConnectFailed
+            } else {
+                Outcome::Failed
+            };
+            backend.report(active.endpoint(), outcome);
             let again = match (&failed.error, failed.unsent) {
-                (ProxyError::Connect(_), Some(unsent)) => {
-                    backend.connect_failed();
-                    Some(unsent)
-                }
+                (ProxyError::Connect(_), Some(unsent)) => Some(unsent),
                 (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e.as_ref()) => {
                     return error_response(ctx, ProxyError::BodyTooLarge, completion);
                 }
@@ -408,9 +418,13 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 }),
                 _ => None,
             };
+            // A request whose connect failed never reached a server, so
+            // sending it elsewhere adds no load: the retry budget, which
+            // guards servers against retry storms, covers only requests
+            // that were sent.
             let Some(again) = again.filter(|_| {
                 tried.len() < spec.retry.retries as usize
-                    && backend.retry_budget.try_retry(&spec.retry)
+                    && (connect_failed || backend.retry_budget.try_retry(&spec.retry))
             }) else {
                 return error_response(ctx, failed.error, completion);
             };
@@ -423,7 +437,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 return error_response(ctx, failed.error, completion);
             };
             tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
-            backend.counters.retries.inc();
+            backend.counters.retries(connect_failed).inc();
             active = next;
             req = again;
             attempt_started = Instant::now();

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::balance::{self, ClientAddrKey};
 use super::upstream::connect_tcp;
 use crate::table::ListenerEntry;
+use crate::table::endpoints::Outcome;
 
 /// Copy buffer per direction: large buffers cut syscalls on bulk transfers
 /// (a third less CPU on 16 KiB bodies in our measurements).
@@ -24,9 +25,6 @@ where
     };
     let backend = &target.backend;
     let retry = &backend.spec.retry;
-    if retry.retries > 0 {
-        backend.retry_budget.request_started();
-    }
     let key = ClientAddrKey(peer.ip());
     let mut tried: Vec<SocketAddr> = Vec::new();
     let (active, mut upstream) = loop {
@@ -43,18 +41,19 @@ where
         let endpoint = active.endpoint();
         match connect_tcp(endpoint.addr, backend.spec.timeouts.connect).await {
             Ok(stream) => {
-                backend.report(endpoint, true);
+                backend.report(endpoint, Outcome::Connected);
                 break (active, stream);
             }
             Err(error) => {
-                backend.connect_failed();
-                backend.report(endpoint, false);
+                backend.report(endpoint, Outcome::ConnectFailed);
                 tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
-                if tried.len() >= retry.retries as usize || !backend.retry_budget.try_retry(retry) {
+                // Nothing reached the server: outside the retry budget, as
+                // in HTTP mode.
+                if tried.len() >= retry.retries as usize {
                     return;
                 }
                 tried.push(endpoint.addr);
-                backend.counters.retries.inc();
+                backend.counters.retries(true).inc();
             }
         }
     };

@@ -512,6 +512,16 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize) -> Self {
+        Self::start_with(addr, clients, false)
+    }
+
+    /// Like [`start`](Self::start), each request on a new connection
+    /// (what a TCP listener's connect path sees).
+    pub fn start_fresh(addr: SocketAddr, clients: usize) -> Self {
+        Self::start_with(addr, clients, true)
+    }
+
+    fn start_with(addr: SocketAddr, clients: usize, fresh: bool) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failed = Arc::new(AtomicUsize::new(0));
         let tasks = (0..clients)
@@ -521,6 +531,9 @@ impl Load {
                     let mut client = HttpClient::connect(addr).await;
                     let mut sent = 0;
                     while !stop.load(Ordering::SeqCst) && sent < 100_000 {
+                        if fresh && sent > 0 {
+                            client = HttpClient::connect(addr).await;
+                        }
                         match client.get("/", None).await {
                             Ok((StatusCode::OK, _, _)) => {}
                             _ => {
