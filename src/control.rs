@@ -316,6 +316,9 @@ impl Control {
                 diff: Some(ConfigDiff::initial(&config)),
             });
         }
+        // Included outputs are written once the config built from them runs,
+        // as on every reload: a start that fails leaves the files alone.
+        templating.apply_staged().await;
         Ok((
             Self {
                 path,
@@ -402,15 +405,25 @@ impl Control {
     }
 
     /// Renders the templates that are due; an included output that changed
-    /// reloads the config, once for the whole batch.
+    /// reloads the config, once for the whole batch, and is written only
+    /// if that reload is applied.
     async fn render_templates(&mut self) {
         let consul = self.table.current().config.consul.clone();
-        let reload = self
+        let staged = self
             .templating
             .render_due(&mut self.sources.consul, consul.as_ref())
             .await;
-        if reload {
-            self.reload(Trigger::Template).await;
+        if staged {
+            // A reload like any other: it reads every file as it is now, so
+            // a broken source or config rejects it and the staged outputs
+            // are dropped rather than written beside a table that lacks them.
+            let record = self.reload(Trigger::Template).await;
+            match record.result {
+                ReloadResult::Failure => self.templating.discard_staged(&record.errors),
+                ReloadResult::Success | ReloadResult::Unchanged => {
+                    self.templating.apply_staged().await
+                }
+            }
         }
     }
 
@@ -483,6 +496,9 @@ impl Control {
             }
         };
         self.metrics.reload(record.result != ReloadResult::Failure);
+        if record.result != ReloadResult::Failure {
+            self.templating.retry_rejected();
+        }
         let mut board = self.board.lock();
         board.last_reload = Some(record.clone());
         if record.result == ReloadResult::Failure {

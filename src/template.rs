@@ -28,7 +28,7 @@ use tera::Tera;
 
 use crate::config::TemplateSpec;
 pub use functions::{DataView, Dep, RenderScope};
-pub use set::{Rendered, TemplatePlan, TemplateSet, TemplateStatus};
+pub use set::{Rendered, TemplatePlan, TemplateSet, TemplateStatus, digest};
 
 /// A parsed template, ready to render any number of times.
 pub struct Compiled {

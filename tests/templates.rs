@@ -465,6 +465,194 @@ async fn template_errors_keep_the_previous_output_and_the_proxy_serving() {
     assert!(err.contains("template bad.tera: line 1: "), "{err}");
 }
 
+/// The quickstart's shape in `dir`: the shipped routes template, copied to
+/// `routes.tera` so a test can break it, rendered into the included
+/// `out/routes.toml` from `kv/`; and a plain template listing the route
+/// keys into `out/keys.txt`. Both read the same keys, so they render in one
+/// batch: once `keys.txt` shows a change, the routes template has had its
+/// turn at it. Returns the config and the routes template's source.
+fn quickstart_shape(dir: &Path) -> (String, String) {
+    let routes = std::fs::read_to_string(shipped("routes.toml.tera")).unwrap();
+    put(dir, "routes.tera", &routes);
+    put(
+        dir,
+        "keys.tera",
+        "{% for r in ls(prefix=\"switchyard/routes/\") %}{{ r.key }}\n{% endfor %}",
+    );
+    put(dir, "kv/switchyard/routes/api", &route("/api/", "a"));
+    let config = responders(
+        "include = [\"out/routes.toml\"]\n[kv]\ndir = \"kv\"\n\
+         [[templates]]\nsource = \"routes.tera\"\ndestination = \"out/routes.toml\"\n\
+         [[templates]]\nsource = \"keys.tera\"\ndestination = \"out/keys.txt\"\n",
+    );
+    (config, routes)
+}
+
+/// Starts with the config and template sources watched, as `switchyard
+/// run` does.
+async fn start_watching_in(dir: tempfile::TempDir, config: &str) -> Switchyard {
+    Switchyard::try_start_in(dir, config, AppOptions { watch_config: true })
+        .await
+        .expect("starts")
+}
+
+/// What `/status` shows as `applied_digest` for `text`: FNV-1a 64.
+fn digest(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("fnv1a64:{hash:016x}")
+}
+
+/// `out/routes.toml` shows `what`, and the text the running config was
+/// built from (the routes template's `applied_digest`) is that file's.
+async fn routes_file_applied(sy: &Switchyard, what: &str) -> bool {
+    let Some(file) = read(sy.dir.path(), "out/routes.toml") else {
+        return false;
+    };
+    let t = template_status(&sy.status().await, 0);
+    file.contains(what) && t["applied_digest"] == digest(&file)
+}
+
+/// Issue 15: a kv change while the routes template's source is broken
+/// must neither render it with the old source nor write a file the proxy
+/// does not route by.
+#[tokio::test]
+async fn a_broken_template_source_renders_nothing_until_fixed() {
+    let dir = workdir();
+    let (config, routes) = quickstart_shape(dir.path());
+    let sy = start_watching_in(dir, &config).await;
+    let (root, addr) = (sy.dir.path().to_path_buf(), sy.addr("web"));
+    assert_eq!(body(addr, "/api/x").await, "a");
+    let before = read(&root, "out/routes.toml").unwrap();
+    let load = Load::start(addr, 4);
+
+    // The source breaks: the reload is rejected, naming template and line.
+    put(&root, "routes.tera", "ok\n{% for r in %}\n");
+    let (code, answer) = sy.admin_post("/reload").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("template routes.tera: line 2: ")),
+        "{answer}"
+    );
+    let renders_before = renders(&sy.status().await);
+
+    // A key it reads changes: a new route.
+    put(&root, "kv/switchyard/routes/new", &route("/new/", "b"));
+    eventually("the batch that read the new key", WAIT, || async {
+        read(&root, "out/keys.txt").is_some_and(|k| k.contains("new"))
+    })
+    .await;
+    assert_eq!(
+        read(&root, "out/routes.toml").unwrap(),
+        before,
+        "rendered with the old source and written"
+    );
+    assert_eq!(body(addr, "/new/x").await, "fallback");
+    let status = sy.status().await;
+    let t = template_status(&status, 0);
+    assert_eq!(t["state"], "source_error", "{t}");
+    assert!(
+        t["source_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("template routes.tera: line 2: ")),
+        "{t}"
+    );
+    let since = t["source_error_since"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(since).is_ok(), "{since}");
+    assert_eq!(t["renders"], renders_before, "rendered with the old source");
+    assert_eq!(t["applied_digest"], digest(&before));
+    // The plain template, whose source is fine, went on rendering.
+    assert_eq!(template_status(&status, 1)["state"], "rendered");
+
+    // Fixed: the file-change reload applies the source, which renders
+    // with the current data; file, included text and routing agree.
+    put(
+        &root,
+        "routes.tera",
+        &routes.replace("# Rendered", "# Fixed, rendered"),
+    );
+    routed_to(&sy, "/new/x", "b").await;
+    eventually("the fixed render written and applied", WAIT, || async {
+        routes_file_applied(&sy, "/new/").await
+    })
+    .await;
+    let rendered = read(&root, "out/routes.toml").unwrap();
+    assert!(rendered.contains("# Fixed"), "{rendered}");
+    let t = template_status(&sy.status().await, 0);
+    assert_eq!(t["state"], "rendered", "{t}");
+    assert_eq!(t["source_error"], serde_json::Value::Null, "{t}");
+    assert_eq!(body(addr, "/api/x").await, "a");
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 0);
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+}
+
+/// The same with the main config file broken: the template renders, its
+/// reload is rejected, and its output is dropped rather than written.
+#[tokio::test]
+async fn a_rejected_reload_writes_no_included_output_until_the_config_is_fixed() {
+    let dir = workdir();
+    let (config, _) = quickstart_shape(dir.path());
+    let sy = start_watching_in(dir, &config).await;
+    let (root, addr) = (sy.dir.path().to_path_buf(), sy.addr("web"));
+    let before = read(&root, "out/routes.toml").unwrap();
+    let load = Load::start(addr, 4);
+
+    sy.write_config(&format!("{config}\n[[listeners]\n"));
+    let (code, answer) = sy.admin_post("/reload").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let renders_before = renders(&sy.status().await);
+
+    put(&root, "kv/switchyard/routes/new", &route("/new/", "b"));
+    eventually("the routes template renders the change", WAIT, || async {
+        renders(&sy.status().await) > renders_before
+    })
+    .await;
+    assert_eq!(
+        read(&root, "out/routes.toml").unwrap(),
+        before,
+        "written though not applied"
+    );
+    assert_eq!(body(addr, "/new/x").await, "fallback");
+    eventually("the rejected output in /status", WAIT, || async {
+        template_status(&sy.status().await, 0)["state"] == "rejected"
+    })
+    .await;
+    let status = sy.status().await;
+    let t = template_status(&status, 0);
+    assert!(
+        t["last_error"].as_str().is_some_and(|e| {
+            e.starts_with("not applied: config rejected: ") && e.contains("switchyard.toml")
+        }),
+        "{t}"
+    );
+    assert_eq!(t["applied_digest"], digest(&before));
+    assert_eq!(read(&root, "out/routes.toml").unwrap(), before);
+    assert_eq!(body(addr, "/new/x").await, "fallback");
+
+    // Fixed: the reload that applies it renders the rejected template
+    // again, and the change it missed is applied and written.
+    sy.write_config(&config);
+    routed_to(&sy, "/new/x", "b").await;
+    eventually("the render written and applied", WAIT, || async {
+        routes_file_applied(&sy, "/new/").await
+    })
+    .await;
+    assert_eq!(template_status(&sy.status().await, 0)["state"], "rendered");
+    // Converged: nothing left to retry, so no further reload.
+    let settled = sy.status().await["last_reload"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sy.status().await["last_reload"], settled);
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 0);
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+}
+
 fn render_command(config: &Path, extra: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["render", "-c"])

@@ -1,6 +1,12 @@
 //! The control task's side of templates: turns data changes into render
 //! batches, writes their outputs, runs their commands, and tells the
 //! control task when an included output changed (one reload per batch).
+//!
+//! A changed included output is staged, not written: the control task
+//! reloads with it, then calls [`Templating::apply_staged`] (write, run the
+//! command) if the reload was applied or [`Templating::discard_staged`] if
+//! it was rejected, so the destination file always holds the text the
+//! running config was built from.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -68,9 +74,13 @@ impl Templating {
         }
     }
 
-    /// Parses a config's templates.
-    pub fn prepare(&self, specs: &[TemplateSpec]) -> Result<TemplatePlan, Vec<String>> {
-        self.set.prepare(specs)
+    /// Parses a config's templates. Running templates whose source is
+    /// broken stop rendering, and `/status` shows it, even though the
+    /// reload this is part of is then rejected.
+    pub fn prepare(&mut self, specs: &[TemplateSpec]) -> Result<TemplatePlan, Vec<String>> {
+        let plan = self.set.prepare(specs);
+        self.publish_status();
+        plan
     }
 
     pub fn commit(&mut self, templates: TemplatePlan, kv: KvPlan) {
@@ -131,7 +141,8 @@ impl Templating {
     }
 
     /// Renders what is due, writes, runs commands and updates what Consul
-    /// watches. Returns whether an included output changed.
+    /// watches. Returns whether an included output changed: it is staged
+    /// for a reload, and not written yet.
     pub async fn render_due(
         &mut self,
         consul: &mut ConsulWatcher,
@@ -182,12 +193,37 @@ impl Templating {
         let rendered = self.set.render_due(Instant::now(), &view, &self.metrics);
         let started = consul.set_keys(KeyOwner::Templates, self.set.consul_keys(), consul_spec);
         self.board.lock().consul = consul.watches();
-        let reloads = rendered.iter().any(|r| r.reloads_config);
-        if !rendered.is_empty() {
-            self.write(rendered).await;
+        // Staged outputs stay in the set until their reload has ended.
+        let (staged, now): (Vec<_>, Vec<_>) = rendered.into_iter().partition(|r| r.reloads_config);
+        if !now.is_empty() {
+            self.write(now).await;
         }
         self.publish_status();
-        (reloads, started)
+        (!staged.is_empty(), started)
+    }
+
+    /// The reload built from the staged outputs was applied (or found the
+    /// config unchanged): they become the applied ones and are written.
+    pub async fn apply_staged(&mut self) {
+        let applied = self.set.apply_staged();
+        if !applied.is_empty() {
+            self.write(applied).await;
+        }
+        self.publish_status();
+    }
+
+    /// The reload built from the staged outputs was rejected with
+    /// `errors`: they are dropped, and the files keep the applied text.
+    pub fn discard_staged(&mut self, errors: &[String]) {
+        let reason = errors.first().map_or("", String::as_str);
+        self.set.discard_staged(reason, &self.metrics);
+        self.publish_status();
+    }
+
+    /// After a reload that was applied: the outputs rejected before render
+    /// again, so that what changed in between is applied now.
+    pub fn retry_rejected(&mut self) {
+        self.set.mark_rejected_due(Instant::now());
     }
 
     /// Writes the renders off the async threads, then starts the commands

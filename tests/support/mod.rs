@@ -488,6 +488,14 @@ impl Switchyard {
         let (s, _, b) = c.get(path, None).await.expect("admin answers");
         (s, b)
     }
+
+    /// `POST path` on the admin API (`/reload` answers 422 when rejected).
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, String) {
+        let mut c = HttpClient::connect(self.app.admin_addr()).await;
+        let req = Request::post(path).body(full("")).expect("request");
+        let (s, _, b) = c.send(req).await.expect("admin answers");
+        (s, b)
+    }
 }
 
 fn with_admin(config: &str) -> String {
