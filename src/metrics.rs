@@ -48,7 +48,7 @@ pub struct Metrics {
     /// per applied change: how many rebuilds a burst of changes caused.
     pub discovery_updates: IntCounter,
     /// Template renders by template and result (written, unchanged, held,
-    /// error).
+    /// error, rejected: an included output whose reload was rejected).
     pub template_renders: IntCounterVec,
     /// Template commands by template and result (success, failure, timeout).
     pub template_commands: IntCounterVec,
@@ -170,7 +170,7 @@ impl Metrics {
         let template_renders = IntCounterVec::new(
             Opts::new(
                 "switchyard_template_renders_total",
-                "Template renders by result (written, unchanged, held, error)",
+                "Template renders by result (written, unchanged, held, error, rejected)",
             ),
             &["template", "result"],
         )?;

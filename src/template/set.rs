@@ -523,3 +523,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn timestamp() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
+
+#[cfg(test)]
+mod tests;
