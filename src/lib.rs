@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod atomic_file;
+pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod discovery;
