@@ -227,16 +227,17 @@ pub struct ResolverSpec {
     /// Bounds on the refresh interval, whatever the answer's TTL says.
     pub min_ttl: Duration,
     pub max_ttl: Duration,
-    /// How long the last good answer is kept while lookups fail
-    /// (timeout, SERVFAIL, refused).
+    /// How long the last good answer is kept past its TTL expiry while
+    /// lookups fail (timeout, SERVFAIL, refused) or are still in flight.
     pub hold_valid: Duration,
-    /// How long the last good answer is kept while the name does not exist
-    /// (NXDOMAIN) or has no addresses.
+    /// How long the last good answer is kept past its TTL expiry once the
+    /// name does not exist (NXDOMAIN) or has no addresses.
     pub hold_nx: Duration,
     /// Per query, and the number of tries per nameserver.
     pub timeout: Duration,
     pub attempts: usize,
-    /// Retry backoff after a failed lookup, doubled up to `retry_max`.
+    /// Retry backoff after a failed lookup, doubled up to `retry_max`, with
+    /// jitter (see `backoff`).
     pub retry_min: Duration,
     pub retry_max: Duration,
 }

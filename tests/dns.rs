@@ -4,7 +4,7 @@
 mod support;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::RecordType;
 use http::StatusCode;
@@ -185,6 +185,118 @@ async fn servfail_holds_the_last_answer_nxdomain_ends_it_and_recovery_follows() 
         get(addr, "/", None).await == (StatusCode::OK, "web".into())
     })
     .await;
+}
+
+/// Issue 15: the nameserver stops answering (timeouts, not SERVFAIL). The
+/// hold counts from the TTL expiry of the last confirmed answer and ends on
+/// a timer, while the first lookup is still waiting on its timeouts
+/// (2 s × 2 attempts, longer than the 3 s hold from when it was due).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nameserver_is_held_from_ttl_expiry_and_the_hold_ends_on_time() {
+    const HOLD: Duration = Duration::from_secs(3);
+    let dns = DnsServer::start().await;
+    let web = Backend::start("web").await;
+    dns.set_addresses("web.test", &[ip("127.0.0.1")], 1);
+    let resolver = format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 2\n\
+         min_ttl = \"1s\"\nmax_ttl = \"1s\"\nhold_valid = \"3s\"\n\
+         retry_min = \"100ms\"\nretry_max = \"400ms\"\n",
+        dns.addr
+    );
+    let servers = format!("servers = [\"web.test:{}\"]", web.addr.port());
+    let sy = Switchyard::start(&web_config(&resolver, "", &servers)).await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "web".into()));
+    let watch = || async { sy.status().await["watches"][0].clone() };
+
+    // Go silent right after a refresh was answered (A and AAAA go out in
+    // parallel), so the next refresh, one TTL later, is the first to get
+    // no answer: that is when the answer stopped being confirmed.
+    let since = Instant::now();
+    eventually("a refresh", WAIT, || async {
+        dns.queries_since("web.test", RecordType::A, since) > 0
+            && dns.queries_since("web.test", RecordType::AAAA, since) > 0
+    })
+    .await;
+    dns.set_silent("web.test");
+    let silenced = Instant::now();
+    eventually("the next refresh", WAIT, || async {
+        dns.first_query_since("web.test", RecordType::A, silenced)
+            .is_some()
+    })
+    .await;
+    let due = dns
+        .first_query_since("web.test", RecordType::A, silenced)
+        .unwrap();
+
+    // Overdue: `holding` within the grace, long before the lookup's first
+    // attempt (2 s) has timed out.
+    eventually("holding", WAIT, || async {
+        watch().await["state"] == "holding"
+    })
+    .await;
+    let holding_after = due.elapsed();
+    assert!(
+        holding_after < Duration::from_millis(1500),
+        "`holding` only {holding_after:?} after the refresh was due"
+    );
+    let held = watch().await;
+    let hold_until = humantime::parse_rfc3339(held["hold_until"].as_str().unwrap()).unwrap();
+    let expected = SystemTime::now() - due.elapsed() + HOLD;
+    let off = hold_until
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        off < Duration::from_millis(300),
+        "hold_until {held:?} is {off:?} off the refresh's due time + hold_valid"
+    );
+    assert_eq!(held["addresses"], serde_json::json!(["127.0.0.1"]));
+
+    // 200 while held, 503 once the hold ends. The switch is timed from the
+    // first unanswered query, which reaches the server a few ms after the
+    // refresh was due: hence 100 ms of slack below hold_valid.
+    eventually("503 once the hold ends", WAIT, || async {
+        match get(addr, "/", None).await {
+            (StatusCode::OK, body) => {
+                assert_eq!(body, "web");
+                false
+            }
+            (status, body) => {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                true
+            }
+        }
+    })
+    .await;
+    let switched = due.elapsed();
+    eprintln!("holding after {holding_after:?}, 503 after {switched:?}");
+    assert!(
+        switched >= HOLD - Duration::from_millis(100) && switched <= HOLD + Duration::from_secs(2),
+        "503 after {switched:?}, expected hold_valid ({HOLD:?}) after the refresh was due"
+    );
+    // The timer ended the hold: no lookup has failed yet, the first one is
+    // still waiting on its timeouts.
+    let (_, metrics) = sy.admin_get("/metrics").await;
+    let failures: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"switchyard_dns_lookups_total{name="web.test""#))
+        .filter(|l| !l.contains(r#"result="success""#))
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let failed = watch().await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["hold_until"], serde_json::Value::Null);
+    assert_eq!(failed["addresses"], serde_json::json!([]));
+
+    // The name answers again: the addresses and the traffic come back.
+    dns.set_addresses("web.test", &[ip("127.0.0.1")], 1);
+    eventually("200 after recovery", WAIT, || async {
+        get(addr, "/", None).await == (StatusCode::OK, "web".into())
+    })
+    .await;
+    let resolved = watch().await;
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(resolved["addresses"], serde_json::json!(["127.0.0.1"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

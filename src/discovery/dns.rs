@@ -4,12 +4,23 @@
 //! shared by every backend that lists it. The task looks the name up, keeps
 //! the answer in its [`DnsName`], and looks again when the answer's TTL runs
 //! out (clamped to `min_ttl..=max_ttl`), or sooner when a connection to one
-//! of the addresses failed (at most once per `min_ttl`). When a lookup
-//! fails, the last good answer is kept for `hold_valid` (timeouts, SERVFAIL)
-//! or `hold_nx` (NXDOMAIN, no records) while retrying with backoff; after
-//! that the addresses go and the backend answers 503 until the name
-//! resolves again. A changed answer is reported to the control task, which
-//! replaces the endpoint sets of the backends that use the name.
+//! of the addresses failed (at most once per `min_ttl`).
+//!
+//! An answer is confirmed until its TTL runs out, counted from the start of
+//! the lookup that got it (or from its arrival, for a lookup slower than
+//! the TTL). If no lookup has confirmed it again by then, it is held: still
+//! used for `hold_valid` (timeouts, SERVFAIL, and while the lookup is still
+//! in flight) or `hold_nx` (once a lookup said NXDOMAIN or no records), both
+//! counted from that TTL expiry, while lookups retry with jittered backoff.
+//! A timer drops the addresses when the hold ends, whatever a slow lookup is
+//! still waiting for; the backend answers 503 until the name resolves again.
+//! A changed answer is reported to the control task, which replaces the
+//! endpoint sets of the backends that use the name.
+//!
+//! ```text
+//! lookup ok ──TTL──▶ confirmed_until ──hold──▶ hold_until: timer drops the answer
+//! `resolved`         +500 ms: `holding`        `failed`   (until a lookup succeeds)
+//! ```
 //!
 //! hickory's own cache is turned off: the refresh schedule here is the
 //! cache, and a cached answer would hide a change that `max_ttl` asked to
@@ -33,7 +44,13 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::Watched;
+use crate::backoff::Backoff;
 use crate::config::{Config, ResolverSpec};
+
+/// How late a refresh may be before `/status` calls its answer held. A
+/// refresh starts the moment the TTL runs out and normally returns within a
+/// few ms; without this grace every refresh would flash `holding`.
+const OVERDUE_GRACE: Duration = Duration::from_millis(500);
 
 /// A name to watch and the kind of records it stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,9 +170,11 @@ pub enum NameState {
     /// No lookup has finished yet.
     #[default]
     Pending,
-    /// The last lookup succeeded.
+    /// The last lookup succeeded and its answer's TTL has not run out.
     Resolved,
-    /// Lookups fail; the last good answer is still used until the hold ends.
+    /// The answer's TTL ran out and no lookup has confirmed it since (the
+    /// refresh failed or is overdue), or an early refresh failed; the answer
+    /// is still used until the hold ends.
     Holding,
     /// Lookups fail and no answer is held: the name has no endpoints.
     Failed,
@@ -169,8 +188,51 @@ struct NameStatus {
     last_success: Option<SystemTime>,
     last_change: Option<(SystemTime, Instant)>,
     last_error: Option<String>,
-    /// Since when lookups have failed without a success in between.
-    failing_since: Option<Instant>,
+    /// When the held answer's TTL runs out: the start of the lookup that
+    /// last got it plus its clamped TTL, i.e. when its refresh is due. The
+    /// hold counts from here, however long the lookups after it take.
+    /// `None` when no answer is held.
+    confirmed_until: Option<Instant>,
+    /// What the lookups since the last success said, if any failed: picks
+    /// `hold_valid` or `hold_nx`.
+    failure: Option<FailureKind>,
+    /// When the held answer goes unless a lookup confirms it first:
+    /// `confirmed_until` plus the hold. Computed by the task, which has the
+    /// settings; `None` when no answer is held.
+    hold_until: Option<Instant>,
+}
+
+impl NameStatus {
+    /// Recomputes `hold_until`, after a lookup or when the settings changed.
+    /// The hold is `hold_valid` until a lookup says the name is gone: while
+    /// a lookup is in flight nothing is known yet.
+    fn rehold(&mut self, settings: &ResolverSpec) {
+        let hold = self
+            .failure
+            .map_or(settings.hold_valid, |kind| kind.hold(settings));
+        self.hold_until = self.confirmed_until.map(|c| c + hold);
+    }
+
+    /// The state `/status` shows: `Resolved` becomes `Holding` once the
+    /// refresh is overdue, before the lookup in flight has failed.
+    fn shown_state(&self, now: Instant) -> NameState {
+        let overdue = self
+            .confirmed_until
+            .is_some_and(|c| now >= c + OVERDUE_GRACE);
+        match self.state {
+            NameState::Resolved if overdue => NameState::Holding,
+            state => state,
+        }
+    }
+}
+
+/// `at` on the wall clock, for `/status`.
+fn wall_clock(at: Instant, now: Instant) -> SystemTime {
+    let wall = SystemTime::now();
+    match at.checked_duration_since(now) {
+        Some(ahead) => wall + ahead,
+        None => wall.checked_sub(now.duration_since(at)).unwrap_or(wall),
+    }
 }
 
 /// One watched name: its current answer and what `/status` shows of it.
@@ -208,6 +270,8 @@ pub struct DnsWatchStatus {
     pub last_success: Option<String>,
     pub last_change: Option<String>,
     pub last_error: Option<String>,
+    /// While `holding`: when the addresses go unless a lookup succeeds.
+    pub hold_until: Option<String>,
 }
 
 impl DnsName {
@@ -241,13 +305,19 @@ impl DnsName {
 
     pub fn status(&self) -> DnsWatchStatus {
         let s = self.lock();
+        let now = Instant::now();
         let time =
             |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
+        let state = s.shown_state(now);
+        let hold_until = match state {
+            NameState::Holding => s.hold_until.map(|t| wall_clock(t, now)),
+            _ => None,
+        };
         DnsWatchStatus {
             kind: "dns",
             name: self.query.name.to_string(),
             query: self.query.kind,
-            state: s.state,
+            state,
             addresses: self
                 .answer()
                 .map(|a| a.records.iter().map(DnsRecord::describe).collect())
@@ -257,6 +327,7 @@ impl DnsName {
             last_success: time(s.last_success),
             last_change: time(s.last_change.map(|(t, _)| t)),
             last_error: s.last_error.clone(),
+            hold_until: time(hold_until),
         }
     }
 
@@ -272,8 +343,20 @@ impl DnsName {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a good answer; `true` when the addresses changed.
-    fn succeeded(&self, records: Vec<DnsRecord>, ttl: Duration) -> bool {
+    /// When the held answer goes unless a lookup confirms it first.
+    fn hold_until(&self) -> Option<Instant> {
+        self.lock().hold_until
+    }
+
+    /// Records a good answer, confirmed until `confirmed_until`; `true` when
+    /// the addresses changed.
+    fn succeeded(
+        &self,
+        records: Vec<DnsRecord>,
+        ttl: Duration,
+        confirmed_until: Instant,
+        settings: &ResolverSpec,
+    ) -> bool {
         let answer = DnsAnswer { records };
         let changed = self.answer.load().as_deref() != Some(&answer);
         if changed {
@@ -283,35 +366,67 @@ impl DnsName {
         s.state = NameState::Resolved;
         s.ttl = Some(ttl);
         s.last_success = Some(SystemTime::now());
-        s.failing_since = None;
+        // NB: a lookup slower than the TTL (its first tries timed out) still
+        // confirms its answer as it arrives; counting only from its start
+        // would end the hold of the answer it just brought.
+        s.confirmed_until = Some(confirmed_until.max(Instant::now()));
+        s.failure = None;
+        s.rehold(settings);
         if changed {
             s.last_change = Some((SystemTime::now(), Instant::now()));
         }
         changed
     }
 
-    /// Records a failed lookup. Returns whether the addresses changed (the
-    /// hold ran out) and until when the held answer may still be used.
-    fn failed(&self, failure: &LookupFailure, hold: Duration) -> (bool, Option<Instant>) {
-        let now = Instant::now();
+    /// Records a failed lookup; `true` when the addresses changed (the hold
+    /// is over). NB: the hold still counts from `confirmed_until`, so an
+    /// early refresh that fails before the TTL runs out does not shorten it.
+    fn failed(&self, failure: &LookupFailure, settings: &ResolverSpec) -> bool {
         let mut s = self.lock();
         s.last_error = Some(format!("{}: {}", failure.kind.label(), failure.message));
         s.ttl = None;
-        let since = *s.failing_since.get_or_insert(now);
-        if self.answer.load().is_none() {
-            s.state = NameState::Failed;
-            return (false, None);
+        s.failure = Some(failure.kind);
+        s.rehold(settings);
+        match s.hold_until {
+            Some(until) if Instant::now() >= until => self.drop_held(&mut s),
+            Some(_) => {
+                s.state = NameState::Holding;
+                false
+            }
+            None => {
+                s.state = NameState::Failed;
+                false
+            }
         }
-        let hold_until = since + hold;
-        if now >= hold_until {
-            self.answer.store(None);
-            s.state = NameState::Failed;
-            s.last_change = Some((SystemTime::now(), now));
-            (true, None)
-        } else {
-            s.state = NameState::Holding;
-            (false, Some(hold_until))
+    }
+
+    /// The hold timer for `until` fired; `true` when the addresses changed.
+    /// A lookup may have moved the hold since (it confirmed the answer, or
+    /// said the name is gone and dropped it): then nothing happens.
+    fn hold_ended(&self, until: Instant) -> bool {
+        let mut s = self.lock();
+        match s.hold_until {
+            Some(current) if current <= until => self.drop_held(&mut s),
+            _ => false,
         }
+    }
+
+    /// Ends the hold: the name has no addresses until a lookup succeeds.
+    fn drop_held(&self, s: &mut NameStatus) -> bool {
+        // `last_error` outlives successes: only a failure since the last
+        // success explains this hold. Without one, the refresh is still
+        // waiting on its timeouts.
+        let error = match s.failure {
+            Some(_) => s.last_error.as_deref().unwrap_or("lookup failed"),
+            None => "lookup overdue",
+        };
+        tracing::warn!(name = %self.query, error, "DNS hold ended, addresses dropped");
+        self.answer.store(None);
+        s.state = NameState::Failed;
+        s.confirmed_until = None;
+        s.hold_until = None;
+        s.last_change = Some((SystemTime::now(), Instant::now()));
+        true
     }
 }
 
@@ -422,10 +537,14 @@ struct NameTask {
 impl NameTask {
     async fn run(self) {
         let s = &self.settings;
-        let mut backoff = s.retry_min;
+        // A reload may have changed the holds of an answer held already.
+        self.name.lock().rehold(s);
+        let mut backoff = Backoff::new(s.retry_min, s.retry_max);
         loop {
             let started = Instant::now();
-            let result = lookup(&self.resolver, &self.name.query).await;
+            let Some(result) = self.holding(lookup(&self.resolver, &self.name.query)).await else {
+                return;
+            };
             let label = result
                 .as_ref()
                 .map_or_else(|f| f.kind.label(), |_| "success");
@@ -434,38 +553,67 @@ impl NameTask {
                 .inc();
             let (changed, next) = match result {
                 Ok((records, ttl)) => {
-                    backoff = s.retry_min;
+                    backoff.reset();
                     let ttl = ttl.clamp(s.min_ttl, s.max_ttl);
-                    (self.name.succeeded(records, ttl), started + ttl)
+                    let due = started + ttl;
+                    (self.name.succeeded(records, ttl, due, s), due)
                 }
                 Err(failure) => {
                     tracing::debug!(name = %self.name.query, error = %failure.message, "DNS lookup failed");
-                    let (changed, hold_until) = self.name.failed(&failure, failure.kind.hold(s));
-                    let retry = started + backoff;
-                    backoff = (backoff * 2).min(s.retry_max);
-                    // Wake at the end of the hold even if the backoff is longer,
-                    // so held addresses never outlive it.
-                    (changed, hold_until.map_or(retry, |h| retry.min(h)))
+                    // The hold timer, not the retry, ends a hold.
+                    (
+                        self.name.failed(&failure, s),
+                        started + backoff.next_delay(),
+                    )
                 }
             };
-            if changed {
-                let addresses = self.name.answer().map_or(0, |a| a.records.len());
-                tracing::info!(name = %self.name.query, addresses, "DNS answer changed");
-                if self.changed.send(self.name.query.clone()).is_err() {
-                    return; // the control task is gone
-                }
+            if changed && !self.report_change() {
+                return;
             }
             self.name.lock().next_refresh =
                 Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
             self.name.lookups_done.send_modify(|n| *n += 1);
+            let wait = async {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => {}
+                    () = self.name.refresh.notified() => {
+                        // Early refresh after a connect failure, rate-limited.
+                        tokio::time::sleep_until((started + s.min_ttl).into()).await;
+                    }
+                }
+            };
+            if self.holding(wait).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Runs `work` (a lookup, or the wait for the next one) to its end, and
+    /// meanwhile drops the held answer when its hold ends: a lookup waiting
+    /// on timeouts (`timeout` × `attempts` and more) must not keep addresses
+    /// past `hold_until`. `None` when the control task is gone.
+    async fn holding<F: Future>(&self, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let Some(until) = self.name.hold_until() else {
+                return Some(work.await);
+            };
             tokio::select! {
-                () = tokio::time::sleep_until(next.into()) => {}
-                () = self.name.refresh.notified() => {
-                    // Early refresh after a connect failure, rate-limited.
-                    tokio::time::sleep_until((started + s.min_ttl).into()).await;
+                out = &mut work => return Some(out),
+                () = tokio::time::sleep_until(until.into()) => {
+                    if self.name.hold_ended(until) && !self.report_change() {
+                        return None;
+                    }
                 }
             }
         }
+    }
+
+    /// Tells the control task the answer changed; `false` when it is gone.
+    fn report_change(&self) -> bool {
+        let addresses = self.name.answer().map_or(0, |a| a.records.len());
+        tracing::info!(name = %self.name.query, addresses, "DNS answer changed");
+        self.changed.send(self.name.query.clone()).is_ok()
     }
 }
 
@@ -669,4 +817,106 @@ fn wanted(config: &Config) -> HashMap<DnsQuery, bool> {
         }
     }
     wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ResolverSpec {
+        ResolverSpec {
+            hold_valid: Duration::from_secs(30),
+            hold_nx: Duration::from_secs(5),
+            ..ResolverSpec::default()
+        }
+    }
+
+    fn name() -> DnsName {
+        DnsName::new(DnsQuery {
+            name: "web.test".into(),
+            kind: QueryKind::Addresses,
+        })
+    }
+
+    fn records() -> Vec<DnsRecord> {
+        vec![DnsRecord {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: None,
+            weight: None,
+        }]
+    }
+
+    fn failure(kind: FailureKind) -> LookupFailure {
+        LookupFailure {
+            kind,
+            message: "test".into(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn an_early_refresh_that_fails_does_not_shorten_the_hold() {
+        let (name, s) = (name(), settings());
+        let due = Instant::now() + TTL;
+        assert!(name.succeeded(records(), TTL, due, &s));
+        assert_eq!(name.hold_until(), Some(due + s.hold_valid));
+        assert!(!name.failed(&failure(FailureKind::Timeout), &s));
+        assert_eq!(name.hold_until(), Some(due + s.hold_valid));
+        assert_eq!(name.status().state, NameState::Holding);
+        assert!(name.status().hold_until.is_some());
+        // The name is gone: hold_nx, still from the TTL expiry.
+        assert!(!name.failed(&failure(FailureKind::NxDomain), &s));
+        assert_eq!(name.hold_until(), Some(due + s.hold_nx));
+    }
+
+    #[test]
+    fn a_hold_already_over_drops_the_answer_at_the_failure() {
+        let (name, s) = (name(), settings());
+        assert!(name.succeeded(records(), TTL, Instant::now(), &s));
+        name.lock().confirmed_until = Some(Instant::now() - s.hold_nx);
+        name.lock().rehold(&s);
+        assert!(name.failed(&failure(FailureKind::NxDomain), &s));
+        assert!(name.answer().is_none());
+        assert_eq!(name.hold_until(), None);
+        assert_eq!(name.status().state, NameState::Failed);
+    }
+
+    #[test]
+    fn the_hold_timer_drops_only_the_hold_it_was_set_for() {
+        let (name, s) = (name(), settings());
+        let due = Instant::now() + TTL;
+        name.succeeded(records(), TTL, due, &s);
+        let until = due + s.hold_valid;
+        // A success moved the hold on before the old timer fired.
+        name.succeeded(records(), TTL, due + TTL, &s);
+        assert!(!name.hold_ended(until));
+        assert!(name.answer().is_some());
+        assert!(name.hold_ended(until + TTL));
+        assert!(name.answer().is_none());
+        assert_eq!(name.status().state, NameState::Failed);
+        assert!(!name.hold_ended(until + TTL), "dropped once");
+    }
+
+    #[test]
+    fn a_lookup_slower_than_ttl_and_hold_still_confirms_its_answer() {
+        let (name, s) = (name(), settings());
+        let started = Instant::now() - s.hold_valid - TTL - Duration::from_secs(1);
+        name.succeeded(records(), TTL, started + TTL, &s);
+        assert!(name.hold_until().is_some_and(|h| h > Instant::now()));
+    }
+
+    #[test]
+    fn an_overdue_refresh_shows_holding_after_the_grace() {
+        let (name, s) = (name(), settings());
+        name.succeeded(records(), TTL, Instant::now(), &s);
+        let status = name.lock();
+        let now = status.confirmed_until.unwrap();
+        assert_eq!(status.shown_state(now), NameState::Resolved);
+        assert_eq!(
+            status.shown_state(now + OVERDUE_GRACE / 2),
+            NameState::Resolved
+        );
+        assert_eq!(status.shown_state(now + OVERDUE_GRACE), NameState::Holding);
+    }
 }

@@ -4,7 +4,8 @@
 //! Messages are parsed and written by hickory-proto; the zone is a map the
 //! test edits. A name that is in the zone with other record types answers
 //! NOERROR with no records (NODATA); a name not in the zone answers
-//! NXDOMAIN, as a real authoritative server would.
+//! NXDOMAIN, as a real authoritative server would. A silent name gets no
+//! reply at all, as behind a nameserver that went down: the client times out.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +29,8 @@ pub enum Answer {
     },
     ServFail,
     NxDomain,
+    /// Queries are counted and dropped unanswered.
+    Silent,
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +79,9 @@ impl DnsServer {
                 let Ok(request) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                let response = answer(&served, &request);
+                let Some(response) = answer(&served, &request) else {
+                    continue;
+                };
                 if let Ok(bytes) = response.to_vec() {
                     let _ = socket.send_to(&bytes, peer).await;
                 }
@@ -120,6 +125,12 @@ impl DnsServer {
         self.set(name, Answer::ServFail);
     }
 
+    /// Queries for `name` go unanswered until it is set again; what it
+    /// answered before is forgotten.
+    pub fn set_silent(&self, name: &str) {
+        self.set(name, Answer::Silent);
+    }
+
     /// The name stops existing.
     pub fn remove(&self, name: &str) {
         self.zone.lock().unwrap().names.remove(&key(name));
@@ -158,14 +169,15 @@ impl DnsServer {
     }
 }
 
-fn answer(zone: &Mutex<Zone>, request: &Message) -> Message {
+/// The reply to `request`; `None` to drop it unanswered.
+fn answer(zone: &Mutex<Zone>, request: &Message) -> Option<Message> {
     let id = request.metadata.id;
     let mut response = Message::new(id, MessageType::Response, OpCode::Query);
     response.metadata.authoritative = true;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     let Some(query) = request.queries.first() else {
         response.metadata.response_code = ResponseCode::FormErr;
-        return response;
+        return Some(response);
     };
     response.add_query(query.clone());
     let name = query.name.to_ascii().to_ascii_lowercase();
@@ -179,6 +191,7 @@ fn answer(zone: &Mutex<Zone>, request: &Message) -> Message {
         Some(Answer::ServFail) => {
             response.metadata.response_code = ResponseCode::ServFail;
         }
+        Some(Answer::Silent) => return None,
         Some(Answer::Records {
             ttl,
             addresses,
@@ -215,5 +228,5 @@ fn answer(zone: &Mutex<Zone>, request: &Message) -> Message {
             response.add_answers(records);
         }
     }
-    response
+    Some(response)
 }
