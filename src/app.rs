@@ -155,7 +155,7 @@ fn live_sampler(
     board: Arc<StatusBoard>,
 ) -> impl Fn() -> LiveSample + Send + Sync {
     move || {
-        let sample = |s: &crate::table::endpoints::EndpointState| EndpointSample {
+        let sample = |s: &crate::upstream::state::EndpointState| EndpointSample {
             backend: s.backend.clone(),
             addr: s.addr.to_string(),
             active: s.active() as i64,

@@ -529,10 +529,37 @@ pub enum ServerTarget {
     },
 }
 
+/// A name to watch and the kind of records it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsQuery {
+    /// Lowercased, as written in the config.
+    pub name: Arc<str>,
+    pub kind: QueryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum QueryKind {
+    /// A and AAAA records; the port comes from the server entry.
+    #[serde(rename = "A/AAAA")]
+    Addresses,
+    /// SRV records, each giving a target, a port and a weight.
+    #[serde(rename = "SRV")]
+    Srv,
+}
+
+impl fmt::Display for DnsQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            QueryKind::Addresses => "A/AAAA",
+            QueryKind::Srv => "SRV",
+        };
+        write!(f, "{} {kind}", self.name)
+    }
+}
+
 impl ServerTarget {
     /// The DNS name to watch, if any.
-    pub fn dns_query(&self) -> Option<crate::discovery::dns::DnsQuery> {
-        use crate::discovery::dns::{DnsQuery, QueryKind};
+    pub fn dns_query(&self) -> Option<DnsQuery> {
         match self {
             Self::Addr(_) => None,
             Self::Host { name, .. } => Some(DnsQuery {

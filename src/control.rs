@@ -31,14 +31,14 @@ use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::metrics::Metrics;
-use crate::proxy::gateway::Gateway;
-use crate::proxy::health::HealthChecks;
 use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
-use crate::table::endpoints::EndpointState;
+use crate::table::gateway::Gateway;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
+use crate::upstream::health::HealthChecks;
+use crate::upstream::state::EndpointState;
 use gateway::{CATALOG, GatewayControl, watch_catalog};
 use templating::{KvDirStatus, Templating};
 use watch::ConfigWatcher;
@@ -286,7 +286,7 @@ impl Control {
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
         sources.commit(plan, &config, &board);
         let mut health = HealthChecks::new(metrics.clone());
-        health.sync(&table);
+        health.sync(table.checked_endpoints());
         let mut registrations = Registrations::default();
         registrations.apply(&config.register, sources.consul.client());
         board.lock().registrations = registrations.statuses();
@@ -568,7 +568,7 @@ impl Control {
         let diff = ConfigDiff::between(&current.config, &table.config);
         let config = table.config.clone();
         self.mark_draining(&current, &table);
-        self.health.sync(&table);
+        self.health.sync(table.checked_endpoints());
         self.table.publish(table);
         self.tag_routes = tags;
         self.sources.commit(plan, &config, &self.board);
@@ -678,7 +678,7 @@ impl Control {
             .values()
             .any(|b| b.spec.health_check.is_some())
         {
-            self.health.sync(&table);
+            self.health.sync(table.checked_endpoints());
         }
     }
 

@@ -16,8 +16,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::table::endpoints::EjectReason;
-
 /// Request duration buckets in seconds, from sub-millisecond loopback hops to
 /// slow upstreams.
 const DURATION_BUCKETS: &[f64] = &[
@@ -69,18 +67,12 @@ pub struct BackendCounters {
     /// retry budget) and after a broken exchange (within it).
     pub retries_after_connect: IntCounter,
     pub retries_after_reset: IntCounter,
-    ejected_connect: IntCounter,
-    ejected_failing: IntCounter,
+    /// Ejections after failed connects, and after failed requests.
+    pub ejected_connect: IntCounter,
+    pub ejected_failing: IntCounter,
 }
 
 impl BackendCounters {
-    pub fn ejections(&self, reason: EjectReason) -> &IntCounter {
-        match reason {
-            EjectReason::ConnectFailures => &self.ejected_connect,
-            EjectReason::FailingRequests => &self.ejected_failing,
-        }
-    }
-
     pub fn retries(&self, after_connect: bool) -> &IntCounter {
         if after_connect {
             &self.retries_after_connect

@@ -17,7 +17,7 @@
 //! how endpoints, health and pooled connections survive a reload.
 
 pub mod diff;
-pub mod endpoints;
+pub mod gateway;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -35,7 +35,9 @@ use crate::config::{BackendSpec, BackendTarget, Balance, Config, ListenerSpec, S
 use crate::discovery::consul::{self, ConsulWatch, WatchData, WatchKey};
 use crate::discovery::dns::{DnsName, DnsQuery};
 use crate::metrics::{BackendCounters, ListenerMetrics, Metrics, RequestMetrics};
-use endpoints::{Endpoint, EndpointSet, EndpointState, Origin, Outcome};
+use crate::upstream::health::{EjectReason, Outcome};
+use crate::upstream::select::{self, Endpoint, EndpointSet, HashInput, Origin, Policy};
+use crate::upstream::state::EndpointState;
 use routes::Router;
 
 /// Identifies a listener socket across swaps: an unchanged key keeps its
@@ -72,7 +74,7 @@ pub struct Backend {
     /// The Consul watch of a `consul_service` backend.
     pub consul: Option<Arc<ConsulWatch>>,
     /// A gateway route's registry of on-demand backends.
-    pub gateway: Option<Arc<crate::proxy::gateway::Gateway>>,
+    pub gateway: Option<Arc<crate::table::gateway::Gateway>>,
     /// Request metric handles of this backend per listener, carried to the
     /// next definition of the backend: resolving a label set takes a lock in
     /// the prometheus crate, and a 10,000-route reload would otherwise
@@ -98,7 +100,10 @@ impl Backend {
         let Some(ejection) = state.report(outcome, &self.spec.outlier, &self.endpoints) else {
             return;
         };
-        self.counters.ejections(ejection.reason).inc();
+        match ejection.reason {
+            EjectReason::ConnectFailures => self.counters.ejected_connect.inc(),
+            EjectReason::FailingRequests => self.counters.ejected_failing.inc(),
+        }
         tracing::warn!(
             backend = %self.name(),
             endpoint = %state.addr,
@@ -108,11 +113,19 @@ impl Backend {
         );
     }
 
-    /// How long a trial request has before another may be sent: the
-    /// shortest ejection period, so a trial whose client went away delays
-    /// the endpoint's return by no more than one period.
-    pub fn trial_window(&self) -> Duration {
-        self.spec.outlier.base_ejection
+    /// Picks an endpoint from `set` (the set loaded for this unit of work),
+    /// skipping the addresses in `avoid`; see [`select::pick`].
+    pub fn pick<'s>(
+        &self,
+        set: &'s EndpointSet,
+        input: &dyn HashInput,
+        avoid: &[SocketAddr],
+    ) -> Option<&'s Endpoint> {
+        let policy = Policy {
+            spec: &self.spec,
+            turn: &self.turn,
+        };
+        select::pick(&policy, set, input, avoid)
     }
 
     /// The states of the current endpoints.
@@ -241,6 +254,18 @@ impl Table {
         self.listeners.iter().find(|l| &l.key == key)
     }
 
+    /// The endpoints whose backend has a `health_check`, with that check.
+    pub fn checked_endpoints(
+        &self,
+    ) -> impl Iterator<Item = (Arc<EndpointState>, &crate::config::HealthCheckSpec)> + '_ {
+        self.backends.values().flat_map(|b| {
+            let check = b.spec.health_check.as_ref();
+            check
+                .into_iter()
+                .flat_map(move |spec| b.endpoint_states().map(move |state| (state, spec)))
+        })
+    }
+
     /// Every endpoint state of every backend, for status and metrics.
     pub fn endpoint_states(&self) -> impl Iterator<Item = Arc<EndpointState>> + '_ {
         self.backends.values().flat_map(|b| b.endpoint_states())
@@ -270,7 +295,7 @@ pub struct CompileContext<'a> {
     /// The running Consul watch for a key (likewise).
     pub consul: &'a dyn Fn(&WatchKey) -> Option<Arc<ConsulWatch>>,
     /// The registry gateway routes make their backends in.
-    pub gateway: Option<&'a Arc<crate::proxy::gateway::Gateway>>,
+    pub gateway: Option<&'a Arc<crate::table::gateway::Gateway>>,
 }
 
 impl CompileContext<'_> {

@@ -110,11 +110,17 @@ async fn sighup_reloads() {
         || async { get(addr, "/", None).await.1 == "two" },
     )
     .await;
-    let applied = sy
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("Config applied") && l.contains("Signal"));
-    assert!(applied, "the swap is logged in one line");
+    // The table is published before the line is logged: wait for it too.
+    eventually(
+        "the swap is logged in one line",
+        Duration::from_secs(10),
+        || async {
+            sy.log_lines()
+                .iter()
+                .any(|l| l.contains("Config applied") && l.contains("Signal"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use switchyard::config::{
     RouteSpec, ServerSpec, ServerTarget, Timeouts, UpstreamTimeouts,
 };
 use switchyard::metrics::Metrics;
-use switchyard::proxy::balance::{self, ClientAddrKey};
 use switchyard::table::{self, CompileContext, Table, TableHandle};
+use switchyard::upstream::select::ClientAddrKey;
 
 const N: usize = 10_000;
 
@@ -202,7 +202,7 @@ fn balancer_pick(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(name), &backend, |b, backend| {
             b.iter(|| {
                 let set = backend.endpoints.load();
-                balance::pick(backend, &set, &key, &[]).map(|e| e.addr)
+                backend.pick(&set, &key, &[]).map(|e| e.addr)
             })
         });
     }

@@ -15,8 +15,8 @@ use crate::discovery::consul::{
     ConsulWatch, ConsulWatcher, KeyOwner, WatchData, WatchKey, service_watch,
 };
 use crate::discovery::tag_routes::{self, TagRoute};
-use crate::proxy::gateway::{BackendRequest, Gateway};
 use crate::table;
+use crate::table::gateway::{BackendRequest, Gateway};
 
 /// The control task's side of gateway routes: requests for backends not
 /// made yet, and the watches they need.

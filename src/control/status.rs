@@ -4,8 +4,10 @@ use serde::Serialize;
 
 use super::{BoardState, ReloadRecord};
 use crate::config::{BackendTarget, Balance, Mode, Protocol};
-use crate::table::endpoints::{EjectReason, EndpointState, Origin};
 use crate::table::{Backend, Table};
+use crate::upstream::health::EjectReason;
+use crate::upstream::select::Origin;
+use crate::upstream::state::EndpointState;
 
 #[derive(Serialize)]
 pub struct Status<'a> {

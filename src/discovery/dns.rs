@@ -46,39 +46,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::Watched;
 use crate::backoff::Backoff;
 use crate::config::{Config, ResolverSpec};
+pub use crate::config::{DnsQuery, QueryKind};
 
 /// How late a refresh may be before `/status` calls its answer held. A
 /// refresh starts the moment the TTL runs out and normally returns within a
 /// few ms; without this grace every refresh would flash `holding`.
 const OVERDUE_GRACE: Duration = Duration::from_millis(500);
-
-/// A name to watch and the kind of records it stands for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DnsQuery {
-    /// Lowercased, as written in the config.
-    pub name: Arc<str>,
-    pub kind: QueryKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum QueryKind {
-    /// A and AAAA records; the port comes from the server entry.
-    #[serde(rename = "A/AAAA")]
-    Addresses,
-    /// SRV records, each giving a target, a port and a weight.
-    #[serde(rename = "SRV")]
-    Srv,
-}
-
-impl fmt::Display for DnsQuery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            QueryKind::Addresses => "A/AAAA",
-            QueryKind::Srv => "SRV",
-        };
-        write!(f, "{} {kind}", self.name)
-    }
-}
 
 /// One address of an answer. SRV answers carry their own port and weight;
 /// A/AAAA answers take both from the server entry.

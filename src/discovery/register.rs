@@ -27,7 +27,7 @@ use serde_json::json;
 use super::consul::ConsulClient;
 use super::consul::client::escape_path;
 use crate::config::{CheckKind, RegisterCheckKind, RegisterSpec};
-use crate::proxy::health::probe;
+use crate::upstream::health::probe;
 
 /// How long shutdown waits for the deregistrations.
 const DEREGISTER_BUDGET: Duration = Duration::from_secs(5);

@@ -20,37 +20,23 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::balance::{self, HashInput};
-use super::body::{Completion, ProxyBody, RequestBody};
+use super::body::{Completion, ProxyBody};
 use super::gateway;
-use super::inline::{ExchangeError, InlineBody, InlineCache, InlineConn, InlineError};
 use super::io::ConnActivity;
 use super::listener::Drain;
-use super::upstream::{H1Sender, UpstreamError};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
-use crate::table::endpoints::{ActiveGuard, Outcome};
+use crate::headers::{connection_has, strip_hop_by_hop};
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
+use crate::upstream::body::RequestBody;
+use crate::upstream::connect::{H1Sender, UpstreamError};
+use crate::upstream::health::Outcome;
+use crate::upstream::inline::{ExchangeError, InlineBody, InlineCache, InlineConn, InlineError};
+use crate::upstream::select::{self, HashInput};
+use crate::upstream::state::ActiveGuard;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the
-/// ones Go's and nginx's proxies also drop).
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-];
-
 /// Everything a request needs from its client connection.
 pub struct ConnCtx {
     pub key: ListenerKey,
@@ -303,7 +289,7 @@ fn prepare<'a>(
     let hash_key = request_hash(req.headers(), ctx.peer, &spec.balance);
     let first = {
         let set = backend.endpoints.load();
-        match balance::pick(backend, &set, &hash_key, &[]) {
+        match backend.pick(&set, &hash_key, &[]) {
             Some(endpoint) => endpoint.state.acquire(),
             None => {
                 let error = ProxyError::NoEndpoint(backend.name().clone());
@@ -431,7 +417,9 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             tried.push(from);
             let next = {
                 let set = backend.endpoints.load();
-                balance::pick(backend, &set, hash_key, &tried).map(|e| e.state.acquire())
+                backend
+                    .pick(&set, hash_key, &tried)
+                    .map(|e| e.state.acquire())
             };
             let Some(next) = next else {
                 return error_response(ctx, failed.error, completion);
@@ -664,59 +652,6 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// A header that describes one hop and is never forwarded.
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass comparing names is cheaper than
-    // nine hashed removals.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if !any {
-        return;
-    }
-    // Headers named by Connection are hop-by-hop too. The value is cloned
-    // (a reference count) so the map can be changed while reading it.
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        for token in conn.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            // `keep-alive` and `close` are the usual tokens; both name
-            // nothing else to remove (keep-alive is in the fixed list).
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                headers.remove(name);
-            }
-        }
-    }
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(*name);
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("request has no usable host or path: {0}")]
 struct PrepareError(String);
@@ -878,10 +813,10 @@ fn request_hash(
 ) -> HashedKey {
     HashedKey(match algorithm {
         crate::config::Balance::Hash(HashOn::Header(name)) => match headers.get(name) {
-            Some(v) => crate::table::endpoints::hash_key(v.as_bytes()),
-            None => balance::hash_ip(peer.ip()),
+            Some(v) => crate::upstream::select::hash_key(v.as_bytes()),
+            None => select::hash_ip(peer.ip()),
         },
-        crate::config::Balance::Hash(HashOn::ClientAddr) => balance::hash_ip(peer.ip()),
+        crate::config::Balance::Hash(HashOn::ClientAddr) => select::hash_ip(peer.ip()),
         _ => 0,
     })
 }

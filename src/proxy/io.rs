@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::inline::InlineCache;
+use crate::upstream::inline::InlineCache;
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";

@@ -430,7 +430,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(ConnActivity::default());
         let mode = listener.spec.mode;
-        let inline: Arc<super::inline::InlineCache> = Arc::default();
+        let inline: Arc<crate::upstream::inline::InlineCache> = Arc::default();
         let io = ClientIo::new(
             stream,
             activity.clone(),

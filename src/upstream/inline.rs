@@ -43,9 +43,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
-use super::upstream::{UpstreamError, connect_tcp};
+use super::connect::{UpstreamError, connect_tcp};
 use crate::config::UpstreamTimeouts;
-use crate::table::endpoints::EndpointState;
+use crate::headers;
+use crate::upstream::state::EndpointState;
 
 /// Distinct endpoints whose connections one client connection keeps.
 const INLINE_PER_CLIENT: usize = 4;
@@ -438,16 +439,15 @@ struct HopByHop {
 
 impl HopByHop {
     fn read_connection(&mut self, value: &HeaderValue) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
+        for token in headers::elements(value) {
             if token.eq_ignore_ascii_case("close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case("keep-alive") {
                 self.keep_alive = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                self.named_by_connection.push(name);
             }
         }
+        self.named_by_connection
+            .extend(headers::named_by_connection(value));
     }
 }
 
@@ -466,7 +466,7 @@ fn fill_header_map(
         let value = HeaderValue::from_maybe_shared(head.slice(range(at.value)))
             .map_err(|_| InlineError::Invalid("header value"))?;
         if let Some(hop) = hop.as_deref_mut()
-            && super::http::is_hop_by_hop(&name)
+            && headers::is_hop_by_hop(&name)
         {
             if name == header::CONNECTION {
                 hop.read_connection(&value);
@@ -494,11 +494,9 @@ fn framing_of(
         return Ok((Framing::Done, keep_alive));
     }
     if let Some(last) = &hop.transfer_encoding {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        let chunked = headers::elements(last)
+            .next_back()
+            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), keep_alive)
         } else {
@@ -507,8 +505,7 @@ fn framing_of(
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("").split(',') {
-            let part = part.trim();
+        for part in value.to_str().unwrap_or("").split(',').map(str::trim) {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(InlineError::Invalid("Content-Length"));
             }

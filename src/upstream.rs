@@ -1,0 +1,27 @@
+//! Live endpoint state and the connections to upstream servers.
+//!
+//! Everything here lives per (backend, address) and outlives config swaps:
+//! a [`state::EndpointState`] holds in-flight counts, health, ejection and
+//! pooled connections; the immutable snapshots in `table` point at it.
+//!
+//! ```text
+//! table::Backend ─▶ select::EndpointSet ─pick─▶ state::EndpointState
+//!                                                  ├─ health: checks, ejection
+//!                                                  └─ pools ─▶ connections
+//! ```
+//!
+//! - `state`: the per-endpoint state and its in-flight guard;
+//! - `health`: active health checks and passive ejection, together;
+//! - `select`: endpoint sets and the balancing algorithms;
+//! - `body`: the request body sent upstream;
+//! - `connect`: TCP connects and hyper's client connections;
+//! - `inline`: the hand-written HTTP/1.1 client of body-less requests.
+//!
+//! Nothing here knows about routes, listeners or tables.
+
+pub mod body;
+pub mod connect;
+pub mod health;
+pub mod inline;
+pub mod select;
+pub mod state;
