@@ -30,7 +30,15 @@ use raw::{RawConfig, RawFragment};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shorter than the 5 s after which Node.js, Apache and uvicorn close idle
+/// connections, so a request rarely meets a connection the server is
+/// closing even when the server sends no `Keep-Alive: timeout` hint (one
+/// that does is followed too); HAProxy purges idle server connections
+/// after 5 s as well.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// nginx's `send_timeout` and `proxy_read_timeout`.
+pub const DEFAULT_CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_UPSTREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9900";
@@ -264,6 +272,7 @@ impl Default for UpstreamTimeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             idle: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             request: DEFAULT_REQUEST_TIMEOUT,
+            stall: DEFAULT_UPSTREAM_STALL_TIMEOUT,
         }
     }
 }
@@ -275,6 +284,9 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// A client connection with nothing in flight and no traffic is closed.
     pub client_idle: Duration,
+    /// While an exchange is under way, a client that takes no response
+    /// byte (HTTP/1) or sends no request body byte for this long is cut.
+    pub client_stall: Duration,
 }
 
 /// Where an item was defined, for errors found after validation (a bind
@@ -442,6 +454,9 @@ pub struct UpstreamTimeouts {
     pub idle: Duration,
     /// Time allowed for the upstream's response head (HTTP), else 504.
     pub request: Duration,
+    /// After the head, a response body that brings no byte for this long
+    /// is cut and its connection closed.
+    pub stall: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

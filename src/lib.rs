@@ -19,6 +19,7 @@ pub mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod stall;
 pub mod table;
 pub mod template;
 pub mod upstream;

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Connections over a listener's `max_connections` that waited past
     /// `queue_timeout` and were turned away.
     listener_rejected: IntCounterVec,
+    client_stalls: IntCounterVec,
+    upstream_stalls: IntCounterVec,
 }
 
 /// Counters of one backend, resolved once per compiled backend.
@@ -207,6 +209,22 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(listener_rejected.clone()))?;
+        let client_stalls = IntCounterVec::new(
+            Opts::new(
+                "switchyard_client_stalls_total",
+                "Exchanges cut because the client took no response byte, or sent no request body byte, for client_stall",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(client_stalls.clone()))?;
+        let upstream_stalls = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_stalls_total",
+                "Responses cut because the upstream sent no body byte for upstream_stall",
+            ),
+            &["listener", "backend"],
+        )?;
+        registry.register(Box::new(upstream_stalls.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -238,6 +256,8 @@ impl Metrics {
             upstream_retries,
             outlier_ejections,
             listener_rejected,
+            client_stalls,
+            upstream_stalls,
         })
     }
 
@@ -259,6 +279,7 @@ impl Metrics {
             received_bytes: self.received_bytes.with_label_values(&[listener]),
             sent_bytes: self.sent_bytes.with_label_values(&[listener]),
             rejected: self.listener_rejected.with_label_values(&[listener]),
+            client_stalls: self.client_stalls.with_label_values(&[listener]),
         }
     }
 
@@ -277,6 +298,7 @@ impl Metrics {
             duration: self
                 .request_duration
                 .with_label_values(&[listener, backend]),
+            upstream_stalls: self.upstream_stalls.with_label_values(&[listener, backend]),
         }
     }
 
@@ -316,12 +338,16 @@ pub struct ListenerMetrics {
     pub received_bytes: IntCounter,
     pub sent_bytes: IntCounter,
     pub rejected: IntCounter,
+    /// Exchanges cut because the client stopped reading or sending.
+    pub client_stalls: IntCounter,
 }
 
 /// Per (listener, backend) handles, resolved when a table is compiled.
 pub struct RequestMetrics {
     by_class: [IntCounter; 5],
     pub duration: prometheus::Histogram,
+    /// Responses cut because the upstream stopped sending the body.
+    pub upstream_stalls: IntCounter,
 }
 
 impl RequestMetrics {

@@ -14,14 +14,16 @@
 //! - `health`: active health checks and passive ejection, together;
 //! - `select`: endpoint sets and the balancing algorithms;
 //! - `body`: the request body sent upstream;
-//! - `connect`: TCP connects and hyper's client connections;
-//! - `inline`: the hand-written HTTP/1.1 client of body-less requests.
+//! - `connect`: TCP connects, hyper's client connections, the pools;
+//! - `pool`: most-recent-first idle connections, per thread;
+//! - `h1`: our HTTP/1.1 client of body-less requests (codec, connection).
 //!
 //! Nothing here knows about routes, listeners or tables.
 
 pub mod body;
 pub mod connect;
+pub mod h1;
 pub mod health;
-pub mod inline;
+pub mod pool;
 pub mod select;
 pub mod state;

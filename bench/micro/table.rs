@@ -77,6 +77,7 @@ fn config(n: usize, generation: usize) -> Config {
         timeouts: Timeouts {
             header_read: Duration::from_secs(10),
             client_idle: Duration::from_secs(60),
+            client_stall: Duration::from_secs(60),
         },
         shutdown_grace: Duration::from_secs(30),
         limits: Default::default(),

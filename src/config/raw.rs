@@ -67,8 +67,13 @@ pub struct RawTimeouts {
     pub connect: Option<ConfigDuration>,
     pub header_read: Option<ConfigDuration>,
     pub client_idle: Option<ConfigDuration>,
+    /// A client that takes no response byte, or sends no request body
+    /// byte, for this long while an exchange is under way is cut.
+    pub client_stall: Option<ConfigDuration>,
     pub upstream_idle: Option<ConfigDuration>,
     pub request: Option<ConfigDuration>,
+    /// A response body that brings no byte for this long is cut.
+    pub upstream_stall: Option<ConfigDuration>,
 }
 
 /// Per-backend overrides of the upstream-side timeouts.
@@ -78,6 +83,7 @@ pub struct RawBackendTimeouts {
     pub connect: Option<ConfigDuration>,
     pub upstream_idle: Option<ConfigDuration>,
     pub request: Option<ConfigDuration>,
+    pub upstream_stall: Option<ConfigDuration>,
 }
 
 /// Process-wide limits on what clients may send.

@@ -55,17 +55,21 @@ pub(super) fn validate(
     let timeouts = Timeouts {
         header_read: pick(&t.header_read, DEFAULT_HEADER_READ_TIMEOUT),
         client_idle: pick(&t.client_idle, DEFAULT_CLIENT_IDLE_TIMEOUT),
+        client_stall: pick(&t.client_stall, DEFAULT_CLIENT_STALL_TIMEOUT),
     };
     let upstream_defaults = UpstreamTimeouts {
         connect: pick(&t.connect, DEFAULT_CONNECT_TIMEOUT),
         idle: pick(&t.upstream_idle, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
         request: pick(&t.request, DEFAULT_REQUEST_TIMEOUT),
+        stall: pick(&t.upstream_stall, DEFAULT_UPSTREAM_STALL_TIMEOUT),
     };
     for (key, d) in [
         ("timeouts.connect", upstream_defaults.connect),
         ("timeouts.header_read", timeouts.header_read),
         ("timeouts.client_idle", timeouts.client_idle),
+        ("timeouts.client_stall", timeouts.client_stall),
         ("timeouts.request", upstream_defaults.request),
+        ("timeouts.upstream_stall", upstream_defaults.stall),
     ] {
         if d.is_zero() {
             p.at(file, key, "must be greater than zero");
@@ -508,8 +512,9 @@ fn check_backend(
         connect: t.connect.map_or(defaults.connect, |d| d.0),
         idle: t.upstream_idle.map_or(defaults.idle, |d| d.0),
         request: t.request.map_or(defaults.request, |d| d.0),
+        stall: t.upstream_stall.map_or(defaults.stall, |d| d.0),
     };
-    if timeouts.connect.is_zero() || timeouts.request.is_zero() {
+    if timeouts.connect.is_zero() || timeouts.request.is_zero() || timeouts.stall.is_zero() {
         p.at(
             f,
             format!("{key}.timeouts"),

@@ -4,14 +4,17 @@
 //! (errors, the `respond` backend). Both carry a [`Completion`] that runs
 //! once when the response is over: it observes the request duration, ends the
 //! request's in-flight marks, and hands a cleanly finished upstream HTTP/1.1
-//! connection back to its pool or to the client connection's inline cache.
+//! connection back to its endpoint's pool.
 //!
-//! An upstream body read from an inline connection is read from that
-//! connection's socket by the poll itself (see `inline.rs`).
+//! An upstream body read by our HTTP/1.1 client is read from that
+//! connection's socket by the poll itself (see `upstream::h1`). A body from
+//! hyper's client gets the same `upstream_stall` timeout here: a body that
+//! brings no byte for that long is cut and counted.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -20,8 +23,10 @@ use tokio::time::Instant;
 
 use super::io::InflightGuard;
 use crate::metrics::RequestMetrics;
+use crate::stall::StallTimer;
 use crate::upstream::connect::H1Sender;
-use crate::upstream::inline::{InlineBody, InlineCache, InlineError};
+use crate::upstream::h1::conn::{H1Body, H1Error};
+use crate::upstream::pool;
 use crate::upstream::state::ActiveGuard;
 
 /// Work to finish when a response ends, however it ends.
@@ -30,8 +35,23 @@ pub struct Completion {
     metrics: Arc<RequestMetrics>,
     _inflight: InflightGuard,
     upstream: Option<ActiveGuard>,
-    reusable: Option<H1Sender>,
-    inline_home: Option<Arc<InlineCache>>,
+    /// Where the upstream connection goes when the body ends cleanly.
+    reuse: Reuse,
+}
+
+/// What to do with an upstream connection after a clean end of body.
+enum Reuse {
+    Nothing,
+    /// Back to hyper's pool, within the idle limit and the server's hint.
+    Hyper {
+        sender: H1Sender,
+        idle: Duration,
+        hint: Option<Duration>,
+    },
+    /// Our client's connection, taken from the body, back to its pool.
+    Ours {
+        idle: Duration,
+    },
 }
 
 impl Completion {
@@ -41,41 +61,50 @@ impl Completion {
             metrics,
             _inflight: inflight,
             upstream: None,
-            reusable: None,
-            inline_home: None,
+            reuse: Reuse::Nothing,
         }
     }
 
-    /// Ties the endpoint's in-flight count, and the connection to return to
-    /// its pool, to the end of this response.
-    pub fn with_upstream(mut self, active: ActiveGuard, sender: Option<H1Sender>) -> Self {
+    /// Ties the endpoint's in-flight count, and the hyper connection to
+    /// return to its pool (`idle` and the server's `hint` bound its reuse),
+    /// to the end of this response.
+    pub fn with_upstream(
+        mut self,
+        active: ActiveGuard,
+        sender: Option<H1Sender>,
+        idle: Duration,
+        hint: Option<Duration>,
+    ) -> Self {
         self.upstream = Some(active);
-        self.reusable = sender;
+        if let Some(sender) = sender {
+            self.reuse = Reuse::Hyper { sender, idle, hint };
+        }
         self
     }
 
-    /// Ties the end of this response to returning an inline connection to
-    /// the client connection's cache (`home`), or to the endpoint's pool.
-    pub fn with_inline(mut self, active: ActiveGuard, home: Option<Arc<InlineCache>>) -> Self {
+    /// Ties the end of this response to returning our client's connection
+    /// to the endpoint's pool, for at most `idle`.
+    pub fn with_h1(mut self, active: ActiveGuard, idle: Duration) -> Self {
         self.upstream = Some(active);
-        self.inline_home = home;
+        self.reuse = Reuse::Ours { idle };
         self
     }
 
-    fn finish(mut self, body_complete: bool, inline: Option<&mut InlineBody>) {
+    fn finish(mut self, body_complete: bool, h1: Option<&mut H1Body>) {
         let now = Instant::now();
-        if body_complete {
-            if let (Some(sender), Some(active)) = (self.reusable.take(), self.upstream.as_ref()) {
-                active.endpoint().pool.checkin_h1(sender);
-            }
-            if let (Some(conn), Some(active)) = (
-                inline.and_then(InlineBody::take_reusable),
-                self.upstream.as_ref(),
-            ) {
-                match self.inline_home.take() {
-                    Some(home) => home.put(active.endpoint(), conn, now),
-                    None => active.endpoint().pool.park_inline(conn, now),
+        if body_complete && let Some(active) = &self.upstream {
+            let pool = &active.endpoint().pool;
+            match std::mem::replace(&mut self.reuse, Reuse::Nothing) {
+                Reuse::Hyper { sender, idle, hint } => {
+                    pool.checkin_h1(sender, now, pool::usable_until(now, idle, hint));
                 }
+                Reuse::Ours { idle } => {
+                    if let Some(conn) = h1.and_then(H1Body::take_reusable) {
+                        let until = conn.usable_until(now, idle);
+                        pool.put_h1(conn, now, until);
+                    }
+                }
+                Reuse::Nothing => {}
             }
         }
         self.metrics
@@ -85,8 +114,10 @@ impl Completion {
 }
 
 enum Kind {
-    Upstream(Incoming),
-    Inline(InlineBody),
+    /// From hyper's client, with its stall timer (made on first wait).
+    Upstream(Incoming, StallTimer),
+    /// From our HTTP/1.1 client, which keeps its own timer.
+    H1(H1Body),
     Local(Option<Bytes>),
 }
 
@@ -95,34 +126,30 @@ pub struct ProxyBody {
     completion: Option<Completion>,
 }
 
-/// A polled frame with its error as a [`BodyError`].
-fn with_body_error<E: Into<BodyError>>(
-    polled: Poll<Option<Result<Frame<Bytes>, E>>>,
-) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
-}
-
 /// Why a response body stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
     Upstream(#[from] hyper::Error),
     #[error(transparent)]
-    Inline(#[from] InlineError),
+    H1(#[from] H1Error),
+    #[error("no response body byte from the upstream for {0:?}")]
+    Stalled(Duration),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, completion: Completion) -> Self {
+    /// A body from hyper's client, cut after `stall` without a byte.
+    pub fn upstream(body: Incoming, stall: Duration, completion: Completion) -> Self {
         Self {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, StallTimer::new(stall)),
             completion: Some(completion),
         }
     }
 
-    /// An upstream body read from an inline connection.
-    pub fn inline(body: InlineBody, completion: Completion) -> Self {
+    /// A body read by our HTTP/1.1 client.
+    pub fn h1(body: H1Body, completion: Completion) -> Self {
         Self {
-            kind: Kind::Inline(body),
+            kind: Kind::H1(body),
             completion: Some(completion),
         }
     }
@@ -136,11 +163,11 @@ impl ProxyBody {
 
     fn complete(&mut self, body_complete: bool) {
         if let Some(c) = self.completion.take() {
-            let inline = match &mut self.kind {
-                Kind::Inline(body) => Some(body),
+            let h1 = match &mut self.kind {
+                Kind::H1(body) => Some(body),
                 _ => None,
             };
-            c.finish(body_complete, inline);
+            c.finish(body_complete, h1);
         }
     }
 }
@@ -155,13 +182,33 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => with_body_error(Pin::new(body).poll_frame(cx)),
-            Kind::Inline(body) => with_body_error(body.poll_frame(cx)),
+            Kind::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    stall.progress();
+                    Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
+                }
+                Poll::Pending => match stall.poll_blocked(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(stall.limit())))),
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+            Kind::H1(body) => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
             Poll::Ready(None) => this.complete(true),
-            Poll::Ready(Some(Err(_))) => this.complete(false),
+            Poll::Ready(Some(Err(error))) => {
+                if matches!(
+                    error,
+                    BodyError::Stalled(_) | BodyError::H1(H1Error::Stalled(_))
+                ) && let Some(c) = &this.completion
+                {
+                    c.metrics.upstream_stalls.inc();
+                }
+                this.complete(false);
+            }
             _ => {}
         }
         polled
@@ -169,16 +216,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Inline(body) => body.is_end_stream(),
+            Kind::Upstream(body, _) => body.is_end_stream(),
+            Kind::H1(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(body) => body.size_hint(),
-            Kind::Inline(body) => body.size_hint(),
+            Kind::Upstream(body, _) => body.size_hint(),
+            Kind::H1(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

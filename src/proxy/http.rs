@@ -28,9 +28,13 @@ use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::headers::{connection_has, strip_hop_by_hop};
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
 use crate::upstream::body::RequestBody;
+use crate::upstream::body::RequestBodyError;
 use crate::upstream::connect::{H1Sender, UpstreamError};
+use crate::upstream::h1::codec;
+use crate::upstream::h1::conn::{
+    ExchangeError, ExchangeTimeouts, H1Body, H1Conn, H1Error, UNREPEATABLE_MAX_IDLE,
+};
 use crate::upstream::health::Outcome;
-use crate::upstream::inline::{ExchangeError, InlineBody, InlineCache, InlineConn, InlineError};
 use crate::upstream::select::{self, HashInput};
 use crate::upstream::state::ActiveGuard;
 
@@ -54,10 +58,10 @@ pub struct ConnCtx {
     pub drain: Arc<Drain>,
     pub hard_stop: Arc<super::listener::Latch>,
     pub tasks: TaskTracker,
-    /// Upstream connections this client connection drives itself.
-    pub inline: Arc<InlineCache>,
     /// `[limits]` as of the connection's start.
     pub limits: crate::config::Limits,
+    /// `timeouts.client_stall` as of the connection's start.
+    pub client_stall: std::time::Duration,
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -75,6 +79,8 @@ enum ProxyError {
     Timeout,
     #[error("request body over the configured limit")]
     BodyTooLarge,
+    #[error("the client stopped sending the request body")]
+    ClientStalled,
     #[error("the request names no known service")]
     UnknownService,
 }
@@ -91,6 +97,7 @@ impl ProxyError {
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream server failed\n"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream server timed out\n"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Self::ClientStalled => (StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
             Self::UnknownService => (StatusCode::NOT_FOUND, "unknown service\n"),
         }
     }
@@ -325,7 +332,8 @@ fn prepare<'a>(
             ));
         }
     };
-    let req = Box::new(req.map(|body| RequestBody::new(body, max_body)));
+    let stalls = &ctx.accept_listener.metrics.client_stalls;
+    let req = Box::new(req.map(|body| RequestBody::new(body, max_body, ctx.client_stall, stalls)));
     // A copy of the head, to send again after a broken exchange: only for
     // requests that may be repeated (idempotent, no body) and when asked.
     let retry_head = (spec.retry.on_reset
@@ -370,7 +378,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         let mut attempt_started = outbound.started;
         let answer = loop {
             let forwarded = outbound.forwarded.as_ref();
-            let sent = send(req, &active, ctx, spec, forwarded, attempt_started).await;
+            let sent = send(req, &active, spec, forwarded, attempt_started).await;
             let failed = match sent {
                 Ok(sent) => {
                     let outcome = if sent.status().is_server_error() {
@@ -393,8 +401,13 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             backend.report(active.endpoint(), outcome);
             let again = match (&failed.error, failed.unsent) {
                 (ProxyError::Connect(_), Some(unsent)) => Some(unsent),
-                (ProxyError::Upstream(e), _) if RequestBody::is_too_large(e.as_ref()) => {
-                    return error_response(ctx, ProxyError::BodyTooLarge, completion);
+                (ProxyError::Upstream(e), _) if RequestBody::failure(e.as_ref()).is_some() => {
+                    let error = match RequestBody::failure(e.as_ref()) {
+                        Some(RequestBodyError::TooLarge(_)) => ProxyError::BodyTooLarge,
+                        Some(RequestBodyError::Stalled(_)) => ProxyError::ClientStalled,
+                        _ => ProxyError::Upstream(failed.error.into()),
+                    };
+                    return error_response(ctx, error, completion);
                 }
                 (ProxyError::Upstream(_), _) => outbound.retry_head.as_ref().map(|head| {
                     Box::new(Request::from_parts(
@@ -443,18 +456,19 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                     return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
                 }
                 let (mut parts, body) = resp.into_parts();
+                let hint = codec::idle_hint(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
-                let completion = completion.with_upstream(active, sender);
-                (parts, ProxyBody::upstream(body, completion))
+                let idle = spec.timeouts.idle;
+                let completion = completion.with_upstream(active, sender, idle, hint);
+                (
+                    parts,
+                    ProxyBody::upstream(body, spec.timeouts.stall, completion),
+                )
             }
-            Answer::Inline(head, body) => {
-                // After a client's first request the connection goes back to
-                // the endpoint's pool: a client sending one request per
-                // connection must not hold an upstream connection each.
-                let home = (ctx.activity.requests_started() > 1).then(|| ctx.inline.clone());
-                let completion = completion.with_inline(active, home);
-                // Its head comes without hop-by-hop fields (see `inline.rs`).
-                (head.into_parts().0, ProxyBody::inline(body, completion))
+            Answer::H1(head, body) => {
+                let completion = completion.with_h1(active, spec.timeouts.idle);
+                // Its head comes without hop-by-hop fields (see `h1::codec`).
+                (head.into_parts().0, ProxyBody::h1(body, completion))
             }
         };
         mark_close_if_draining(ctx, &mut parts.headers);
@@ -499,14 +513,13 @@ impl From<ProxyError> for Failed {
 async fn send(
     req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
-    ctx: &Arc<ConnCtx>,
     spec: &crate::config::BackendSpec,
     inline: Option<&Forwarded>,
     attempt_started: Instant,
 ) -> Result<Answer, Failed> {
     match inline {
         Some(forwarded) => {
-            send_inline(req, forwarded, active, ctx, spec.timeouts, attempt_started).await
+            send_inline(req, forwarded, active, spec.timeouts, attempt_started).await
         }
         // Boxed: these paths are rarer, and their futures (a timer among
         // them) would enlarge every request's (moved) future.
@@ -541,14 +554,16 @@ enum Answer {
     /// Over hyper's client: an HTTP/1.1 sender to return to the pool when
     /// the body ends, or nothing (HTTP/2).
     Pooled(Response<Incoming>, Option<H1Sender>),
-    Inline(Response<()>, InlineBody),
+    /// From our HTTP/1.1 client: the head, and the body that reads the
+    /// rest from the connection.
+    H1(Response<()>, H1Body),
 }
 
 impl Answer {
     fn status(&self) -> StatusCode {
         match self {
             Self::Pooled(resp, _) => resp.status(),
-            Self::Inline(head, _) => head.status(),
+            Self::H1(head, _) => head.status(),
         }
     }
 }
@@ -557,28 +572,34 @@ async fn send_inline(
     req: Box<Request<RequestBody>>,
     forwarded: &Forwarded,
     active: &ActiveGuard,
-    ctx: &Arc<ConnCtx>,
     timeouts: crate::config::UpstreamTimeouts,
     started: Instant,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
-    let cached = ctx.inline.take(endpoint, started);
-    // The inline connection keeps its own timer for the deadline.
-    let deadline = started + timeouts.request;
+    // A request that may not be sent twice takes only a connection used
+    // moments ago (see `UNREPEATABLE_MAX_IDLE`).
+    let max_idle = (!req.method().is_idempotent()).then_some(UNREPEATABLE_MAX_IDLE);
+    let cached = endpoint.pool.take_h1(started, max_idle);
     let host = forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h));
     let extra = [
         Some((&X_FORWARDED_FOR, &forwarded.for_)),
         Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
         host,
     ];
-    let exchange = InlineConn::exchange(cached, endpoint.addr, timeouts, deadline, &req, &extra);
+    let exchange_timeouts = ExchangeTimeouts {
+        connect: timeouts.connect,
+        // The connection keeps its own timer for the deadline.
+        deadline: started + timeouts.request,
+        stall: timeouts.stall,
+    };
+    let exchange = H1Conn::exchange(cached, endpoint.addr, exchange_timeouts, &req, &extra);
     match exchange.await {
-        Ok(response) => Ok(Answer::Inline(response.head, response.body)),
+        Ok(response) => Ok(Answer::H1(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
             unsent: Some(req),
         }),
-        Err(ExchangeError::Send(InlineError::TimedOut)) => Err(ProxyError::Timeout.into()),
+        Err(ExchangeError::Send(H1Error::TimedOut)) => Err(ProxyError::Timeout.into()),
         Err(ExchangeError::Send(e)) => Err(ProxyError::Upstream(Box::new(e)).into()),
     }
 }
@@ -592,7 +613,7 @@ async fn send_h1(
     loop {
         let checkout = endpoint
             .pool
-            .checkout_h1(endpoint.addr, timeouts.connect, timeouts.idle)
+            .checkout_h1(endpoint.addr, timeouts.connect)
             .await;
         let mut conn = match checkout {
             Ok(conn) => conn,

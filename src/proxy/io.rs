@@ -8,7 +8,11 @@
 //!   whole head must arrive within this time (slowloris protection; HTTP/1
 //!   only, HTTP/2 frames are not request heads);
 //! - `client_idle`: a connection with nothing in flight and no traffic in
-//!   either direction for this long is closed (HAProxy's `timeout client`).
+//!   either direction for this long is closed (HAProxy's `timeout client`);
+//! - `client_stall`: a write to the client that cannot go out (the client
+//!   stopped reading) for this long fails the connection, so a client that
+//!   stops reading does not hold an upstream connection and its endpoint's
+//!   in-flight count forever.
 //!
 //! The HTTP service tells this wrapper what is in flight through
 //! [`ConnActivity`]; a wrapped TCP connection never has anything "in flight",
@@ -25,13 +29,10 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::inline::InlineCache;
+use crate::stall::StallTimer;
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
-/// A keep-alive client quiet this long hands the upstream connections it
-/// drives to the shared pool, so idle clients do not each hold one open.
-const INLINE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Shared between a client connection's socket wrapper and its HTTP service.
 #[derive(Debug, Default)]
@@ -76,12 +77,22 @@ impl Drop for InflightGuard {
     }
 }
 
+/// The listener's counters a wrapped connection adds to.
+#[derive(Clone)]
+pub struct ClientCounters {
+    pub received: IntCounter,
+    pub sent: IntCounter,
+    /// Connections cut by `client_stall`.
+    pub stalls: IntCounter,
+}
+
 /// Which timeouts a wrapped connection enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientTimeouts {
     /// `None` for TCP mode, where there are no request heads.
     pub header_read: Option<Duration>,
     pub client_idle: Duration,
+    pub client_stall: Duration,
 }
 
 pub struct ClientIo<T> {
@@ -106,11 +117,9 @@ pub struct ClientIo<T> {
     armed_for: Option<Instant>,
     received: IntCounter,
     sent: IntCounter,
-    /// The HTTP connection's inline upstream connections, released to the
-    /// shared pool once the client has been quiet for a while.
-    inline: Option<Arc<InlineCache>>,
-    /// `progress` when they were last released: once per quiet period.
-    released_at: u64,
+    /// Writes the client does not take: `client_stall`.
+    write_stall: StallTimer,
+    stalls: IntCounter,
 }
 
 impl<T> ClientIo<T> {
@@ -118,8 +127,7 @@ impl<T> ClientIo<T> {
         inner: T,
         activity: Arc<ConnActivity>,
         timeouts: ClientTimeouts,
-        received: IntCounter,
-        sent: IntCounter,
+        counters: ClientCounters,
     ) -> Self {
         Self {
             inner,
@@ -132,17 +140,11 @@ impl<T> ClientIo<T> {
             preface_checked: false,
             timer: None,
             armed_for: None,
-            received,
-            sent,
-            inline: None,
-            released_at: 0,
+            received: counters.received,
+            sent: counters.sent,
+            write_stall: StallTimer::new(timeouts.client_stall),
+            stalls: counters.stalls,
         }
-    }
-
-    /// Releases `inline`'s connections when the client goes quiet.
-    pub fn with_inline(mut self, inline: Arc<InlineCache>) -> Self {
-        self.inline = Some(inline);
-        self
     }
 
     fn on_read(&mut self, data: &[u8]) {
@@ -169,7 +171,19 @@ impl<T> ClientIo<T> {
         if n > 0 {
             self.progress += 1;
             self.sent.inc_by(n as u64);
+            self.write_stall.progress();
         }
+    }
+
+    /// A write is blocked: fails once the client has taken nothing for
+    /// `client_stall`.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        ready!(self.write_stall.poll_blocked(cx));
+        self.stalls.inc();
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client took no response byte in time",
+        ))
     }
 
     /// Polls the deadline that applies while a read is blocked; `Ready` means
@@ -186,28 +200,16 @@ impl<T> ClientIo<T> {
         }
         let started = self.activity.started.load(Ordering::Relaxed);
         let header_read = self.timeouts.header_read.filter(|_| !self.activity.is_h2());
-        let (mut deadline, what, quiet) = match (&mut self.head_started, header_read) {
+        let (deadline, what) = match (&mut self.head_started, header_read) {
             (Some((seen, at)), Some(limit)) if *seen == started => {
                 let at = *at.get_or_insert_with(|| *now.get_or_insert_with(Instant::now));
-                (at + limit, "request head not received in time", false)
+                (at + limit, "request head not received in time")
             }
             _ => (
                 self.last_progress + self.timeouts.client_idle,
                 "client connection idle",
-                true,
             ),
         };
-        // Quiet between requests and holding upstream connections: wake
-        // first to release them (never while a request head is arriving).
-        let release = (quiet
-            && self.inline.is_some()
-            && self.released_at != self.progress
-            && self.progress > 0)
-            .then(|| self.last_progress + INLINE_RELEASE_AFTER)
-            .filter(|at| *at < deadline);
-        if let Some(at) = release {
-            deadline = at;
-        }
         let timer = self.timer.get_or_insert_with(|| {
             self.armed_for = Some(deadline);
             Box::pin(tokio::time::sleep_until(deadline))
@@ -220,17 +222,6 @@ impl<T> ClientIo<T> {
             ready!(timer.as_mut().poll(cx));
             // Armed for an earlier deadline that has since moved: re-arm.
             if Instant::now() < deadline {
-                timer.as_mut().reset(deadline);
-                self.armed_for = Some(deadline);
-                continue;
-            }
-            if release.is_some_and(|at| at == deadline) {
-                if let Some(inline) = &self.inline {
-                    inline.release_idle();
-                }
-                self.released_at = self.progress;
-                // On to the idle deadline.
-                deadline = self.last_progress + self.timeouts.client_idle;
                 timer.as_mut().reset(deadline);
                 self.armed_for = Some(deadline);
                 continue;
@@ -266,9 +257,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        this.on_written(n);
-        Poll::Ready(Ok(n))
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                this.on_written(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_write_stall(cx).map(Err),
+        }
     }
 
     fn poll_write_vectored(
@@ -277,9 +273,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        this.on_written(n);
-        Poll::Ready(Ok(n))
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                this.on_written(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_write_stall(cx).map(Err),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -312,9 +313,13 @@ mod tests {
             ClientTimeouts {
                 header_read,
                 client_idle: Duration::from_secs(60),
+                client_stall: Duration::from_secs(30),
             },
-            counter(),
-            counter(),
+            ClientCounters {
+                received: counter(),
+                sent: counter(),
+                stalls: counter(),
+            },
         );
         (io, activity)
     }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::{self, ConnCtx};
-use super::io::{ClientIo, ClientTimeouts, ConnActivity};
+use super::io::{ClientCounters, ClientIo, ClientTimeouts, ConnActivity};
 use super::tcp;
 use crate::config::{Config, Mode};
 use crate::table::{ListenerKey, TableHandle};
@@ -430,21 +430,20 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(ConnActivity::default());
         let mode = listener.spec.mode;
-        let inline: Arc<crate::upstream::inline::InlineCache> = Arc::default();
         let io = ClientIo::new(
             stream,
             activity.clone(),
             ClientTimeouts {
                 header_read: (mode == Mode::Http).then_some(timeouts.header_read),
                 client_idle: timeouts.client_idle,
+                client_stall: timeouts.client_stall,
             },
-            metrics.received_bytes.clone(),
-            metrics.sent_bytes.clone(),
+            ClientCounters {
+                received: metrics.received_bytes.clone(),
+                sent: metrics.sent_bytes.clone(),
+                stalls: metrics.client_stalls.clone(),
+            },
         );
-        let io = match mode {
-            Mode::Http => io.with_inline(inline.clone()),
-            Mode::Tcp => io,
-        };
         match mode {
             Mode::Tcp => {
                 tokio::select! {
@@ -464,8 +463,8 @@ impl Connection {
                     drain: self.drain.clone(),
                     hard_stop: self.hard_stop.clone(),
                     tasks: self.tasks,
-                    inline,
                     limits,
+                    client_stall: timeouts.client_stall,
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }

@@ -1,13 +1,15 @@
-//! Connections to upstream servers: connect, handshake and pooling.
+//! Connections to upstream servers: TCP connects, hyper's client
+//! connections, and the pools that keep them per endpoint.
 //!
-//! HTTP/1.1 connections are pooled per endpoint in a lock-free queue: a
-//! request checks one out, and the response body hands it back when it ends
-//! cleanly (see `body.rs`), so a connection is only reused once its previous
-//! exchange is complete. HTTP/2 connections are multiplexed: one per endpoint,
-//! shared by cloning its sender.
+//! HTTP/1.1 connections, ours ([`H1Conn`]) and hyper's, wait in
+//! most-recent-first pools ([`Pool`]) between requests: a request takes
+//! one, and the response body gives it back when it ends cleanly, so a
+//! connection is only reused once its previous exchange is complete.
+//! HTTP/2 connections are multiplexed: one per endpoint, shared by cloning
+//! its sender.
 //!
-//! The pool lives in the endpoint's state, so it survives config swaps; when
-//! an endpoint is dropped, its idle connections close with it.
+//! The pools live in the endpoint's state, so they survive config swaps;
+//! when an endpoint is dropped, its idle connections close with it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,21 +17,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::inline::{InlineConn, ParkedPool};
+use super::h1::conn::H1Conn;
+use super::pool::{Idle, Pool};
 
 /// The body type sent upstream: the client's request body, streamed.
 pub type UpstreamBody = super::body::RequestBody;
 pub type H1Sender = http1::SendRequest<UpstreamBody>;
 pub type H2Sender = http2::SendRequest<UpstreamBody>;
-
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed on return.
-const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -49,30 +48,23 @@ pub enum UpstreamError {
     },
 }
 
-struct IdleConn {
-    sender: H1Sender,
-    since: Instant,
-}
-
 /// Upstream connections to one endpoint.
 #[derive(Default)]
 pub struct UpstreamPool {
-    /// Created on first use so endpoints that never see HTTP/1 traffic cost
-    /// nothing.
-    /// Boxed because the queue is cache-padded (128-byte aligned): inline,
-    /// it would make every endpoint state an over-aligned allocation, which
-    /// glibc serves several times slower, and a reload makes thousands.
-    idle: OnceLock<Box<ArrayQueue<IdleConn>>>,
+    /// Idle connections of our HTTP/1.1 client (body-less requests).
+    /// Created on first use (and boxed: a pool is a few hundred bytes), so
+    /// endpoints that never see a protocol cost nothing for it.
+    h1: OnceLock<Box<Pool<Box<H1Conn>>>>,
+    /// Idle hyper HTTP/1.1 connections (requests with bodies, upgrades).
+    hyper_h1: OnceLock<Box<Pool<H1Sender>>>,
     h2: ArcSwapOption<H2Sender>,
     h2_connecting: tokio::sync::Mutex<()>,
-    /// Idle inline connections no client connection keeps (see `inline.rs`).
-    inline: OnceLock<Box<ParkedPool>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamPool")
-            .field("idle", &self.idle.get().map_or(0, |q| q.len()))
+            .field("h1_idle_here", &self.h1.get().map_or(0, |p| p.len_here()))
             .finish()
     }
 }
@@ -86,23 +78,38 @@ pub struct H1Checkout {
 }
 
 impl UpstreamPool {
-    /// An idle connection still open and younger than `max_idle`, or a new one.
+    /// The most recent idle connection of our client usable at `now`, and
+    /// idle no longer than `max_idle` when that is given.
+    pub fn take_h1(&self, now: Instant, max_idle: Option<Duration>) -> Option<Box<H1Conn>> {
+        Some(self.h1.get()?.take(now, max_idle)?.conn)
+    }
+
+    /// Keeps a connection of our client whose last exchange completed.
+    pub fn put_h1(&self, conn: Box<H1Conn>, now: Instant, usable_until: Instant) {
+        self.h1.get_or_init(|| Box::new(Pool::default())).put(Idle {
+            conn,
+            since: now,
+            usable_until,
+        });
+    }
+
+    /// An idle hyper connection still open and usable, or a new one.
     pub async fn checkout_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-        max_idle: Duration,
     ) -> Result<H1Checkout, UpstreamError> {
-        if let Some(idle) = self.idle.get() {
-            while let Some(mut conn) = idle.pop() {
-                if conn.sender.is_closed() || conn.since.elapsed() > max_idle {
+        if let Some(pool) = self.hyper_h1.get() {
+            while let Some(idle) = pool.take(Instant::now(), None) {
+                let mut sender = idle.conn;
+                if sender.is_closed() {
                     continue;
                 }
                 // Returned at end of body; the connection task may still be
                 // finishing that exchange, which takes one poll.
-                if conn.sender.ready().await.is_ok() {
+                if sender.ready().await.is_ok() {
                     return Ok(H1Checkout {
-                        sender: conn.sender,
+                        sender,
                         reused: true,
                     });
                 }
@@ -114,31 +121,18 @@ impl UpstreamPool {
         })
     }
 
-    /// Keeps an idle inline connection for any client connection.
-    pub fn park_inline(&self, conn: Box<InlineConn>, now: Instant) {
-        self.inline
-            .get_or_init(|| Box::new(ParkedPool::new(MAX_IDLE_PER_ENDPOINT)))
-            .park(conn, now);
-    }
-
-    /// An idle inline connection within its `idle` timeout.
-    pub fn unpark_inline(&self, now: Instant) -> Option<Box<InlineConn>> {
-        self.inline.get()?.unpark(now)
-    }
-
-    /// Returns a connection whose last exchange completed.
-    pub fn checkin_h1(&self, sender: H1Sender) {
+    /// Returns a hyper connection whose last exchange completed.
+    pub fn checkin_h1(&self, sender: H1Sender, now: Instant, usable_until: Instant) {
         if sender.is_closed() {
             return;
         }
-        let idle = self
-            .idle
-            .get_or_init(|| Box::new(ArrayQueue::new(MAX_IDLE_PER_ENDPOINT)));
-        // A full pool drops (closes) the surplus connection.
-        let _ = idle.push(IdleConn {
-            sender,
-            since: Instant::now(),
-        });
+        self.hyper_h1
+            .get_or_init(|| Box::new(Pool::default()))
+            .put(Idle {
+                conn: sender,
+                since: now,
+                usable_until,
+            });
     }
 
     /// The endpoint's HTTP/2 connection, opened on first use or when the

@@ -1,0 +1,76 @@
+//! An inactivity timer for I/O that is in progress: it fires when nothing
+//! moved for its limit, and progress pushes it back (HAProxy's `timeout
+//! client` / `timeout server` while an exchange is under way, Pingora's
+//! read and write timeouts).
+//!
+//! Cheap on the hot path: the timer is created the first time the I/O
+//! blocks, and moved (to a later instant, which takes tokio no lock) only
+//! when the I/O blocks again after progress: one clock read per wait,
+//! none per read or write that completes.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct StallTimer {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes moved since the deadline was last set.
+    progressed: bool,
+}
+
+impl StallTimer {
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Bytes moved: the next wait starts its own count.
+    pub fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The I/O is blocked: `Ready` once nothing has moved for the limit.
+    pub fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = match &mut self.timer {
+            Some(timer) if !self.progressed => timer,
+            Some(timer) => {
+                timer.as_mut().reset(Instant::now() + self.limit);
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        self.progressed = false;
+        timer.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_after_the_limit_without_progress_and_moves_with_it() {
+        let mut stall = StallTimer::new(Duration::from_secs(10));
+        let started = Instant::now();
+        // Blocked for 6 s, then progress, then blocked again: 10 s from
+        // the second block, not from the first.
+        let blocked =
+            tokio::time::timeout(Duration::from_secs(6), poll_fn(|cx| stall.poll_blocked(cx)));
+        assert!(blocked.await.is_err());
+        stall.progress();
+        poll_fn(|cx| stall.poll_blocked(cx)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(16));
+    }
+}
