@@ -10,11 +10,32 @@
 //! [`pick`] applies a backend's balancing algorithm over the set plus the
 //! states' atomics. Unhealthy and ejected endpoints are skipped while
 //! others are left; `None` means no endpoint may take traffic (503 / close).
+//!
+//! ## The hash of `balance = "hash"`
+//!
+//! Ring points and keys are hashed with 64-bit XXH3 and seed 0 (the
+//! published xxHash spec; `xxhsum -H3` prints the same values), never with
+//! `std`'s `DefaultHasher`, whose algorithm may change with the toolchain:
+//! a key maps to the same server whatever build or version of Switchyard
+//! runs, so two versions side by side during an upgrade agree. The bytes
+//! hashed are:
+//!
+//! - a ring point: the endpoint address as text (`10.0.0.1:8080`,
+//!   `[2001:db8::1]:8080`) followed by the point number, a `u32` in
+//!   little-endian; an endpoint of weight `w` has points
+//!   `0..w × RING_POINTS_PER_WEIGHT` (40);
+//! - a header key: the header value's bytes, as received;
+//! - a client address: the IP's octets, 4 for IPv4 (an IPv4-mapped IPv6
+//!   address counts as its IPv4 one), 16 for IPv6; the port is not hashed.
+//!
+//! A key belongs to the first point at or after its hash, wrapping around.
+//! `tests::hash_mapping_is_pinned` fails if any of this changes.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::state::EndpointState;
 use crate::config::{BackendSpec, Balance};
@@ -145,24 +166,34 @@ fn smooth_weighted_schedule(weights: &[u64], total: u64) -> Box<[u32]> {
     schedule.into_boxed_slice()
 }
 
+/// The consistent-hash ring of `endpoints`, its points hashed as the
+/// module doc says.
 fn build_ring(endpoints: &[Endpoint]) -> Box<[(u64, u32)]> {
     let mut ring = Vec::new();
+    let mut bytes = Vec::with_capacity(64);
     for (i, e) in endpoints.iter().enumerate() {
+        let addr = e.addr.to_string();
         for point in 0..e.weight.max(1) * RING_POINTS_PER_WEIGHT {
-            let mut h = DefaultHasher::new();
-            (e.addr, point).hash(&mut h);
-            ring.push((h.finish(), i as u32));
+            ring.push((ring_point(&mut bytes, &addr, point), i as u32));
         }
     }
     ring.sort_unstable();
     ring.into_boxed_slice()
 }
 
-/// The hash used for `balance = "hash"` keys.
+/// The hash of ring point `point` of the endpoint whose address is `addr`
+/// as text; `bytes` is scratch space, reused across points.
+fn ring_point(bytes: &mut Vec<u8>, addr: &str, point: u32) -> u64 {
+    bytes.clear();
+    bytes.extend_from_slice(addr.as_bytes());
+    bytes.extend_from_slice(&point.to_le_bytes());
+    hash_key(bytes)
+}
+
+/// The hash of a `balance = "hash"` key (a header value): XXH3-64, seed 0,
+/// of `bytes` as given. Stable across builds; see the module doc.
 pub fn hash_key(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    xxh3_64(bytes)
 }
 
 /// What `balance = "hash"` hashes for this unit of work.
@@ -309,7 +340,7 @@ fn power_of_two(set: &EndpointSet, ok: impl Fn(usize) -> bool) -> Option<usize> 
 }
 
 /// Hash input of a TCP connection or a request without the header.
-pub struct ClientAddrKey(pub std::net::IpAddr);
+pub struct ClientAddrKey(pub IpAddr);
 
 impl HashInput for ClientAddrKey {
     fn hash_bytes(&self, _on: &crate::config::HashOn) -> u64 {
@@ -317,10 +348,13 @@ impl HashInput for ClientAddrKey {
     }
 }
 
-pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
-    match ip {
-        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
-        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
+/// The hash of a client address as a `balance = "hash"` key: its octets,
+/// with an IPv4-mapped IPv6 address (a dual-stack listener's view of an
+/// IPv4 client) taken as the IPv4 one, so both listeners agree.
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => hash_key(&v4.octets()),
+        IpAddr::V6(v6) => hash_key(&v6.octets()),
     }
 }
 
@@ -375,6 +409,53 @@ mod tests {
                 .zip(&weights)
                 .all(|(c, w)| *c == u64::from(*w))
         );
+    }
+
+    /// Pins the `balance = "hash"` mapping of the module doc: any change to
+    /// the hash, the bytes hashed or the ring layout moves sticky clients,
+    /// and must fail here. The values were computed independently with the
+    /// reference C library (`XXH3_64bits` of libxxhash 0.8).
+    #[test]
+    fn hash_mapping_is_pinned() {
+        // The algorithm: XXH3-64, seed 0 (the spec's empty-input vector).
+        assert_eq!(hash_key(b""), 0x2d06_8005_38d3_94c2);
+        assert_eq!(hash_key(b"alice"), 0x4da1_0dd6_1a01_16b0);
+        assert_eq!(hash_key(b"bob"), 0x1403_c0c4_0f49_b8e5);
+        // Client addresses: the octets; IPv4-mapped IPv6 as IPv4.
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(hash_ip(ip("192.0.2.7")), 0x54e8_211e_31db_05c1);
+        assert_eq!(hash_ip(ip("::ffff:192.0.2.7")), 0x54e8_211e_31db_05c1);
+        assert_eq!(hash_ip(ip("2001:db8::7")), 0x223d_514b_acc6_af55);
+        // A ring point: the address as text, then the point number (LE u32).
+        assert_eq!(
+            ring_point(&mut Vec::new(), "127.0.0.1:1000", 0),
+            0x0797_6a52_241d_56e4
+        );
+
+        // Keys on the ring of 127.0.0.1:1000..=1002 with weights 1, 2, 1.
+        let s = set(&[1, 2, 1], true);
+        let owner = |hash| s.ring_index(hash).unwrap();
+        let headers = [
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+            "mallory", "oscar",
+        ];
+        let by_header: Vec<usize> = headers
+            .iter()
+            .map(|k| owner(hash_key(k.as_bytes())))
+            .collect();
+        assert_eq!(by_header, [2, 0, 2, 1, 0, 0, 1, 2, 1, 2, 0, 2]);
+        let clients = [
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "192.0.2.4",
+            "198.51.100.9",
+            "203.0.113.77",
+            "2001:db8::1",
+            "2001:db8::2",
+        ];
+        let by_client: Vec<usize> = clients.iter().map(|a| owner(hash_ip(ip(a)))).collect();
+        assert_eq!(by_client, [0, 1, 1, 1, 0, 1, 2, 1]);
     }
 
     #[test]
