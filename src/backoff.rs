@@ -8,8 +8,8 @@
 //! agent down for many names or services) do not retry in step, while a
 //! delay never drops below `min` or exceeds `max`.
 //!
-//! DNS name tasks use it; issue 16 moves the other retry loops (Consul
-//! watches) onto it too.
+//! Every control-plane retry loop uses it: DNS name tasks, Consul watches
+//! and Consul registrations.
 
 use std::time::Duration;
 
@@ -52,6 +52,11 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// Failures since the last [`reset`](Self::reset), for logs.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +84,24 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert!(seen.len() > 10, "no jitter: {seen:?}");
+    }
+
+    /// What the jitter is for: loops that fail together (one resolver or
+    /// agent down) must not retry in lock-step.
+    #[test]
+    fn two_loops_with_the_same_settings_do_not_retry_in_step() {
+        let (mut a, mut b) = (
+            Backoff::new(250 * MS, 60_000 * MS),
+            Backoff::new(250 * MS, 60_000 * MS),
+        );
+        let delays =
+            |b: &mut Backoff| -> Vec<Duration> { (0..12).map(|_| b.next_delay()).collect() };
+        let (da, db) = (delays(&mut a), delays(&mut b));
+        assert_ne!(da, db, "same delays: lock-step");
+        for d in da.iter().chain(&db) {
+            assert!((250 * MS..=60_000 * MS).contains(d), "{d:?} out of bounds");
+        }
+        assert_eq!((a.failures(), b.failures()), (12, 12));
     }
 
     #[test]

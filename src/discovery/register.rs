@@ -26,14 +26,17 @@ use serde_json::json;
 
 use super::consul::ConsulClient;
 use super::consul::client::escape_path;
+use crate::backoff::Backoff;
 use crate::config::{CheckKind, RegisterCheckKind, RegisterSpec};
 use crate::upstream::health::probe;
 
 /// How long shutdown waits for the deregistrations.
 const DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
-/// Pause between checks of a local service that is not up yet, and between
-/// failed registrations.
+/// Pause between checks of a local service that is not up yet, and the
+/// shortest pause between failed registrations.
 const RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between failed registrations.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The registrations of the running config.
 #[derive(Default)]
@@ -198,6 +201,8 @@ async fn keep_registered(
             tracing::info!(service_id = %spec.id, %error, "Waiting for the local service before registering it");
             waiting_logged = true;
         }
+        // A fixed pace, not a backoff: this probes our own local service,
+        // not a shared server, and should see it up within a second.
         tokio::time::sleep(RETRY).await;
     }
     register_until_done(&spec, &client, &status).await;
@@ -246,7 +251,9 @@ async fn register_until_done(
     status: &Mutex<RegistrationStatus>,
 ) {
     let body = registration(spec).to_string().into_bytes();
-    let mut backoff = RETRY;
+    // Jittered: when the agent comes back, the services registered here
+    // (one task each) do not all retry in the same instant.
+    let mut backoff = Backoff::new(RETRY, RETRY_MAX);
     loop {
         match client
             .put(
@@ -277,8 +284,7 @@ async fn register_until_done(
                 note(status, |s| s.last_error = Some(error.to_string()));
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -10,8 +10,9 @@
 //!   the shape the spec suggests): an isolated change is seen at once, and
 //!   a query that keeps returning early under churn degrades to ten
 //!   requests a second;
-//! - errors back off exponentially with jitter from `retry_min` to
-//!   `retry_max`, the last good data is kept, and an ACL error is logged
+//! - errors back off with a [`Backoff`] (exponential, equal jitter) from
+//!   `retry_min` to `retry_max`, so watches that failed together do not
+//!   retry in step; the last good data is kept, and an ACL error is logged
 //!   once rather than on every retry; the first request after an error is
 //!   a plain read, since a restarted cluster may reuse an index.
 
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::client::{ConsulClient, ConsulError};
 use super::data::{WatchData, WatchKey};
+use crate::backoff::Backoff;
 
 /// Request pacing: a bucket of `BURST` tokens, one back every `REFILL`.
 const BURST: f64 = 2.0;
@@ -70,8 +72,6 @@ struct WatchState {
     /// The data came from the state file and Consul has not answered since.
     from_state_file: bool,
     started: Option<Instant>,
-    /// The current error streak, for backoff.
-    failures: u32,
 }
 
 /// One watched query: its latest data and what `/status` shows of it.
@@ -190,6 +190,7 @@ impl WatchTask {
         let (path, query) = self.watch.key.request();
         let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut pace = TokenBucket::new();
+        let mut backoff = Backoff::new(self.retry_min, self.retry_max);
         let mut acl_reported: Option<ConsulError> = None;
         loop {
             pace.take().await;
@@ -202,6 +203,7 @@ impl WatchTask {
             self.watch.done.send_modify(|n| *n += 1);
             match outcome {
                 Ok(changed) => {
+                    backoff.reset();
                     if acl_reported.take().is_some() {
                         tracing::info!(watch = %self.watch.key, "Consul accepts the token again");
                     }
@@ -210,16 +212,16 @@ impl WatchTask {
                     }
                 }
                 Err(error) => {
-                    let failures = {
+                    {
                         let mut s = self.watch.lock();
-                        s.failures = s.failures.saturating_add(1);
                         s.last_error = Some(error.to_string());
                         // Start over with a plain read once Consul answers
                         // again: a restarted or rebuilt cluster may reuse
                         // the index we hold for different data.
                         s.last_index = 0;
-                        s.failures
-                    };
+                    }
+                    let delay = backoff.next_delay();
+                    let failures = backoff.failures();
                     if error.is_acl() {
                         if acl_reported.as_ref() != Some(&error) {
                             tracing::error!(watch = %self.watch.key, %error, "Consul refused the watch; retrying with backoff, keeping the last data");
@@ -228,7 +230,7 @@ impl WatchTask {
                     } else {
                         tracing::warn!(watch = %self.watch.key, %error, failures, "Consul watch failed; keeping the last data");
                     }
-                    tokio::time::sleep(self.backoff(failures)).await;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -240,7 +242,6 @@ impl WatchTask {
         let new_index = reply.index;
         let mut s = self.watch.lock();
         s.requests += 1;
-        s.failures = 0;
         s.last_error = None;
         s.last_success = Some((SystemTime::now(), Instant::now()));
         if sent_index > 0 && new_index < sent_index {
@@ -269,14 +270,5 @@ impl WatchTask {
             s.last_change = Some(SystemTime::now());
         }
         Ok(changed)
-    }
-
-    /// `retry_min × 2^(failures-1)`, capped at `retry_max`, minus up to a
-    /// quarter of jitter so that many watches do not retry in step.
-    fn backoff(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(16);
-        let base = self.retry_min.saturating_mul(1 << exp).min(self.retry_max);
-        let jitter = base.mul_f64(fastrand::f64() * 0.25);
-        base - jitter
     }
 }
