@@ -30,8 +30,8 @@ use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey}
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
 use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
+use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
-use crate::proxy::http::ErrorChain;
 use crate::proxy::listener::{BindError, ListenerSet};
 use crate::table::diff::ConfigDiff;
 use crate::table::gateway::Gateway;

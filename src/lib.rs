@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod error_chain;
 pub mod headers;
 pub mod logging;
 pub mod metrics;

@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use tera::Tera;
 
 use crate::config::TemplateSpec;
+use crate::error_chain::sources;
 pub use functions::{DataView, Dep, RenderScope};
 pub use set::{Rendered, TemplatePlan, TemplateSet, TemplateStatus, digest};
 
@@ -98,15 +99,12 @@ impl Compiled {
 /// filter in backquotes, and the first line using it is shown (written by
 /// hand: Tera 1 keeps no positions after parsing).
 fn describe(name: &str, text: &str, error: &tera::Error) -> String {
-    let mut chain = Vec::new();
-    let mut next: Option<&dyn std::error::Error> = Some(error);
-    while let Some(e) = next {
-        let message = e.to_string();
-        if !message.starts_with("Failed to render") && !message.starts_with("Failed to parse") {
-            chain.push(message);
-        }
-        next = e.source();
-    }
+    // Tera's outer "Failed to render/parse 'NAME'" links repeat what the
+    // prefix already says; the causes below them are the news.
+    let chain: Vec<String> = sources(error)
+        .map(ToString::to_string)
+        .filter(|m| !m.starts_with("Failed to render") && !m.starts_with("Failed to parse"))
+        .collect();
     let detail = chain.join(": ");
     let line = parse_position(&detail).or_else(|| first_use(text, &detail));
     let detail = one_line(&detail);

@@ -19,6 +19,7 @@ use super::StatusBoard;
 use crate::config::{ConsulSpec, KvSpec, TemplateSpec};
 use crate::discovery::consul::{ConsulWatcher, KeyOwner};
 use crate::discovery::kvdir::{KvDir, KvSnapshot};
+use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
 use crate::template::TemplatePlan;
 use crate::template::output::{run_command, write_if_changed};
@@ -70,7 +71,7 @@ impl Templating {
             None => Ok(KvPlan::Switch(None)),
             Some(spec) => KvDir::start(&spec.dir, self.kv_sender.clone())
                 .map(|d| KvPlan::Switch(Some(d)))
-                .map_err(|e| crate::proxy::http::ErrorChain(&e).to_string()),
+                .map_err(|e| ErrorChain(&e).to_string()),
         }
     }
 

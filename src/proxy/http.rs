@@ -25,6 +25,7 @@ use super::gateway;
 use super::io::ConnActivity;
 use super::listener::Drain;
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
+use crate::error_chain::ErrorChain;
 use crate::headers::{connection_has, strip_hop_by_hop};
 use crate::table::{ListenerEntry, ListenerKey, RouteTarget, TableHandle};
 use crate::upstream::body::RequestBody;
@@ -848,20 +849,5 @@ struct HashedKey(u64);
 impl HashInput for HashedKey {
     fn hash_bytes(&self, _on: &HashOn) -> u64 {
         self.0
-    }
-}
-
-/// Displays an error followed by each of its sources.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }

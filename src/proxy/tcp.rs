@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::error_chain::ErrorChain;
 use crate::table::ListenerEntry;
 use crate::upstream::connect::connect_tcp;
 use crate::upstream::health::Outcome;
@@ -46,7 +47,7 @@ where
             }
             Err(error) => {
                 backend.report(endpoint, Outcome::ConnectFailed);
-                tracing::debug!(error = %crate::proxy::http::ErrorChain(&error), "Upstream connect failed");
+                tracing::debug!(error = %ErrorChain(&error), "Upstream connect failed");
                 // Nothing reached the server: outside the retry budget, as
                 // in HTTP mode.
                 if tried.len() >= retry.retries as usize {

@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 
+use crate::error_chain::sources;
 use crate::stall::StallTimer;
 
 /// The request body sent upstream (see the module doc).
@@ -62,14 +63,7 @@ impl RequestBody {
     pub fn failure<'e>(
         error: &'e (dyn std::error::Error + 'static),
     ) -> Option<&'e RequestBodyError> {
-        let mut next = Some(error);
-        while let Some(e) = next {
-            if let Some(failure) = e.downcast_ref::<RequestBodyError>() {
-                return Some(failure);
-            }
-            next = e.source();
-        }
-        None
+        sources(error).find_map(|e| e.downcast_ref::<RequestBodyError>())
     }
 }
 

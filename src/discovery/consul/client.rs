@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::config::ConsulSpec;
+use crate::error_chain::ErrorChain;
 
 /// The ACL token; never printed.
 #[derive(Clone)]
@@ -244,7 +245,7 @@ impl ConsulClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| ConsulError::Transport(error_chain(&e)))?;
+                .map_err(|e| ConsulError::Transport(ErrorChain(&e).to_string()))?;
             let (parts, body) = resp.into_parts();
             let body = body
                 .collect()
@@ -296,17 +297,6 @@ fn classify(status: StatusCode, body: &[u8]) -> ConsulError {
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Plain HTTP, or HTTPS trusting `ca_file` (else the system's roots).
