@@ -1,9 +1,22 @@
-//! Sources that change a backend's endpoints while Switchyard runs.
+//! Sources that change what Switchyard routes to while it runs: DNS names
+//! ([`dns`]), Consul blocking queries ([`consul`]: service health, the
+//! catalog, KV) and the local kv directory ([`kvdir`]); and [`register`],
+//! which goes the other way and keeps our own services registered with the
+//! local Consul agent.
 //!
-//! Discovery never rebuilds routes: it replaces the endpoint set of the
-//! backends that use a changed source (the second level of swap in the
-//! design), and the control task does the replacing so that config reloads
-//! and discovery updates are applied one at a time, in order.
+//! A source's task only publishes what it found and tells the control
+//! task, which applies changes one at a time, in order with config
+//! reloads. What a change costs depends on what changed:
+//!
+//! - a backend's addresses (a DNS answer, a Consul service's healthy
+//!   instances): only that backend's endpoint set is replaced, with no
+//!   recompile (the second level of swap in the design);
+//! - the `urlprefix-` tags in the Consul catalog ([`tag_routes`]) are
+//!   routes: a tag that appears or goes causes a reload, one table swap;
+//! - Consul KV, the catalog and the kv directory feed templates; a
+//!   rendered output that the config includes causes a reload too;
+//! - the catalog also tells which services gateway routes may reach; their
+//!   backends are made on demand beside the table (`table::gateway`).
 
 pub mod consul;
 pub mod dns;

@@ -7,7 +7,8 @@
 //! (falling back to the state file for those Consul did not answer); after
 //! the swap, [`ConsulWatcher::commit`] stops the watches nothing needs any
 //! more. A watch whose data changes sends its key to the control task, which
-//! replaces the endpoint sets of the backends that use it.
+//! replaces the endpoint sets of the backends that use it, marks the
+//! templates that read it, and reloads when the catalog's tag routes changed.
 
 pub mod client;
 pub mod data;
