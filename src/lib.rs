@@ -44,7 +44,7 @@
 //! `/metrics`, `/healthz`, `/status` and `POST /reload`; [`metrics`] holds
 //! the Prometheus handles, resolved when a table is compiled; [`logging`]
 //! sets up output. Leaves any module may use: [`atomic_file`], [`backoff`],
-//! [`error_chain`], [`headers`].
+//! [`error_chain`], [`headers`], [`stall`].
 //!
 //! Two levels of swap keep the request path cheap. A config or route change
 //! (the file, Consul tag routes, an included template output) compiles a

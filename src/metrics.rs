@@ -4,7 +4,7 @@
 //! crate, so they happen when a table is compiled, never per request: the
 //! compiled table holds ready handles ([`RequestMetrics`], [`ListenerMetrics`])
 //! and the hot path only does atomic adds. Per-endpoint gauges are not kept as
-//! series at all; [`EndpointCollector`] reads them from the live table at
+//! series at all; [`LiveCollector`] reads them from the live table at
 //! scrape time, so endpoints that leave leave no stale series behind.
 
 use std::sync::Arc;

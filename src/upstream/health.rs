@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 const HISTORY: usize = 16;
 
 /// The running checks, by endpoint state: the key is the state's address,
-/// kept valid by the `Arc` in [`Running`] while it is in the map.
+/// kept valid by the `Arc` in `Running` while it is in the map.
 pub struct HealthChecks {
     running: HashMap<usize, Running>,
     metrics: Metrics,
