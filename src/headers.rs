@@ -5,7 +5,7 @@
 //! `Transfer-Encoding`.
 //!
 //! Client requests (through hyper) and upstream responses (through the
-//! inline HTTP/1.1 client) are both stripped with these rules.
+//! own HTTP/1.1 client) are both stripped with these rules.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 

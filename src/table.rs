@@ -37,7 +37,7 @@ use crate::discovery::dns::{DnsName, DnsQuery};
 use crate::metrics::{BackendCounters, ListenerMetrics, Metrics, RequestMetrics};
 use crate::upstream::health::{EjectReason, Outcome};
 use crate::upstream::select::{self, Endpoint, EndpointSet, HashInput, Origin, Policy};
-use crate::upstream::state::EndpointState;
+use crate::upstream::state::{ActiveGuard, EndpointState};
 use routes::Router;
 
 /// Identifies a listener socket across swaps: an unchanged key keeps its
@@ -111,6 +111,40 @@ impl Backend {
             period = ?ejection.period,
             "Endpoint ejected"
         );
+    }
+
+    /// Picks an endpoint for an attempt, never one in `tried`, and counts
+    /// the attempt in its in-flight count until the guard drops.
+    pub fn acquire(&self, input: &dyn HashInput, tried: &[SocketAddr]) -> Option<ActiveGuard> {
+        let set = self.endpoints.load();
+        self.pick(&set, input, tried).map(|e| e.state.acquire())
+    }
+
+    /// The endpoint for another attempt after the one on `from` failed
+    /// (its connect, when `connect_failed`), if `retries` allow one more
+    /// and, for a request that reached a server, the retry budget does too;
+    /// never an endpoint tried before. Counts the retry. Shared by HTTP and
+    /// TCP mode.
+    pub fn retry(
+        &self,
+        tried: &mut Vec<SocketAddr>,
+        from: SocketAddr,
+        input: &dyn HashInput,
+        connect_failed: bool,
+    ) -> Option<ActiveGuard> {
+        let spec = &self.spec.retry;
+        // A failed connect never reached a server: sending the request
+        // elsewhere adds no load, so the budget (which guards servers
+        // against retry storms) covers only requests that were sent.
+        if tried.len() >= spec.retries as usize
+            || (!connect_failed && !self.retry_budget.try_retry(spec))
+        {
+            return None;
+        }
+        tried.push(from);
+        let next = self.acquire(input, tried)?;
+        self.counters.retries(connect_failed).inc();
+        Some(next)
     }
 
     /// Picks an endpoint from `set` (the set loaded for this unit of work),

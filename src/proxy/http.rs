@@ -260,7 +260,7 @@ fn mark_close_if_draining(ctx: &ConnCtx, headers: &mut HeaderMap) {
 /// its size is memory touched per request (the request itself is boxed).
 struct Outbound<'a> {
     req: Box<Request<RequestBody>>,
-    /// Set for requests that go over inline connections, which write these
+    /// Set for requests that go through our HTTP/1.1 client, which writes these
     /// headers themselves.
     forwarded: Option<Forwarded>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -295,20 +295,14 @@ fn prepare<'a>(
         return Err(error_response(ctx, ProxyError::BodyTooLarge, completion));
     }
     let hash_key = request_hash(req.headers(), ctx.peer, &spec.balance);
-    let first = {
-        let set = backend.endpoints.load();
-        match backend.pick(&set, &hash_key, &[]) {
-            Some(endpoint) => endpoint.state.acquire(),
-            None => {
-                let error = ProxyError::NoEndpoint(backend.name().clone());
-                return Err(error_response(ctx, error, completion));
-            }
-        }
+    let Some(first) = backend.acquire(&hash_key, &[]) else {
+        let error = ProxyError::NoEndpoint(backend.name().clone());
+        return Err(error_response(ctx, error, completion));
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    // Body-less requests to HTTP/1.1 servers (most requests) go over an
-    // inline connection the request drives itself (see `inline.rs`).
-    let inline = spec.protocol == Protocol::Http1
+    // Body-less requests to HTTP/1.1 servers (most requests) go through
+    // our own client, driven by the request itself (see `upstream::h1`).
+    let own_client = spec.protocol == Protocol::Http1
         && upgrade.is_none()
         && req.body().is_end_stream()
         && req.method() != http::Method::CONNECT;
@@ -318,7 +312,7 @@ fn prepare<'a>(
         first.endpoint().addr,
         spec.protocol,
         upgrade.is_some(),
-        inline,
+        own_client,
     ) {
         Ok(forwarded) => forwarded,
         Err(e) => {
@@ -418,28 +412,13 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 }),
                 _ => None,
             };
-            // A request whose connect failed never reached a server, so
-            // sending it elsewhere adds no load: the retry budget, which
-            // guards servers against retry storms, covers only requests
-            // that were sent.
-            let Some(again) = again.filter(|_| {
-                tried.len() < spec.retry.retries as usize
-                    && (connect_failed || backend.retry_budget.try_retry(&spec.retry))
-            }) else {
+            let Some(again) = again else {
                 return error_response(ctx, failed.error, completion);
             };
-            tried.push(from);
-            let next = {
-                let set = backend.endpoints.load();
-                backend
-                    .pick(&set, hash_key, &tried)
-                    .map(|e| e.state.acquire())
-            };
-            let Some(next) = next else {
+            let Some(next) = backend.retry(&mut tried, from, hash_key, connect_failed) else {
                 return error_response(ctx, failed.error, completion);
             };
             tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
-            backend.counters.retries(connect_failed).inc();
             active = next;
             req = again;
             attempt_started = Instant::now();
@@ -509,18 +488,18 @@ impl From<ProxyError> for Failed {
 }
 
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
-/// request timeout, over an inline connection when [`prepare`] chose one
-/// (`inline` then carries the forwarding headers it writes).
+/// request timeout, through our HTTP/1.1 client when [`prepare`] chose it
+/// (`own_client` then carries the forwarding headers it writes).
 async fn send(
     req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
-    inline: Option<&Forwarded>,
+    own_client: Option<&Forwarded>,
     attempt_started: Instant,
 ) -> Result<Answer, Failed> {
-    match inline {
+    match own_client {
         Some(forwarded) => {
-            send_inline(req, forwarded, active, spec.timeouts, attempt_started).await
+            send_own_h1(req, forwarded, active, spec.timeouts, attempt_started).await
         }
         // Boxed: these paths are rarer, and their futures (a timer among
         // them) would enlarge every request's (moved) future.
@@ -540,7 +519,7 @@ async fn send_pooled(
 ) -> Result<Answer, Failed> {
     let sent = tokio::time::timeout_at(deadline, async {
         match spec.protocol {
-            Protocol::Http1 => send_h1(req, active, spec.timeouts).await,
+            Protocol::Http1 => send_hyper_h1(req, active, spec.timeouts).await,
             Protocol::Http2 => send_h2(req, active, spec.timeouts).await,
         }
     });
@@ -569,7 +548,7 @@ impl Answer {
     }
 }
 
-async fn send_inline(
+async fn send_own_h1(
     req: Box<Request<RequestBody>>,
     forwarded: &Forwarded,
     active: &ActiveGuard,
@@ -605,7 +584,7 @@ async fn send_inline(
     }
 }
 
-async fn send_h1(
+async fn send_hyper_h1(
     mut req: Request<RequestBody>,
     active: &ActiveGuard,
     timeouts: crate::config::UpstreamTimeouts,
@@ -679,7 +658,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 struct PrepareError(String);
 
 /// The `X-Forwarded-*` values for a request whose headers are written by
-/// an inline connection: appended to its head instead of inserted into the
+/// our HTTP/1.1 client: appended to its head instead of inserted into the
 /// header map, which would grow the map on every request.
 pub struct Forwarded {
     for_: HeaderValue,
@@ -689,14 +668,14 @@ pub struct Forwarded {
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Turns the client's request into the upstream request, in place. With
-/// `inline`, the `X-Forwarded-*` headers are returned instead of inserted.
+/// `own_client`, the `X-Forwarded-*` headers are returned instead of inserted.
 fn prepare_request(
     req: &mut Request<Incoming>,
     ctx: &ConnCtx,
     endpoint: SocketAddr,
     protocol: Protocol,
     upgrade: bool,
-    inline: bool,
+    own_client: bool,
 ) -> Result<Option<Forwarded>, PrepareError> {
     let te_trailers = protocol == Protocol::Http2
         && req
@@ -742,7 +721,7 @@ fn prepare_request(
         }
         None => ctx.peer_header.clone(),
     };
-    let forwarded = if inline {
+    let forwarded = if own_client {
         // The client's own values are replaced (X-Forwarded-For was
         // folded into `xff` above).
         if client_forwarded {

@@ -25,36 +25,27 @@ where
         return;
     };
     let backend = &target.backend;
-    let retry = &backend.spec.retry;
     let key = ClientAddrKey(peer.ip());
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let (active, mut upstream) = loop {
-        let active = {
-            let set = backend.endpoints.load();
-            match backend.pick(&set, &key, &tried) {
-                Some(endpoint) => endpoint.state.acquire(),
-                None => {
-                    tracing::debug!(backend = %backend.name(), %peer, "No usable endpoint");
-                    return;
-                }
-            }
-        };
+    let Some(mut active) = backend.acquire(&key, &tried) else {
+        tracing::debug!(backend = %backend.name(), %peer, "No usable endpoint");
+        return;
+    };
+    let mut upstream = loop {
         let endpoint = active.endpoint();
         match connect_tcp(endpoint.addr, backend.spec.timeouts.connect).await {
             Ok(stream) => {
                 backend.report(endpoint, Outcome::Connected);
-                break (active, stream);
+                break stream;
             }
             Err(error) => {
                 backend.report(endpoint, Outcome::ConnectFailed);
                 tracing::debug!(error = %ErrorChain(&error), "Upstream connect failed");
-                // Nothing reached the server: outside the retry budget, as
-                // in HTTP mode.
-                if tried.len() >= retry.retries as usize {
-                    return;
+                let from = endpoint.addr;
+                match backend.retry(&mut tried, from, &key, true) {
+                    Some(next) => active = next,
+                    None => return,
                 }
-                tried.push(endpoint.addr);
-                backend.counters.retries(true).inc();
             }
         }
     };
