@@ -4,8 +4,8 @@
 //! such as the tokens of `Connection` or the codings of
 //! `Transfer-Encoding`.
 //!
-//! Client requests (through hyper) and upstream responses (through the
-//! own HTTP/1.1 client) are both stripped with these rules.
+//! Client requests (through hyper) and upstream responses (through our
+//! HTTP/1.1 client) are both stripped with these rules.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
