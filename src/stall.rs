@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// Sixteen bytes: it lives inside response bodies that are moved several
+/// times per request, so the limit is kept in milliseconds.
 #[derive(Debug)]
 pub struct StallTimer {
-    limit: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The limit in milliseconds (longer limits are cut to ~49 days).
+    limit_ms: u32,
     /// Bytes moved since the deadline was last set.
     progressed: bool,
 }
@@ -25,14 +28,14 @@ pub struct StallTimer {
 impl StallTimer {
     pub fn new(limit: Duration) -> Self {
         Self {
-            limit,
             timer: None,
+            limit_ms: u32::try_from(limit.as_millis()).unwrap_or(u32::MAX),
             progressed: false,
         }
     }
 
     pub fn limit(&self) -> Duration {
-        self.limit
+        Duration::from_millis(u64::from(self.limit_ms))
     }
 
     /// Bytes moved: the next wait starts its own count.
@@ -42,13 +45,14 @@ impl StallTimer {
 
     /// The I/O is blocked: `Ready` once nothing has moved for the limit.
     pub fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let limit = self.limit();
         let timer = match &mut self.timer {
             Some(timer) if !self.progressed => timer,
             Some(timer) => {
-                timer.as_mut().reset(Instant::now() + self.limit);
+                timer.as_mut().reset(Instant::now() + limit);
                 timer
             }
-            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+            None => self.timer.insert(Box::pin(tokio::time::sleep(limit))),
         };
         self.progressed = false;
         timer.as_mut().poll(cx)

@@ -648,8 +648,10 @@ async fn send_h2(
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and others).
 fn is_upgrade(req: &Request<Incoming>) -> bool {
+    // A scan of the few names a request has compares enum tags; a hashed
+    // lookup costs more for the usual answer, "no".
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().keys().any(|name| name == header::UPGRADE)
         && connection_has(req.headers(), "upgrade")
 }
 

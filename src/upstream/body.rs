@@ -39,6 +39,7 @@ pub enum RequestBodyError {
 impl RequestBody {
     /// The client's body, at most `limit` bytes, each within `stall` of the
     /// one before (counted in `stalls` when not).
+    #[inline]
     pub fn new(inner: Incoming, limit: Option<u64>, stall: Duration, stalls: &IntCounter) -> Self {
         // Most requests have no body: no timer, no counter handle.
         let stall =

@@ -32,16 +32,16 @@ pub const MAX_IDLE_PER_THREAD: usize = 512;
 /// timeout, so a request never races the server's close.
 const IDLE_HINT_MARGIN: Duration = Duration::from_secs(1);
 
-/// Until when a connection idle from `now` may be used again: the
-/// backend's idle limit, or shortly before the server's announced idle
-/// timeout (`Keep-Alive: timeout=N`) if that comes first.
-pub fn usable_until(now: Instant, max_idle: Duration, hint: Option<Duration>) -> Instant {
+/// How long an idle connection may be used again: the backend's idle
+/// limit, or shortly before the server's announced idle timeout
+/// (`Keep-Alive: timeout=N`) if that comes first.
+pub fn reuse_window(max_idle: Duration, hint: Option<Duration>) -> Duration {
     let hinted = hint.map(|hint| {
         hint.checked_sub(IDLE_HINT_MARGIN)
             .filter(|d| !d.is_zero())
             .unwrap_or(hint / 2)
     });
-    now + hinted.map_or(max_idle, |h| h.min(max_idle))
+    hinted.map_or(max_idle, |h| h.min(max_idle))
 }
 
 /// A connection waiting in a pool.

@@ -23,7 +23,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -87,6 +87,25 @@ pub enum ExchangeError {
     Send(H1Error),
 }
 
+/// A stream whose idle state can be checked without blocking or
+/// registering for a wake-up: has the server closed it, or sent something
+/// unasked, while it sat in a pool?
+pub trait IdleProbe {
+    /// `true` when nothing arrived; reads into `buf` otherwise.
+    fn is_quiet(&mut self, buf: &mut BytesMut) -> bool;
+}
+
+impl IdleProbe for TcpStream {
+    /// One read attempt, which costs no system call unless the socket
+    /// became readable while idle (tokio tracks readiness).
+    fn is_quiet(&mut self, buf: &mut BytesMut) -> bool {
+        match self.try_read_buf(buf) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false, // closed (0) or unsolicited bytes
+        }
+    }
+}
+
 /// An upstream HTTP/1.1 connection owned by whichever request uses it.
 pub struct H1Conn<S = TcpStream> {
     stream: S,
@@ -102,6 +121,10 @@ pub struct H1Conn<S = TcpStream> {
     /// Bytes arrived since the stall deadline was last moved: it moves
     /// when a read next blocks (one clock read per wait, not per read).
     progressed: bool,
+    /// `upstream_stall` of the exchange in progress: the longest wait for
+    /// a response body byte. Kept here rather than in [`H1Body`], which
+    /// is moved several times per request.
+    stall: Duration,
 }
 
 /// A response head from an upstream connection; its body follows on it.
@@ -117,8 +140,6 @@ pub struct H1Body<S = TcpStream> {
     framing: Framing,
     /// The server allows another request after this response.
     keep_alive: bool,
-    /// `upstream_stall`: the longest wait for a body byte.
-    stall: Duration,
 }
 
 /// The settings an exchange needs from its backend.
@@ -162,6 +183,7 @@ impl H1Conn<TcpStream> {
             };
             codec::encode_request_head(&mut conn.head, req, extra);
             conn.arm(timeouts.deadline);
+            conn.stall = timeouts.stall;
             match conn.send_and_read_head(is_head).await {
                 Ok(head) => {
                     conn.idle_hint = head.idle_hint;
@@ -171,7 +193,6 @@ impl H1Conn<TcpStream> {
                             conn: Some(conn),
                             framing: head.framing,
                             keep_alive: head.keep_alive,
-                            stall: timeouts.stall,
                         },
                     });
                 }
@@ -184,7 +205,7 @@ impl H1Conn<TcpStream> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
+impl<S: AsyncRead + AsyncWrite + IdleProbe + Unpin> H1Conn<S> {
     pub fn new(stream: S) -> Box<Self> {
         Box::new(Self {
             stream,
@@ -193,14 +214,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
             idle_hint: None,
             timer: None,
             progressed: false,
+            stall: Duration::MAX,
         })
     }
 
-    /// Until when this connection, idle from `now`, may be used again: the
+    /// How long this connection may be used again once idle: the
     /// backend's idle limit, or shortly before the server's announced idle
     /// timeout if that comes first.
-    pub fn usable_until(&self, now: Instant, max_idle: Duration) -> Instant {
-        pool::usable_until(now, max_idle, self.idle_hint)
+    pub fn reuse_window(&self, max_idle: Duration) -> Duration {
+        pool::reuse_window(max_idle, self.idle_hint)
     }
 
     /// Sets the deadline of the exchange about to start.
@@ -228,10 +250,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
     }
 
     /// A body read is blocked: `Ready` once no byte came for `stall`.
-    fn poll_stall(&mut self, cx: &mut Context<'_>, stall: Duration) -> Poll<()> {
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.progressed || self.timer.is_none() {
             self.progressed = false;
-            self.arm(Instant::now() + stall);
+            self.arm(Instant::now() + self.stall);
         }
         match self.timer.as_mut() {
             Some(timer) => timer.as_mut().poll(cx),
@@ -240,15 +262,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
     }
 
     /// Whether an idle connection is still usable: the server has neither
-    /// closed it nor sent anything unasked. One read attempt that finds
-    /// the socket not readable; it costs no system call unless the socket
-    /// became readable while idle.
+    /// closed it nor sent anything unasked.
     fn still_open(&mut self) -> bool {
         self.buf.clear();
         self.buf.reserve(READ_SIZE);
-        let mut cx = Context::from_waker(Waker::noop());
-        // Ready means closed (0), unsolicited bytes, or an error.
-        poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.buf).is_pending()
+        self.stream.is_quiet(&mut self.buf)
     }
 
     async fn send_and_read_head(&mut self, is_head: bool) -> Result<ResponseHead, H1Error> {
@@ -302,7 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Conn<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> H1Body<S> {
+impl<S: AsyncRead + AsyncWrite + IdleProbe + Unpin> H1Body<S> {
     /// The body is over, and its connection may be given to the next
     /// request: all of a framed body was read and nothing more arrived.
     pub fn take_reusable(&mut self) -> Option<Box<H1Conn<S>>> {
@@ -350,8 +368,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Body<S> {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => {
-                    ready!(conn.poll_stall(cx, self.stall));
-                    return Poll::Ready(Some(Err(H1Error::Stalled(self.stall))));
+                    ready!(conn.poll_stall(cx));
+                    return Poll::Ready(Some(Err(H1Error::Stalled(conn.stall))));
                 }
             }
         }
