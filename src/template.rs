@@ -48,18 +48,22 @@ pub enum RenderOutcome {
     Failed(String),
 }
 
+/// A template's source text; the error names the template and the file.
+fn read_source(spec: &TemplateSpec) -> Result<String, String> {
+    std::fs::read_to_string(&spec.source).map_err(|e| {
+        format!(
+            "template {}: cannot read {}: {e}",
+            spec.name,
+            spec.source.display()
+        )
+    })
+}
+
 impl Compiled {
     /// Reads and parses the template source; the error names the template
     /// and the line.
     pub fn load(spec: &TemplateSpec) -> Result<Self, String> {
-        let text = std::fs::read_to_string(&spec.source).map_err(|e| {
-            format!(
-                "template {}: cannot read {}: {e}",
-                spec.name,
-                spec.source.display()
-            )
-        })?;
-        Self::parse(&spec.name, text)
+        Self::parse(&spec.name, read_source(spec)?)
     }
 
     pub fn parse(name: &str, text: String) -> Result<Self, String> {

@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Load, Switchyard, eventually};
+use support::{Backend, Load, Switchyard, endpoint, eventually};
 
 /// Generous: the trial comes one default ejection period (5 s) after the
 /// ejection, on a machine that may be running other tests.
@@ -26,16 +26,6 @@ fn three_servers(servers: &[SocketAddr], mode: &str, extra: &str) -> String {
          [[backends]]\nname = \"b\"\nservers = [{}]\n{extra}\n",
         servers.join(", ")
     )
-}
-
-fn endpoint(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
-    status["backends"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["address"] == addr.to_string())
-        .cloned()
-        .unwrap_or_else(|| panic!("endpoint {addr} in {status}"))
 }
 
 /// How the load reaches the proxy.

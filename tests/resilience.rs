@@ -14,7 +14,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::{AbortOnDrop, Backend, HttpClient, Load, Switchyard, eventually, full, get};
+use support::{
+    AbortOnDrop, Backend, HttpClient, Load, Switchyard, endpoint, eventually, full, get,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,16 +96,6 @@ fn backend_config(servers: &[SocketAddr], extra: &str) -> String {
          [[backends]]\nname = \"b\"\nservers = [{}]\n{extra}\n",
         servers.join(", ")
     )
-}
-
-fn endpoint(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
-    status["backends"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["address"] == addr.to_string())
-        .cloned()
-        .unwrap_or_else(|| panic!("endpoint {addr} in {status}"))
 }
 
 /// A port nothing listens on.

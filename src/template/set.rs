@@ -113,6 +113,23 @@ pub struct Rendered {
     pub reloads_config: bool,
 }
 
+impl Rendered {
+    /// The render of template `index` (its `spec`) giving `text`.
+    fn of(index: usize, spec: &TemplateSpec, text: Arc<str>, reloads_config: bool) -> Self {
+        Self {
+            index,
+            name: spec.name.clone(),
+            destination: spec.destination.clone(),
+            text,
+            perms: spec.perms,
+            backup: spec.backup,
+            command: spec.command.clone(),
+            command_timeout: spec.command_timeout,
+            reloads_config,
+        }
+    }
+}
+
 /// What [`TemplateSet::prepare`] decided for each template of a config.
 pub struct TemplatePlan(Vec<Slot>);
 
@@ -146,13 +163,7 @@ impl TemplateSet {
     }
 
     fn prepare_one(&self, spec: &TemplateSpec) -> Result<Slot, String> {
-        let text = std::fs::read_to_string(&spec.source).map_err(|e| {
-            format!(
-                "template {}: cannot read {}: {e}",
-                spec.name,
-                spec.source.display()
-            )
-        })?;
+        let text = super::read_source(spec)?;
         let same = self
             .templates
             .iter()
@@ -327,17 +338,12 @@ impl TemplateSet {
                     } else {
                         t.output = Some(text.clone());
                     }
-                    ready.push(Rendered {
+                    ready.push(Rendered::of(
                         index,
-                        name: t.spec.name.clone(),
-                        destination: t.spec.destination.clone(),
+                        &t.spec,
                         text,
-                        perms: t.spec.perms,
-                        backup: t.spec.backup,
-                        command: t.spec.command.clone(),
-                        command_timeout: t.spec.command_timeout,
-                        reloads_config: changed && t.spec.included,
-                    });
+                        changed && t.spec.included,
+                    ));
                     // Written or unchanged is known after the write.
                     None
                 }
@@ -373,17 +379,7 @@ impl TemplateSet {
                 continue;
             };
             t.output = Some(text.clone());
-            applied.push(Rendered {
-                index,
-                name: t.spec.name.clone(),
-                destination: t.spec.destination.clone(),
-                text,
-                perms: t.spec.perms,
-                backup: t.spec.backup,
-                command: t.spec.command.clone(),
-                command_timeout: t.spec.command_timeout,
-                reloads_config: true,
-            });
+            applied.push(Rendered::of(index, &t.spec, text, true));
         }
         applied
     }

@@ -768,6 +768,17 @@ fn a_ip(ip: &str) -> std::net::IpAddr {
     ip.parse().expect("an IP address")
 }
 
+/// The `/status` entry of the endpoint at `addr` of the first backend.
+pub fn endpoint(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    status["backends"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("endpoint {addr} in {status}"))
+}
+
 /// A config with one HTTP listener `web` whose default backend `b` has the
 /// one server `addr`. `top` goes before the listener (top-level sections),
 /// `backend_extra` inside the backend.
