@@ -12,12 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::control::{Control, ControlMsg, ReloadRecord, StartError, StatusBoard, Trigger};
 use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics};
+use crate::proxy::listener::Placement;
+use crate::proxy::workers::Workers;
 use crate::table::{Table, TableHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("starting the data-plane workers")]
+    StartWorkers(#[source] std::io::Error),
     #[error("binding the admin server to {addr}")]
     BindAdmin {
         addr: SocketAddr,
@@ -31,11 +35,18 @@ pub enum AppError {
 pub struct AppOptions {
     /// Reload by itself when the config file or an include changes.
     pub watch_config: bool,
+    /// Data-plane worker threads, each with its own runtime and
+    /// `SO_REUSEPORT` sockets; 0 serves on the caller's runtime instead
+    /// (in-process tests, embedding).
+    pub workers: usize,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { watch_config: true }
+        Self {
+            watch_config: true,
+            workers: 0,
+        }
     }
 }
 
@@ -54,9 +65,14 @@ impl App {
     pub async fn start(config_path: &Path, options: AppOptions) -> Result<Self, AppError> {
         let metrics = Metrics::new().map_err(StartError::from)?;
         let board = Arc::new(StatusBoard::default());
+        let placement = match options.workers {
+            0 => Placement::Here,
+            n => Placement::Workers(Arc::new(Workers::start(n).map_err(AppError::StartWorkers)?)),
+        };
         let (control, table) = Control::start(
             config_path,
             options.watch_config,
+            placement,
             metrics.clone(),
             board.clone(),
         )

@@ -32,7 +32,7 @@ use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
-use crate::proxy::listener::{BindError, ListenerSet};
+use crate::proxy::listener::{BindError, ListenerSet, Placement};
 use crate::table::diff::ConfigDiff;
 use crate::table::gateway::Gateway;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
@@ -240,6 +240,7 @@ impl Control {
     pub async fn start(
         path: &Path,
         watch_files: bool,
+        placement: Placement,
         metrics: Metrics,
         board: Arc<StatusBoard>,
     ) -> Result<(Self, TableHandle), StartError> {
@@ -291,7 +292,11 @@ impl Control {
         registrations.apply(&config.register, sources.consul.client());
         board.lock().registrations = registrations.statuses();
         let handle = TableHandle::new(table);
-        let mut listeners = ListenerSet::new(handle.clone());
+        let mut listeners = ListenerSet::new(
+            handle.clone(),
+            placement,
+            metrics.worker_connections.clone(),
+        );
         let prepared = listeners.prepare(&config)?;
         listeners.commit(prepared, &config);
         let (tx, file_events) = mpsc::channel(1);

@@ -36,7 +36,9 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
-        /// Worker threads (default: one per core).
+        /// Data-plane worker threads, each with its own runtime and its own
+        /// SO_REUSEPORT socket per listener (default: the cores this
+        /// process may use).
         #[arg(long)]
         threads: Option<usize>,
         /// Do not reload when the config files change; only on SIGHUP or
@@ -87,10 +89,14 @@ fn main() -> ExitCode {
             no_watch,
         } => {
             logging::init(cli.log_format, &cli.log_level);
+            let workers = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
             let options = AppOptions {
                 watch_config: !no_watch,
+                workers: workers.max(1),
             };
-            match run(&config, threads, options) {
+            match run(&config, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -260,20 +266,14 @@ fn raise_file_limit() {
     }
 }
 
-fn run(path: &Path, threads: Option<usize>, options: AppOptions) -> anyhow::Result<()> {
+fn run(path: &Path, options: AppOptions) -> anyhow::Result<()> {
     raise_file_limit();
-    // One thread asked for: a current-thread runtime has no work-stealing
-    // machinery to pay for. Otherwise one worker per core by default.
-    let mut rt = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = rt.enable_all().build().context("starting the runtime")?;
+    // The control plane (reloads, discovery, templates, admin) on this
+    // thread; the data plane on `options.workers` threads of its own.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async {
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub template_commands: IntCounterVec,
     /// Health checks by backend and result (success, failure).
     pub health_checks: IntCounterVec,
+    /// Connections accepted by each data-plane worker.
+    pub worker_connections: IntCounterVec,
     upstream_retries: IntCounterVec,
     outlier_ejections: IntCounterVec,
     /// Connections over a listener's `max_connections` that waited past
@@ -185,6 +187,14 @@ impl Metrics {
             &["backend", "result"],
         )?;
         registry.register(Box::new(health_checks.clone()))?;
+        let worker_connections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_worker_connections_total",
+                "Client connections accepted, by data-plane worker (how evenly SO_REUSEPORT spreads them)",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_connections.clone()))?;
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "switchyard_upstream_retries_total",
@@ -253,6 +263,7 @@ impl Metrics {
             template_renders,
             template_commands,
             health_checks,
+            worker_connections,
             upstream_retries,
             outlier_ejections,
             listener_rejected,

@@ -21,3 +21,4 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod tcp;
+pub mod workers;

@@ -491,7 +491,7 @@ fn quickstart_shape(dir: &Path) -> (String, String) {
 /// Starts with the config and template sources watched, as `switchyard
 /// run` does.
 async fn start_watching_in(dir: tempfile::TempDir, config: &str) -> Switchyard {
-    Switchyard::try_start_in(dir, config, AppOptions { watch_config: true })
+    Switchyard::try_start_in(dir, config, AppOptions::default())
         .await
         .expect("starts")
 }

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use super::http::{self, ConnCtx};
 use super::io::{ClientCounters, ClientIo, ClientTimeouts, ConnActivity};
 use super::tcp;
+use super::workers::Workers;
 use crate::config::{Config, Mode};
 use crate::table::{ListenerKey, TableHandle};
 
@@ -64,18 +65,43 @@ struct RunningListener {
     /// of the semaphore they were admitted by.
     limit: Arc<ArcSwap<Semaphore>>,
     max_connections: Option<usize>,
+    /// Connections waiting for a slot under the limit, on every worker.
+    waiting: Arc<AtomicUsize>,
 }
 
-/// Sockets bound for a reload that has not been published yet. Dropping it
-/// closes them, which is what a rejected reload must do.
+/// Sockets bound for a reload that has not been published yet (one per
+/// worker for each new listener). Dropping it closes them, which is what a
+/// rejected reload must do.
 pub struct Prepared {
-    bound: Vec<(ListenerKey, Arc<str>, std::net::TcpListener)>,
+    bound: Vec<(ListenerKey, Arc<str>, Vec<std::net::TcpListener>)>,
+}
+
+/// Where accept loops, and so connections, run.
+pub enum Placement {
+    /// On the caller's runtime (the control task's): in-process tests and
+    /// embedding.
+    Here,
+    /// One accept loop per worker, each on its own `SO_REUSEPORT` socket.
+    Workers(Arc<Workers>),
+}
+
+impl Placement {
+    /// Sockets to bind per listener.
+    fn sockets(&self) -> usize {
+        match self {
+            Self::Here => 1,
+            Self::Workers(w) => w.len().max(1),
+        }
+    }
 }
 
 /// Every running listener, owned by the control plane.
 pub struct ListenerSet {
     running: HashMap<ListenerKey, RunningListener>,
     table: TableHandle,
+    placement: Placement,
+    /// Connections accepted, by worker.
+    accepted: prometheus::IntCounterVec,
     /// Ends every remaining connection when the grace period is over.
     hard_stop: Arc<Latch>,
     /// Every connection and tunnel task, for waiting at shutdown.
@@ -83,10 +109,16 @@ pub struct ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn new(table: TableHandle) -> Self {
+    pub fn new(
+        table: TableHandle,
+        placement: Placement,
+        accepted: prometheus::IntCounterVec,
+    ) -> Self {
         Self {
             running: HashMap::new(),
             table,
+            placement,
+            accepted,
             hard_stop: Arc::new(Latch::default()),
             tasks: TaskTracker::new(),
         }
@@ -100,13 +132,14 @@ impl ListenerSet {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let socket = bind(spec.bind).map_err(|source| BindError {
-                location: spec.location.clone(),
-                name: spec.name.clone(),
-                bind: spec.bind,
-                source,
-            })?;
-            bound.push((key, spec.name.clone(), socket));
+            let sockets =
+                bind(spec.bind, self.placement.sockets()).map_err(|source| BindError {
+                    location: spec.location.clone(),
+                    name: spec.name.clone(),
+                    bind: spec.bind,
+                    source,
+                })?;
+            bound.push((key, spec.name.clone(), sockets));
         }
         Ok(Prepared { bound })
     }
@@ -119,17 +152,12 @@ impl ListenerSet {
             .iter()
             .map(|s| (ListenerKey::of(s), s))
             .collect();
-        for (key, name, socket) in prepared.bound {
-            let local_addr = socket.local_addr().unwrap_or(key.bind);
-            let listener = match TcpListener::from_std(socket) {
-                Ok(l) => l,
-                Err(error) => {
-                    // Only fails outside a runtime; the control plane runs in one.
-                    tracing::error!(%error, listener = %name, "Cannot register listener socket");
-                    continue;
-                }
-            };
-            // The limit is in place before the accept loop starts, so no
+        for (key, name, sockets) in prepared.bound {
+            let local_addr = sockets
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or(key.bind);
+            // The limit is in place before the accept loops start, so no
             // connection is ever admitted by an unlimited semaphore.
             let max_connections = wanted.get(&key).and_then(|s| s.max_connections);
             let permits = max_connections.unwrap_or(Semaphore::MAX_PERMITS);
@@ -140,17 +168,35 @@ impl ListenerSet {
                 drain: Arc::new(Drain::default()),
                 limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(permits))),
                 max_connections,
+                waiting: Arc::default(),
             };
-            tokio::spawn(accept_loop(
-                listener,
-                key.clone(),
-                self.table.clone(),
-                running.limit.clone(),
-                running.stop_accept.clone(),
-                running.drain.clone(),
-                self.hard_stop.clone(),
-                self.tasks.clone(),
-            ));
+            for (worker, socket) in sockets.into_iter().enumerate() {
+                let accept = AcceptLoop {
+                    key: key.clone(),
+                    table: self.table.clone(),
+                    limit: running.limit.clone(),
+                    stop: running.stop_accept.clone(),
+                    drain: running.drain.clone(),
+                    hard_stop: self.hard_stop.clone(),
+                    tasks: self.tasks.clone(),
+                    accepted: self.accepted.with_label_values(&[&worker.to_string()]),
+                    waiting: running.waiting.clone(),
+                };
+                let name = name.clone();
+                let start = move || match TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        tokio::spawn(accept.run(listener));
+                    }
+                    // Only fails outside a runtime; jobs run inside one.
+                    Err(error) => {
+                        tracing::error!(%error, listener = %name, "Cannot register listener socket");
+                    }
+                };
+                match &self.placement {
+                    Placement::Here => start(),
+                    Placement::Workers(workers) => workers.run_on(worker, start),
+                }
+            }
             tracing::info!(listener = %name, addr = %local_addr, "Listening");
             self.running.insert(key, running);
         }
@@ -198,90 +244,124 @@ impl ListenerSet {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // Lets a restarted process bind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+/// Binds `count` listening sockets to `addr`, sharing it with
+/// `SO_REUSEPORT` when more than one (the kernel then spreads new
+/// connections over them). A port-0 address gets one port for all.
+fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // Lets a restarted process bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let socket: std::net::TcpListener = socket.into();
+        if addr.port() == 0 {
+            addr = socket.local_addr()?;
+        }
+        sockets.push(socket);
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
+    Ok(sockets)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    listener: TcpListener,
+/// One accept loop: a listener's socket on one worker, and what its
+/// connections share with those of the other workers.
+struct AcceptLoop {
     key: ListenerKey,
     table: TableHandle,
+    /// `max_connections`, for the listener as a whole (every worker).
     limit: Arc<ArcSwap<Semaphore>>,
     stop: CancellationToken,
     drain: Arc<Drain>,
     hard_stop: Arc<Latch>,
     tasks: TaskTracker,
-) {
-    // Connections over the limit waiting for a slot; bounded so a flood
-    // cannot pile up sockets.
-    let waiting = Arc::new(AtomicUsize::new(0));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                tracing::warn!(%error, "Accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        let conn = Connection {
-            key: key.clone(),
-            table: table.clone(),
-            drain: drain.clone(),
-            hard_stop: hard_stop.clone(),
-            tasks: tasks.clone(),
-        };
-        let semaphore = limit.load_full();
-        match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tasks.spawn(async move {
-                    conn.serve(stream, peer).await;
-                    drop(permit);
-                });
-            }
-            // Over `max_connections`: wait briefly for a slot, then turn
-            // the client away with an answer rather than a silent backlog.
-            Err(_) => {
-                let waiting = waiting.clone();
-                tasks.spawn(async move {
-                    let Some((timeout, mode, rejected, cap)) = conn.queue_settings() else {
-                        return;
-                    };
-                    let queued = waiting.fetch_add(1, Ordering::Relaxed) < cap;
-                    let permit = if queued {
-                        tokio::time::timeout(timeout, semaphore.acquire_owned())
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                    } else {
-                        None
-                    };
-                    waiting.fetch_sub(1, Ordering::Relaxed);
-                    match permit {
-                        Some(permit) => {
-                            conn.serve(stream, peer).await;
-                            drop(permit);
+    /// This worker's count of accepted connections.
+    accepted: prometheus::IntCounter,
+    /// Connections over the limit waiting for a slot, on every worker;
+    /// bounded so a flood cannot pile up sockets.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl AcceptLoop {
+    async fn run(self, listener: TcpListener) {
+        let Self {
+            key,
+            table,
+            limit,
+            stop,
+            drain,
+            hard_stop,
+            tasks,
+            accepted: accepted_here,
+            waiting,
+        } = self;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "Accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            accepted_here.inc();
+            let conn = Connection {
+                key: key.clone(),
+                table: table.clone(),
+                drain: drain.clone(),
+                hard_stop: hard_stop.clone(),
+                tasks: tasks.clone(),
+            };
+            let semaphore = limit.load_full();
+            match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tasks.spawn(async move {
+                        conn.serve(stream, peer).await;
+                        drop(permit);
+                    });
+                }
+                // Over `max_connections`: wait briefly for a slot, then turn
+                // the client away with an answer rather than a silent backlog.
+                Err(_) => {
+                    let waiting = waiting.clone();
+                    tasks.spawn(async move {
+                        let Some((timeout, mode, rejected, cap)) = conn.queue_settings() else {
+                            return;
+                        };
+                        let queued = waiting.fetch_add(1, Ordering::Relaxed) < cap;
+                        let permit = if queued {
+                            tokio::time::timeout(timeout, semaphore.acquire_owned())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        } else {
+                            None
+                        };
+                        waiting.fetch_sub(1, Ordering::Relaxed);
+                        match permit {
+                            Some(permit) => {
+                                conn.serve(stream, peer).await;
+                                drop(permit);
+                            }
+                            None => {
+                                rejected.inc();
+                                reject(stream, mode).await;
+                            }
                         }
-                        None => {
-                            rejected.inc();
-                            reject(stream, mode).await;
-                        }
-                    }
-                });
+                    });
+                }
             }
         }
     }

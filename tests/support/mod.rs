@@ -386,6 +386,7 @@ impl Switchyard {
             config,
             AppOptions {
                 watch_config: false,
+                workers: 0,
             },
         )
         .await
@@ -393,7 +394,20 @@ impl Switchyard {
 
     /// Starts with the config file watched, as `switchyard run` does.
     pub async fn start_watching(config: &str) -> Self {
-        Self::start_with(config, AppOptions { watch_config: true }).await
+        Self::start_with(config, AppOptions::default()).await
+    }
+
+    /// Starts with `workers` data-plane worker threads, each with its own
+    /// runtime and `SO_REUSEPORT` sockets, as `switchyard run --threads`.
+    pub async fn start_with_workers(config: &str, workers: usize) -> Self {
+        Self::start_with(
+            config,
+            AppOptions {
+                watch_config: false,
+                workers,
+            },
+        )
+        .await
     }
 
     async fn start_with(config: &str, options: AppOptions) -> Self {
@@ -408,6 +422,7 @@ impl Switchyard {
             config,
             AppOptions {
                 watch_config: false,
+                workers: 0,
             },
         )
         .await
@@ -425,6 +440,7 @@ impl Switchyard {
             config,
             AppOptions {
                 watch_config: false,
+                workers: 0,
             },
         )
         .await
