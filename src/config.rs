@@ -323,6 +323,8 @@ pub struct ListenerSpec {
     pub queue_timeout: Duration,
     /// Routes from Consul services' `urlprefix-` tags.
     pub consul_tag_routes: bool,
+    /// Add `X-Forwarded-For`, `-Proto` and `-Host` to requests (HTTP).
+    pub forwarded_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -252,6 +252,8 @@ impl RetryBudget {
 pub struct RouteTarget {
     pub backend: Arc<Backend>,
     pub metrics: Arc<RequestMetrics>,
+    /// The listener's `forwarded_headers`.
+    pub forwarded_headers: bool,
 }
 
 pub struct ListenerEntry {
@@ -365,15 +367,17 @@ pub fn compile(
         };
         backends.insert(spec.name.clone(), backend);
     }
-    let target = |listener: &Arc<str>, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
-        let backend = backends
-            .get(backend)
-            .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
-        Ok(RouteTarget {
-            backend: backend.clone(),
-            metrics: backend.request_metrics(listener, metrics),
-        })
-    };
+    let target =
+        |listener: &ListenerSpec, backend: &Arc<str>| -> Result<RouteTarget, CompileError> {
+            let backend = backends
+                .get(backend)
+                .ok_or_else(|| CompileError::UnknownBackend(backend.clone()))?;
+            Ok(RouteTarget {
+                backend: backend.clone(),
+                metrics: backend.request_metrics(&listener.name, metrics),
+                forwarded_headers: listener.forwarded_headers,
+            })
+        };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for spec in &config.listeners {
         let mut router = Router::default();
@@ -381,13 +385,13 @@ pub fn compile(
             router.insert(
                 &route.host,
                 &route.path_prefix,
-                target(&spec.name, &route.backend)?,
+                target(spec, &route.backend)?,
             );
         }
         let default_target = spec
             .default_backend
             .as_ref()
-            .map(|b| target(&spec.name, b))
+            .map(|b| target(spec, b))
             .transpose()?;
         listeners.push(Arc::new(ListenerEntry {
             key: ListenerKey::of(spec),

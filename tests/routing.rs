@@ -336,6 +336,35 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
     }
 }
 
+#[tokio::test]
+async fn forwarding_headers_can_be_left_out() {
+    let b = Backend::start("b").await;
+    let sy = Switchyard::start(&single_backend_with(
+        b.addr,
+        "",
+        "forwarded_headers = false",
+        "",
+    ))
+    .await;
+    let mut client = HttpClient::connect(sy.addr("web")).await;
+    for (method, body) in [("GET", ""), ("POST", "payload")] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "shop.example")
+            .header("x-forwarded-for", "10.1.2.3")
+            .body(full(body))
+            .unwrap();
+        let (status, headers, _) = client.send(req).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{method}");
+        // The client's own value passes untouched; nothing is added.
+        assert_eq!(headers["x-seen-xff"], "10.1.2.3", "{method}");
+        assert_eq!(headers["x-seen-proto"], "", "{method}");
+        assert_eq!(headers["x-seen-forwarded-host"], "", "{method}");
+        assert_eq!(headers["x-seen-host"], "shop.example", "{method}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn respond_backend_answers_itself() {
     let sy = Switchyard::start(

@@ -98,6 +98,7 @@ fn config(n: usize, generation: usize) -> Config {
             max_connections: None,
             queue_timeout: Duration::from_secs(1),
             consul_tag_routes: false,
+            forwarded_headers: true,
         }],
         routes,
         backends,

@@ -243,6 +243,9 @@ pub struct RawListener {
     /// convention).
     #[serde(default)]
     pub consul_tag_routes: bool,
+    /// Add `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`
+    /// to requests (default true).
+    pub forwarded_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

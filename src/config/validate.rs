@@ -221,6 +221,13 @@ pub(super) fn validate(
         if l.max_connections == Some(0) {
             p.at(f, format!("{key}.max_connections"), "must be at least 1");
         }
+        if l.forwarded_headers.is_some() && l.mode == RawMode::Tcp {
+            p.at(
+                f,
+                format!("{key}.forwarded_headers"),
+                "headers are for http listeners",
+            );
+        }
         if l.consul_tag_routes && l.mode == RawMode::Tcp {
             p.at(
                 f,
@@ -252,6 +259,7 @@ pub(super) fn validate(
                 max_connections: l.max_connections,
                 queue_timeout,
                 consul_tag_routes: l.consul_tag_routes,
+                forwarded_headers: l.forwarded_headers.unwrap_or(true),
             });
         }
     }

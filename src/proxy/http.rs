@@ -185,6 +185,7 @@ async fn via_gateway(
     let routed = RouteTarget {
         backend,
         metrics: target.metrics.clone(),
+        forwarded_headers: target.forwarded_headers,
     };
     match prepare(req, &routed, ctx, started, completion) {
         Ok(outbound) => forward(outbound).await,
@@ -313,6 +314,7 @@ fn prepare<'a>(
         spec.protocol,
         upgrade.is_some(),
         own_client,
+        target.forwarded_headers,
     ) {
         Ok(forwarded) => forwarded,
         Err(e) => {
@@ -560,12 +562,14 @@ async fn send_own_h1(
     // moments ago (see `UNREPEATABLE_MAX_IDLE`).
     let max_idle = (!req.method().is_idempotent()).then_some(UNREPEATABLE_MAX_IDLE);
     let cached = endpoint.pool.take_h1(started, max_idle);
-    let host = forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h));
-    let extra = [
-        Some((&X_FORWARDED_FOR, &forwarded.for_)),
-        Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
-        host,
-    ];
+    let extra = match &forwarded.for_ {
+        Some(for_) => [
+            Some((&X_FORWARDED_FOR, for_)),
+            Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
+            forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h)),
+        ],
+        None => [None, None, None],
+    };
     let exchange_timeouts = ExchangeTimeouts {
         connect: timeouts.connect,
         // The connection keeps its own timer for the deadline.
@@ -663,14 +667,19 @@ struct PrepareError(String);
 /// our HTTP/1.1 client: appended to its head instead of inserted into the
 /// header map, which would grow the map on every request.
 pub struct Forwarded {
-    for_: HeaderValue,
+    /// `None` when the listener adds no forwarding headers.
+    for_: Option<HeaderValue>,
     host: Option<HeaderValue>,
 }
 
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Turns the client's request into the upstream request, in place. With
-/// `own_client`, the `X-Forwarded-*` headers are returned instead of inserted.
+/// `own_client`, the `X-Forwarded-*` headers are returned instead of
+/// inserted; without `add_forwarded`, there are none (the client's own
+/// pass through untouched, as without HAProxy's `option forwardfor`).
+// Each argument is one decision `prepare` took; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn prepare_request(
     req: &mut Request<Incoming>,
     ctx: &ConnCtx,
@@ -678,6 +687,7 @@ fn prepare_request(
     protocol: Protocol,
     upgrade: bool,
     own_client: bool,
+    add_forwarded: bool,
 ) -> Result<Option<Forwarded>, PrepareError> {
     let te_trailers = protocol == Protocol::Http2
         && req
@@ -705,6 +715,26 @@ fn prepare_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
+    let forwarded = if !add_forwarded {
+        own_client.then_some(Forwarded {
+            for_: None,
+            host: None,
+        })
+    } else {
+        forwarded_headers(headers, ctx, host.clone(), own_client)
+    };
+    finish_target(req, endpoint, protocol, has_host_header, host)?;
+    Ok(forwarded)
+}
+
+/// Adds `X-Forwarded-For` (after the client's own), `-Proto` and `-Host`,
+/// or with `own_client` returns them for our client to write.
+fn forwarded_headers(
+    headers: &mut HeaderMap,
+    ctx: &ConnCtx,
+    host: Option<HeaderValue>,
+    own_client: bool,
+) -> Option<Forwarded> {
     // Most clients send none of these: one pass comparing names is cheaper
     // than the hashed lookups and removals of these custom names.
     let client_forwarded = headers.keys().any(|name| {
@@ -723,7 +753,7 @@ fn prepare_request(
         }
         None => ctx.peer_header.clone(),
     };
-    let forwarded = if own_client {
+    if own_client {
         // The client's own values are replaced (X-Forwarded-For was
         // folded into `xff` above).
         if client_forwarded {
@@ -732,8 +762,8 @@ fn prepare_request(
             }
         }
         Some(Forwarded {
-            for_: xff,
-            host: host.clone(),
+            for_: Some(xff),
+            host,
         })
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -742,8 +772,18 @@ fn prepare_request(
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
         None
-    };
+    }
+}
 
+/// Puts the request in the form its upstream protocol wants: origin-form
+/// and a Host header for HTTP/1.1, an absolute URI for HTTP/2.
+fn finish_target(
+    req: &mut Request<Incoming>,
+    endpoint: SocketAddr,
+    protocol: Protocol,
+    has_host_header: bool,
+    host: Option<HeaderValue>,
+) -> Result<(), PrepareError> {
     let path = req
         .uri()
         .path_and_query()
@@ -776,7 +816,7 @@ fn prepare_request(
                 .map_err(|e| PrepareError(e.to_string()))?;
         }
     }
-    Ok(forwarded)
+    Ok(())
 }
 
 /// Copies bytes both ways between the two upgraded connections until both
