@@ -9,6 +9,12 @@ Series: one worker per proxy, then all cores. Cases: keep-alive at 64 and
 256 connections, a new connection per request, 16 KiB responses, TCP mode.
 Runs alternate between targets; each figure is the median of RUNS runs.
 Then the reconfiguration storm: 30 s of load while each proxy reloads.
+
+Shape (the same for every proxy, stated in the report): --backends 3
+(default) balances round robin over three backend ports of the one nginx
+backend worker, --backends 1 sends everything to one; --forwarding on
+(default) makes every proxy add X-Forwarded-For, -Proto and -Host,
+--forwarding off none of them.
 """
 
 import argparse
@@ -29,13 +35,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SWITCHYARD = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "release" / "switchyard"))
 
 BACKEND_PORT = 18080
-BACKEND2_PORT = 18081
+# The backend listens on these; a run balances over the first --backends.
+BACKEND_PORTS = [18080, 18081, 18082]
+# The reload storm's second config adds this one.
+BACKEND2_PORT = 18083
 PORTS = {
     "switchyard": {"http": 18090, "tcp": 18091, "admin": 18099},
     "haproxy": {"http": 18092, "tcp": 18093},
     "nginx": {"http": 18094, "tcp": 18095},
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The shape every proxy is given (see the module doc).
+SHAPE = {"backends": 3, "forwarding": True}
+
+
+def backend_ports():
+    return BACKEND_PORTS[: SHAPE["backends"]]
+
 
 # CPU placement for the one-worker series: each proxy on its own core, the
 # load generator and the backend on the other, so a proxy never competes with
@@ -136,7 +153,9 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 120s;
     server {{
-        listen 127.0.0.1:{BACKEND_PORT} backlog=4096 reuseport;
+        listen 127.0.0.1:{BACKEND_PORTS[0]} backlog=4096 reuseport;
+        listen 127.0.0.1:{BACKEND_PORTS[1]} backlog=4096 reuseport;
+        listen 127.0.0.1:{BACKEND_PORTS[2]} backlog=4096 reuseport;
         listen 127.0.0.1:{BACKEND2_PORT} backlog=4096 reuseport;
         root {www};
         location = / {{ return 200 "ok\\n"; }}
@@ -147,7 +166,7 @@ http {{
 
 
 def switchyard_conf(variant="a"):
-    servers = [f"127.0.0.1:{BACKEND_PORT}"]
+    servers = [f"127.0.0.1:{port}" for port in backend_ports()]
     if variant == "b":
         servers.append(f"127.0.0.1:{BACKEND2_PORT}")
     p = PORTS["switchyard"]
@@ -160,6 +179,7 @@ bind = "127.0.0.1:{p['admin']}"
 name = "http"
 bind = "127.0.0.1:{p['http']}"
 default_backend = "be_{variant}"
+{"" if SHAPE["forwarding"] else "forwarded_headers = false"}
 
 [[listeners]]
 name = "tcp"
@@ -180,6 +200,13 @@ servers = [{server_list}]
 
 def haproxy_conf(workdir, threads, expose_fd=False):
     p = PORTS["haproxy"]
+    servers = "\n".join(f"    server s{i} 127.0.0.1:{port}" for i, port in enumerate(backend_ports()))
+    forwarding = ""
+    if SHAPE["forwarding"]:
+        # The three headers Switchyard adds.
+        forwarding = ("    option forwardfor\n"
+                      "    http-request set-header X-Forwarded-Proto http\n"
+                      "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n")
     stats = ""
     if expose_fd:
         stats = f"    stats socket {workdir}/haproxy.sock mode 600 level admin expose-fd listeners\n"
@@ -194,24 +221,32 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
+    http-reuse always
 
 frontend fe_http
     bind 127.0.0.1:{p['http']}
-    option forwardfor
-    default_backend be_http
+{forwarding}    default_backend be_http
 
 backend be_http
-    server s1 127.0.0.1:{BACKEND_PORT}
+    balance roundrobin
+{servers}
 
 listen tcp
     mode tcp
     bind 127.0.0.1:{p['tcp']}
-    server s1 127.0.0.1:{BACKEND_PORT}
+    balance roundrobin
+{servers}
 """
 
 
 def nginx_conf(workdir, workers):
     p = PORTS["nginx"]
+    servers = "\n".join(f"        server 127.0.0.1:{port};" for port in backend_ports())
+    forwarding = ""
+    if SHAPE["forwarding"]:
+        forwarding = ("            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+                      "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+                      "            proxy_set_header X-Forwarded-Host $host;\n")
     return f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes {workers};
@@ -224,8 +259,8 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 120s;
     upstream be {{
-        server 127.0.0.1:{BACKEND_PORT};
-        keepalive 512;
+{servers}
+        keepalive 1024;
         keepalive_requests 10000000;
     }}
     server {{
@@ -234,14 +269,16 @@ http {{
             proxy_pass http://be;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
+{forwarding}        }}
     }}
 }}
 stream {{
+    upstream be_tcp {{
+{servers}
+    }}
     server {{
         listen 127.0.0.1:{p['tcp']};
-        proxy_pass 127.0.0.1:{BACKEND_PORT};
+        proxy_pass be_tcp;
     }}
 }}
 """
@@ -285,6 +322,14 @@ def start_nginx(workdir, workers):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+# wrk prints 50/75/90/99 %; the Lua `done` hook prints the 99.9th too.
+WRK_LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %d\\n", latency:percentile(99.9)))
+end
+"""
+
+
 def parse_wrk(out):
     def num(pattern, default=0.0):
         m = re.search(pattern, out)
@@ -295,7 +340,9 @@ def parse_wrk(out):
         lat[pct] = float(value) * UNITS[unit]
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     socket_errors = sum(int(x) for x in m.groups()) if m else 0
+    p999 = re.search(r"^p99\.9 (\d+)$", out, re.M)
     return {
+        "p999": int(p999.group(1)) / 1000 if p999 else float("nan"),
         "rps": num(r"Requests/sec:\s+([\d.]+)"),
         "requests": int(num(r"(\d+) requests in")),
         "p50": lat.get("50", float("nan")),
@@ -306,7 +353,10 @@ def parse_wrk(out):
 
 
 def wrk(port, path, conns, seconds, close=False):
-    args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    script = Path(tempfile.gettempdir()) / "switchyard-wrk-p999.lua"
+    if not script.exists():
+        script.write_text(WRK_LUA)
+    args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script)]
     if close:
         args += ["-H", "Connection: close"]
     args.append(f"http://127.0.0.1:{port}{path}")
@@ -327,7 +377,7 @@ CASES = [
 
 def port_of(target, mode):
     if target == "direct":
-        return BACKEND_PORT
+        return BACKEND_PORTS[0]
     return PORTS[target][mode]
 
 
@@ -351,22 +401,22 @@ def run_series(workdir, procs, runs, seconds, label):
                 log(f"[{label}] run {r + 1}/{runs} {name:28} {target:10} {m['rps']:>10.0f} req/s  p99 {m['p99']:.2f} ms  errors {m['errors'] + m['non2xx']}")
     med = {}
     for key, ms in results.items():
-        med[key] = {k: statistics.median([m[k] for m in ms]) for k in ("rps", "p50", "p99", "cpu_us")}
+        med[key] = {k: statistics.median([m[k] for m in ms]) for k in ("rps", "p50", "p99", "p999", "cpu_us")}
         med[key]["failed"] = sum(m["errors"] + m["non2xx"] for m in ms)
     return med, results
 
 
 def series_table(med, title):
     lines = [f"### {title}", "",
-             "| case | target | req/s | vs HAProxy | p50 ms | p99 ms | proxy CPU µs/req | failed |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| case | target | req/s | vs HAProxy | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | failed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, *_ in CASES:
         base = med[(name, "haproxy")]["rps"]
         for target in ["direct", "switchyard", "haproxy", "nginx"]:
             m = med[(name, target)]
             ratio = f"{m['rps'] / base:.2f}" if target != "direct" and base else "—"
             cpu = "—" if m["cpu_us"] != m["cpu_us"] else f"{m['cpu_us']:.1f}"
-            lines.append(f"| {name} | {target} | {m['rps']:.0f} | {ratio} | {m['p50']:.2f} | {m['p99']:.2f} | {cpu} | {m['failed']} |")
+            lines.append(f"| {name} | {target} | {m['rps']:.0f} | {ratio} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p999']:.2f} | {cpu} | {m['failed']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -481,8 +531,15 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="pin one-worker proxies to core 1, wrk and the backend to core 0 (steadier, but the "
                          "shared load core then caps throughput near the proxies' figures)")
+    ap.add_argument("--backends", type=int, choices=[1, 3], default=3,
+                    help="backend ports balanced round robin by every proxy")
+    ap.add_argument("--forwarding", choices=["on", "off"], default="on",
+                    help="X-Forwarded-For/-Proto/-Host added by every proxy, or by none")
+    ap.add_argument("--threads", type=int, help="the all-cores series' worker count (default: cores)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
     args = ap.parse_args()
+    SHAPE["backends"] = args.backends
+    SHAPE["forwarding"] = args.forwarding == "on"
 
     if args.cases:
         keep = [int(c) - 1 for c in args.cases.split(",")]
@@ -500,10 +557,13 @@ def main():
     wait_port(BACKEND_PORT)
     report = ["# Benchmark run", "", *versions(), "",
               "Command: `python3 bench/bench.py " + " ".join(sys.argv[1:]) + "`", "",
-              "CPU placement: " + ("one-worker proxies on core 1, wrk and the backend on core 0 (taskset)" if ap_pin else "unpinned"), ""]
+              "CPU placement: " + ("one-worker proxies on core 1, wrk and the backend on core 0 (taskset)" if ap_pin else "unpinned"),
+              f"Shape: {args.backends} backend port(s), round robin, one nginx worker behind; forwarding headers "
+              + ("on for every proxy (X-Forwarded-For, -Proto, -Host)" if SHAPE["forwarding"] else "off for every proxy"), ""]
     try:
         if args.only in (None, "series"):
-            series = [(1, "one worker each"), (os.cpu_count(), "all cores")]
+            cores = args.threads or os.cpu_count()
+            series = [(1, "one worker each"), (cores, f"all cores ({cores} workers each)")]
             if args.one_worker_only:
                 series = series[:1]
             for threads, label in series:

@@ -52,7 +52,7 @@ pub struct Metrics {
     pub template_commands: IntCounterVec,
     /// Health checks by backend and result (success, failure).
     pub health_checks: IntCounterVec,
-    /// Connections accepted by each data-plane worker.
+    /// Connections served by each data-plane worker.
     pub worker_connections: IntCounterVec,
     upstream_retries: IntCounterVec,
     outlier_ejections: IntCounterVec,
@@ -190,7 +190,7 @@ impl Metrics {
         let worker_connections = IntCounterVec::new(
             Opts::new(
                 "switchyard_worker_connections_total",
-                "Client connections accepted, by data-plane worker (how evenly SO_REUSEPORT spreads them)",
+                "Client connections served, by data-plane worker (after accepted connections are balanced over the workers)",
             ),
             &["worker"],
         )?;

@@ -170,6 +170,9 @@ impl ListenerSet {
                 max_connections,
                 waiting: Arc::default(),
             };
+            let served: Arc<[prometheus::IntCounter]> = (0..self.placement.sockets())
+                .map(|w| self.accepted.with_label_values(&[&w.to_string()]))
+                .collect();
             for (worker, socket) in sockets.into_iter().enumerate() {
                 let accept = AcceptLoop {
                     key: key.clone(),
@@ -179,8 +182,13 @@ impl ListenerSet {
                     drain: running.drain.clone(),
                     hard_stop: self.hard_stop.clone(),
                     tasks: self.tasks.clone(),
-                    accepted: self.accepted.with_label_values(&[&worker.to_string()]),
+                    served: served.clone(),
                     waiting: running.waiting.clone(),
+                    worker,
+                    workers: match &self.placement {
+                        Placement::Here => None,
+                        Placement::Workers(workers) => Some(Arc::downgrade(workers)),
+                    },
                 };
                 let name = name.clone();
                 let start = move || match TcpListener::from_std(socket) {
@@ -283,11 +291,15 @@ struct AcceptLoop {
     drain: Arc<Drain>,
     hard_stop: Arc<Latch>,
     tasks: TaskTracker,
-    /// This worker's count of accepted connections.
-    accepted: prometheus::IntCounter,
+    /// Connections served, by worker (the one a connection was handed to).
+    served: Arc<[prometheus::IntCounter]>,
     /// Connections over the limit waiting for a slot, on every worker;
     /// bounded so a flood cannot pile up sockets.
     waiting: Arc<AtomicUsize>,
+    /// This loop's worker, and all of them (weak: the workers own the
+    /// runtimes this loop runs on), to balance connections over them.
+    worker: usize,
+    workers: Option<std::sync::Weak<Workers>>,
 }
 
 impl AcceptLoop {
@@ -300,8 +312,10 @@ impl AcceptLoop {
             drain,
             hard_stop,
             tasks,
-            accepted: accepted_here,
+            served,
             waiting,
+            worker,
+            workers,
         } = self;
         loop {
             let accepted = tokio::select! {
@@ -316,7 +330,6 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            accepted_here.inc();
             let conn = Connection {
                 key: key.clone(),
                 table: table.clone(),
@@ -326,12 +339,24 @@ impl AcceptLoop {
             };
             let semaphore = limit.load_full();
             match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tasks.spawn(async move {
-                        conn.serve(stream, peer).await;
-                        drop(permit);
-                    });
-                }
+                Ok(permit) => match workers.as_ref().and_then(std::sync::Weak::upgrade) {
+                    Some(workers) => {
+                        let target = workers.handoff(worker);
+                        if let Some(counter) = served.get(target) {
+                            counter.inc();
+                        }
+                        serve_on(&workers, worker, target, conn, stream, peer, permit);
+                    }
+                    None => {
+                        if let Some(counter) = served.get(worker) {
+                            counter.inc();
+                        }
+                        tasks.spawn(async move {
+                            conn.serve(stream, peer).await;
+                            drop(permit);
+                        });
+                    }
+                },
                 // Over `max_connections`: wait briefly for a slot, then turn
                 // the client away with an answer rather than a silent backlog.
                 Err(_) => {
@@ -364,6 +389,40 @@ impl AcceptLoop {
                 }
             }
         }
+    }
+}
+
+/// Serves `stream` on worker `target`: the one that accepted it, or the
+/// least loaded one when that one was clearly busier (see `workers.rs`).
+/// Either way the serving worker counts it in its load.
+fn serve_on(
+    workers: &Arc<Workers>,
+    accepted_by: usize,
+    target: usize,
+    conn: Connection,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let serving = workers.serving(target);
+    let tasks = conn.tasks.clone();
+    let serve = move |stream: TcpStream| {
+        tasks.spawn(async move {
+            conn.serve(stream, peer).await;
+            drop((permit, serving));
+        });
+    };
+    if target == accepted_by {
+        serve(stream);
+        return;
+    }
+    // The socket leaves this worker's reactor and joins the other's.
+    match stream.into_std() {
+        Ok(stream) => workers.run_on(target, move || match TcpStream::from_std(stream) {
+            Ok(stream) => serve(stream),
+            Err(error) => tracing::debug!(%error, "Cannot take over a connection"),
+        }),
+        Err(error) => tracing::debug!(%error, "Cannot hand over a connection"),
     }
 }
 
