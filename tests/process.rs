@@ -125,18 +125,36 @@ async fn sighup_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_then_exits_zero() {
+    sigterm_drains("1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_worker_then_exits_zero() {
+    sigterm_drains("2").await;
+}
+
+/// Idle keep-alive clients (spread over the workers) and one request in
+/// flight when SIGTERM comes: every one answered, the idle ones told to
+/// close, then a clean exit.
+async fn sigterm_drains(threads: &str) {
     let slow = Backend::held("slow").await;
-    let mut sy = SwitchyardProcess::start(&one_backend(slow.addr, "[shutdown]\ngrace = \"30s\"\n"));
+    let mut sy = SwitchyardProcess::start_with_args(
+        &one_backend(slow.addr, "[shutdown]\ngrace = \"30s\"\n"),
+        &["--threads", threads],
+    );
     let addr = sy.addr("web");
     let admin = sy.admin;
 
-    // An idle keep-alive client, and one request in flight.
-    let mut idle = HttpClient::connect(addr).await;
-    slow.release(1);
-    assert_eq!(idle.get("/", None).await.unwrap().2, "slow");
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        let mut client = HttpClient::connect(addr).await;
+        slow.release(1);
+        assert_eq!(client.get("/", None).await.unwrap().2, "slow");
+        idle.push(client);
+    }
     let in_flight = tokio::spawn(async move { get(addr, "/", None).await });
     eventually("request in flight", Duration::from_secs(5), || async {
-        slow.arrived() == 2
+        slow.arrived() == 7
     })
     .await;
 
@@ -154,15 +172,17 @@ async fn sigterm_drains_in_flight_work_then_exits_zero() {
         "healthz reports draining"
     );
 
-    // The idle client's next request is answered, and told to close; the
-    // second permit is for the request already in flight.
-    slow.release(2);
-    let (status, headers, body) = idle
-        .get("/", None)
-        .await
-        .expect("no request lost to the drain");
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
-    assert_eq!(headers["connection"], "close");
+    // Each idle client's next request is answered, and told to close; one
+    // more permit is for the request already in flight.
+    slow.release(idle.len() + 1);
+    for client in &mut idle {
+        let (status, headers, body) = client
+            .get("/", None)
+            .await
+            .expect("no request lost to the drain");
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
+        assert_eq!(headers["connection"], "close");
+    }
 
     let (status, body) = in_flight.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
