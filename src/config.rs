@@ -325,6 +325,8 @@ pub struct ListenerSpec {
     pub consul_tag_routes: bool,
     /// Add `X-Forwarded-For`, `-Proto` and `-Host` to requests (HTTP).
     pub forwarded_headers: bool,
+    /// Set for `https` and `tls` listeners: TLS is terminated here.
+    pub tls: Option<Arc<crate::tls::TlsServerSpec>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -747,12 +749,23 @@ pub fn load_with(
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
+    // A certificate that is a template's destination is read from the
+    // template's latest output, as an include is.
+    let read = |file: &Path| -> Result<Vec<u8>, String> {
+        if destinations.iter().any(|d| d == file) {
+            return rendered(file)
+                .map(|text| text.as_bytes().to_vec())
+                .ok_or_else(|| "its template has not rendered yet".to_string());
+        }
+        std::fs::read(file).map_err(|e| e.to_string())
+    };
     validate::validate(
         Sourced {
             file: main_file,
             raw: main,
         },
         fragments,
+        &read,
     )
 }
 

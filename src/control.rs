@@ -308,6 +308,7 @@ impl Control {
             None
         };
         metrics.config_version.set(1);
+        metrics.set_certificates(&config);
         metrics.reload(true);
         {
             let mut b = board.lock();
@@ -583,6 +584,7 @@ impl Control {
         self.board.lock().registrations = self.registrations.statuses();
         watch_catalog(&mut self.sources.consul, &config);
         self.metrics.config_version.set(version as i64);
+        self.metrics.set_certificates(&config);
         self.listeners.commit(prepared, &config);
         self.board.lock().listener_addrs = self.listeners.local_addrs();
         // Freeing a large table takes milliseconds; the control task has

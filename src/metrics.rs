@@ -61,6 +61,31 @@ pub struct Metrics {
     listener_rejected: IntCounterVec,
     client_stalls: IntCounterVec,
     upstream_stalls: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
+    tls_sni_fallbacks: IntCounterVec,
+    tls_certificate_expiry: IntGaugeVec,
+}
+
+/// The reasons of `switchyard_tls_handshake_failures_total`, in the order
+/// of [`TlsMetrics::failures`].
+pub const TLS_FAILURE_REASONS: [&str; 5] =
+    ["timeout", "plain_http", "not_tls", "closed", "handshake"];
+
+/// Counters of one TLS listener, resolved when its table is compiled.
+pub struct TlsMetrics {
+    /// By version (1.2, 1.3) and then resumed (no, yes).
+    pub handshakes: [[IntCounter; 2]; 2],
+    /// By [`TLS_FAILURE_REASONS`].
+    pub failures: [IntCounter; 5],
+}
+
+impl TlsMetrics {
+    pub fn failure(&self, reason: &str) {
+        if let Some(i) = TLS_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.failures[i].inc();
+        }
+    }
 }
 
 /// Counters of one backend, resolved once per compiled backend.
@@ -235,6 +260,38 @@ impl Metrics {
             &["listener", "backend"],
         )?;
         registry.register(Box::new(upstream_stalls.clone()))?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshakes_total",
+                "TLS handshakes completed on a listener, by protocol version and whether the session was resumed",
+            ),
+            &["listener", "version", "resumed"],
+        )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshake_failures_total",
+                "Connections to a TLS listener that did not become a TLS session, by reason (timeout, plain_http, not_tls, closed, handshake)",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        let tls_sni_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_sni_fallbacks_total",
+                "Handshakes whose SNI was absent or named no certificate: given the default certificate, or refused",
+            ),
+            &["listener", "outcome"],
+        )?;
+        registry.register(Box::new(tls_sni_fallbacks.clone()))?;
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate in use expires, in seconds since the Unix epoch",
+            ),
+            &["listener", "cert_file", "name"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -269,6 +326,10 @@ impl Metrics {
             listener_rejected,
             client_stalls,
             upstream_stalls,
+            tls_handshakes,
+            tls_handshake_failures,
+            tls_sni_fallbacks,
+            tls_certificate_expiry,
         })
     }
 
@@ -291,6 +352,50 @@ impl Metrics {
             sent_bytes: self.sent_bytes.with_label_values(&[listener]),
             rejected: self.listener_rejected.with_label_values(&[listener]),
             client_stalls: self.client_stalls.with_label_values(&[listener]),
+        }
+    }
+
+    pub fn tls(&self, listener: &str) -> TlsMetrics {
+        let handshakes = |version| {
+            [
+                self.tls_handshakes
+                    .with_label_values(&[listener, version, "false"]),
+                self.tls_handshakes
+                    .with_label_values(&[listener, version, "true"]),
+            ]
+        };
+        TlsMetrics {
+            handshakes: [handshakes("1.2"), handshakes("1.3")],
+            failures: TLS_FAILURE_REASONS.map(|reason| {
+                self.tls_handshake_failures
+                    .with_label_values(&[listener, reason])
+            }),
+        }
+    }
+
+    pub fn tls_sni_counters(&self, listener: &str) -> crate::tls::SniCounters {
+        crate::tls::SniCounters {
+            defaulted: self
+                .tls_sni_fallbacks
+                .with_label_values(&[listener, "default"]),
+            refused: self
+                .tls_sni_fallbacks
+                .with_label_values(&[listener, "refused"]),
+        }
+    }
+
+    /// Sets the expiry series to the certificates of `config`'s listeners,
+    /// and only those.
+    pub fn set_certificates(&self, config: &crate::config::Config) {
+        self.tls_certificate_expiry.reset();
+        for listener in &config.listeners {
+            for cert in listener.tls.iter().flat_map(|t| &t.certs) {
+                let file = cert.cert_file.display().to_string();
+                let name = cert.names.first().map_or("", String::as_str);
+                self.tls_certificate_expiry
+                    .with_label_values(&[&*listener.name, &file, name])
+                    .set(cert.not_after);
+            }
         }
     }
 

@@ -264,6 +264,14 @@ pub struct ListenerEntry {
     /// Requests that matched nothing (404), counted with an empty backend.
     pub unrouted: Arc<RequestMetrics>,
     pub metrics: ListenerMetrics,
+    /// For `https` and `tls` listeners: what new handshakes use.
+    pub tls: Option<TlsListener>,
+}
+
+/// A TLS listener's handshake settings and counters in one table.
+pub struct TlsListener {
+    pub config: Arc<rustls::ServerConfig>,
+    pub metrics: crate::metrics::TlsMetrics,
 }
 
 impl ListenerEntry {
@@ -318,6 +326,8 @@ pub enum CompileError {
     UnwatchedName(DnsQuery),
     #[error("Consul query {0} is not being watched")]
     UnwatchedConsul(WatchKey),
+    #[error("listener `{0}`: cannot set up TLS: {1}")]
+    Tls(Arc<str>, rustls::Error),
 }
 
 /// What a compile draws on besides the config and the previous table.
@@ -400,6 +410,14 @@ pub fn compile(
             default_target,
             unrouted: target_metrics_unrouted(previous, spec, metrics),
             metrics: metrics.listener(&spec.name),
+            tls: match &spec.tls {
+                Some(tls) => Some(TlsListener {
+                    config: crate::tls::server_config(tls, metrics.tls_sni_counters(&spec.name))
+                        .map_err(|e| CompileError::Tls(spec.name.clone(), e))?,
+                    metrics: metrics.tls(&spec.name),
+                }),
+                None => None,
+            },
         }));
     }
     Ok(Table {

@@ -99,6 +99,7 @@ fn config(n: usize, generation: usize) -> Config {
             queue_timeout: Duration::from_secs(1),
             consul_tag_routes: false,
             forwarded_headers: true,
+            tls: None,
         }],
         routes,
         backends,

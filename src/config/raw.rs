@@ -246,6 +246,40 @@ pub struct RawListener {
     /// Add `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`
     /// to requests (default true).
     pub forwarded_headers: Option<bool>,
+    /// `https` and `tls` listeners: certificate chains and their keys, as
+    /// PEM files; the first is the default for unknown SNI.
+    #[serde(default)]
+    pub certs: Vec<RawCert>,
+    /// The lowest TLS version accepted: "1.2" (default) or "1.3".
+    pub min_version: Option<RawTlsVersion>,
+    /// A handshake whose SNI names no certificate: "default" (the first
+    /// certificate, the default) or "refuse".
+    pub unknown_sni: Option<RawUnknownSni>,
+    /// `https`: a request whose Host differs from the SNI name gets 421
+    /// (default true).
+    pub sni_host_check: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RawTlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawUnknownSni {
+    Default,
+    Refuse,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -254,6 +288,24 @@ pub enum RawMode {
     #[default]
     Http,
     Tcp,
+    /// HTTP over TLS terminated here.
+    Https,
+    /// TLS terminated here, then TCP.
+    Tls,
+}
+
+impl RawMode {
+    /// The protocol spoken once any TLS is off.
+    pub fn inner(self) -> crate::config::Mode {
+        match self {
+            Self::Http | Self::Https => crate::config::Mode::Http,
+            Self::Tcp | Self::Tls => crate::config::Mode::Tcp,
+        }
+    }
+
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, Self::Https | Self::Tls)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,9 +11,11 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use super::raw::{
     RawBackend, RawBalance, RawCheckKind, RawConfig, RawConsul, RawFragment, RawHealthCheck,
     RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister, RawRegisterCheckKind,
-    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawServer, RawTemplate,
+    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawServer, RawTemplate, RawTlsVersion,
+    RawUnknownSni,
 };
 use super::*;
+use crate::tls::{Certificate, TlsServerSpec, TlsVersion, UnknownSni};
 
 /// Problems found so far; validation goes on after each so all are reported.
 struct Problems(Vec<ConfigError>);
@@ -36,9 +38,12 @@ struct Origin<'a> {
 
 /// `fragments` are the included files, each flagged when its text is a
 /// template's output rather than a file read from disk.
+/// `read` reads a file the config refers to (a certificate), or gives the
+/// latest output of the template whose destination it is.
 pub(super) fn validate(
     main: Sourced<RawConfig>,
     fragments: Vec<(Sourced<RawFragment>, bool)>,
+    read: &dyn Fn(&Path) -> Result<Vec<u8>, String>,
 ) -> Result<Config, ConfigErrors> {
     let mut p = Problems(Vec::new());
     let file = &main.file;
@@ -138,6 +143,8 @@ pub(super) fn validate(
         .collect();
 
     let mut listener_specs = Vec::with_capacity(listeners.len());
+    // Certificate and key files: watched, or staged when a template's.
+    let mut tls_files: Vec<PathBuf> = Vec::new();
     let mut listener_origin: HashMap<&str, Origin<'_>> = HashMap::new();
     let mut bind_origin: HashMap<SocketAddr, Origin<'_>> = HashMap::new();
     for &(f, i, l) in &listeners {
@@ -197,8 +204,8 @@ pub(super) fn validate(
         if l.name.is_empty() {
             p.at(f, format!("{key}.name"), "must not be empty");
         }
-        match (&l.default_backend, l.mode) {
-            (None, RawMode::Tcp) => p.at(
+        match (&l.default_backend, l.mode.inner()) {
+            (None, Mode::Tcp) => p.at(
                 f,
                 format!("{key}.default_backend"),
                 "a tcp listener needs `default_backend`: the backend it forwards to",
@@ -209,26 +216,26 @@ pub(super) fn validate(
                     format!("{key}.default_backend"),
                     format!("no backend named `{b}`"),
                 ),
-                Some(false) if mode == RawMode::Tcp => p.at(
+                Some(false) if mode == Mode::Tcp => p.at(
                     f,
                     format!("{key}.default_backend"),
                     format!("backend `{b}` is a `respond` backend, which only speaks HTTP"),
                 ),
                 _ => {}
             },
-            (None, RawMode::Http) => {}
+            (None, Mode::Http) => {}
         }
         if l.max_connections == Some(0) {
             p.at(f, format!("{key}.max_connections"), "must be at least 1");
         }
-        if l.forwarded_headers.is_some() && l.mode == RawMode::Tcp {
+        if l.forwarded_headers.is_some() && l.mode.inner() == Mode::Tcp {
             p.at(
                 f,
                 format!("{key}.forwarded_headers"),
                 "headers are for http listeners",
             );
         }
-        if l.consul_tag_routes && l.mode == RawMode::Tcp {
+        if l.consul_tag_routes && l.mode.inner() == Mode::Tcp {
             p.at(
                 f,
                 format!("{key}.consul_tag_routes"),
@@ -243,6 +250,7 @@ pub(super) fn validate(
                 "only used with `max_connections`",
             );
         }
+        let tls = check_tls(f, &key, l, read, &mut p, &mut tls_files);
         if let (Some(bind), true) = (bind, p.0.len() == before) {
             listener_specs.push(ListenerSpec {
                 location: Location {
@@ -251,10 +259,8 @@ pub(super) fn validate(
                 },
                 name: l.name.as_str().into(),
                 bind,
-                mode: match l.mode {
-                    RawMode::Http => Mode::Http,
-                    RawMode::Tcp => Mode::Tcp,
-                },
+                mode: l.mode.inner(),
+                tls,
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
                 queue_timeout,
@@ -266,12 +272,12 @@ pub(super) fn validate(
 
     let http_listeners: Vec<&str> = listeners
         .iter()
-        .filter(|(_, _, l)| l.mode == RawMode::Http)
+        .filter(|(_, _, l)| l.mode.inner() == Mode::Http)
         .map(|(_, _, l)| l.name.as_str())
         .collect();
-    let listener_mode: HashMap<&str, RawMode> = listeners
+    let listener_mode: HashMap<&str, Mode> = listeners
         .iter()
-        .map(|(_, _, l)| (l.name.as_str(), l.mode))
+        .map(|(_, _, l)| (l.name.as_str(), l.mode.inner()))
         .collect();
     let mut route_specs = Vec::with_capacity(routes.len());
     let mut route_origin: HashMap<(String, HostPattern, String), Origin<'_>> = HashMap::new();
@@ -280,8 +286,8 @@ pub(super) fn validate(
         let before = p.0.len();
         let listener = match &r.listener {
             Some(name) => match listener_mode.get(name.as_str()) {
-                Some(RawMode::Http) => Some(name.as_str()),
-                Some(RawMode::Tcp) => {
+                Some(Mode::Http) => Some(name.as_str()),
+                Some(Mode::Tcp) => {
                     p.at(
                         f,
                         format!("{key}.listener"),
@@ -398,10 +404,13 @@ pub(super) fn validate(
             None
         }
     });
+    // Outputs the config is built from: a template writing one is staged
+    // and tried by a reload before it is written.
     let included: Vec<&Path> = fragments
         .iter()
         .filter(|(_, rendered)| *rendered)
         .map(|(f, _)| &*f.file)
+        .chain(tls_files.iter().map(PathBuf::as_path))
         .collect();
     let templates = check_templates(file, &raw.templates, &included, &mut p);
     let (Some(admin_bind), true) = (admin_bind, p.0.is_empty()) else {
@@ -415,6 +424,12 @@ pub(super) fn validate(
             .map(|(f, _)| f.file.to_path_buf()),
     );
     files.extend(templates.iter().map(|t| t.source.clone()));
+    files.extend(
+        tls_files
+            .iter()
+            .filter(|f| !templates.iter().any(|t| t.destination == **f))
+            .cloned(),
+    );
     Ok(Config {
         files,
         admin_bind,
@@ -1067,6 +1082,97 @@ fn hostname() -> String {
 fn relative_to(f: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// The TLS settings of listener `l` (`key`), with its certificates loaded
+/// and checked; `None` for a listener without TLS or with a problem.
+fn check_tls(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    read: &dyn Fn(&Path) -> Result<Vec<u8>, String>,
+    p: &mut Problems,
+    files: &mut Vec<PathBuf>,
+) -> Option<Arc<TlsServerSpec>> {
+    if !l.mode.terminates_tls() {
+        for (name, set) in [
+            ("certs", !l.certs.is_empty()),
+            ("min_version", l.min_version.is_some()),
+            ("unknown_sni", l.unknown_sni.is_some()),
+            ("sni_host_check", l.sni_host_check.is_some()),
+        ] {
+            if set {
+                p.at(
+                    f,
+                    format!("{key}.{name}"),
+                    "only for `https` and `tls` listeners",
+                );
+            }
+        }
+        return None;
+    }
+    if l.sni_host_check.is_some() && l.mode == RawMode::Tls {
+        p.at(
+            f,
+            format!("{key}.sni_host_check"),
+            "Host headers are for https listeners",
+        );
+    }
+    if l.certs.is_empty() {
+        p.at(
+            f,
+            format!("{key}.certs"),
+            "an https or tls listener needs a certificate: certs = [{ cert = \"site.pem\", key = \"site.key\" }]",
+        );
+        return None;
+    }
+    let now = std::time::SystemTime::now();
+    let mut certs = Vec::with_capacity(l.certs.len());
+    for (j, c) in l.certs.iter().enumerate() {
+        let cert_file = super::absolute(&relative_to(f, &c.cert));
+        let key_file = super::absolute(&relative_to(f, &c.key));
+        files.push(cert_file.clone());
+        files.push(key_file.clone());
+        let mut contents = |name: &str, file: &Path| match read(file) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                p.at(
+                    f,
+                    format!("{key}.certs[{j}].{name}"),
+                    format!("{}: {e}", file.display()),
+                );
+                None
+            }
+        };
+        let (Some(cert_pem), Some(key_pem)) =
+            (contents("cert", &cert_file), contents("key", &key_file))
+        else {
+            continue;
+        };
+        match Certificate::from_pem(&cert_file, &cert_pem, &key_file, &key_pem, now) {
+            Ok(cert) => certs.push(cert),
+            Err(e) => p.at(f, format!("{key}.certs[{j}]"), e.to_string()),
+        }
+    }
+    if certs.len() != l.certs.len() {
+        return None;
+    }
+    Some(Arc::new(TlsServerSpec {
+        certs,
+        min_version: match l.min_version {
+            None | Some(RawTlsVersion::V1_2) => TlsVersion::V1_2,
+            Some(RawTlsVersion::V1_3) => TlsVersion::V1_3,
+        },
+        unknown_sni: match l.unknown_sni {
+            None | Some(RawUnknownSni::Default) => UnknownSni::Default,
+            Some(RawUnknownSni::Refuse) => UnknownSni::Refuse,
+        },
+        sni_host_check: l.mode == RawMode::Https && l.sni_host_check.unwrap_or(true),
+        alpn: match l.mode {
+            RawMode::Https => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => Vec::new(),
+        },
+    }))
 }
 
 /// The `[[templates]]` blocks; `included` are the includes that are

@@ -36,11 +36,54 @@ pub struct ListenerStatus {
     pub name: String,
     pub bind: String,
     pub local_addr: Option<String>,
-    pub mode: Mode,
+    /// `http`, `https`, `tcp` or `tls`.
+    pub mode: &'static str,
     pub default_backend: Option<String>,
     pub routes: usize,
     pub max_connections: Option<usize>,
     pub active_connections: i64,
+    /// For `https` and `tls` listeners: the certificates new handshakes get.
+    pub tls: Option<TlsStatus>,
+}
+
+#[derive(Serialize)]
+pub struct TlsStatus {
+    pub min_version: &'static str,
+    pub unknown_sni: &'static str,
+    pub sni_host_check: bool,
+    pub certificates: Vec<CertificateStatus>,
+}
+
+#[derive(Serialize)]
+pub struct CertificateStatus {
+    pub cert_file: String,
+    pub key_file: String,
+    pub names: Vec<String>,
+    pub not_after: String,
+}
+
+fn tls_status(spec: &crate::tls::TlsServerSpec) -> TlsStatus {
+    TlsStatus {
+        min_version: match spec.min_version {
+            crate::tls::TlsVersion::V1_2 => "1.2",
+            crate::tls::TlsVersion::V1_3 => "1.3",
+        },
+        unknown_sni: match spec.unknown_sni {
+            crate::tls::UnknownSni::Default => "default",
+            crate::tls::UnknownSni::Refuse => "refuse",
+        },
+        sni_host_check: spec.sni_host_check,
+        certificates: spec
+            .certs
+            .iter()
+            .map(|c| CertificateStatus {
+                cert_file: c.cert_file.display().to_string(),
+                key_file: c.key_file.display().to_string(),
+                names: c.names.clone(),
+                not_after: crate::tls::certs::rfc3339(c.not_after),
+            })
+            .collect(),
+    }
 }
 
 #[derive(Serialize)]
@@ -148,7 +191,12 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 .iter()
                 .find(|(n, _)| *n == l.spec.name)
                 .map(|(_, a)| a.to_string()),
-            mode: l.spec.mode,
+            mode: match (l.spec.mode, l.spec.tls.is_some()) {
+                (Mode::Http, false) => "http",
+                (Mode::Http, true) => "https",
+                (Mode::Tcp, false) => "tcp",
+                (Mode::Tcp, true) => "tls",
+            },
             default_backend: l.spec.default_backend.as_deref().map(str::to_string),
             routes: table
                 .config
@@ -158,6 +206,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 .count(),
             max_connections: l.spec.max_connections,
             active_connections: l.metrics.active.get(),
+            tls: l.spec.tls.as_deref().map(tls_status),
         })
         .collect();
     let mut sorted: Vec<_> = table.backends.values().collect();

@@ -63,6 +63,39 @@ pub struct ConnCtx {
     pub limits: crate::config::Limits,
     /// `timeouts.client_stall` as of the connection's start.
     pub client_stall: std::time::Duration,
+    /// Set when the connection came in over TLS.
+    pub tls: Option<ConnTls>,
+}
+
+/// What a request needs to know of its connection's TLS session.
+pub struct ConnTls {
+    /// The name the client asked for in the handshake, if any.
+    pub sni: Option<Box<str>>,
+    /// The listener's `sni_host_check` when the connection was accepted.
+    pub sni_host_check: bool,
+}
+
+impl ConnTls {
+    /// Whether a request for `host` may be served on this connection: its
+    /// host (without port) must be the SNI name, or the check is off, or
+    /// there was no SNI (a client connecting by address).
+    fn allows(&self, host: Option<&str>) -> bool {
+        let (true, Some(sni), Some(host)) = (self.sni_host_check, self.sni.as_deref(), host) else {
+            return true;
+        };
+        let host = match host.rsplit_once(':') {
+            Some((name, port)) if !name.ends_with(']') || port.is_empty() => {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    host
+                }
+            }
+            Some((name, _)) => name,
+            None => host,
+        };
+        host.trim_end_matches('.').eq_ignore_ascii_case(sni)
+    }
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -84,6 +117,8 @@ enum ProxyError {
     ClientStalled,
     #[error("the request names no known service")]
     UnknownService,
+    #[error("the request's host is not the name of the connection's TLS handshake")]
+    Misdirected,
 }
 
 impl ProxyError {
@@ -100,6 +135,10 @@ impl ProxyError {
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             Self::ClientStalled => (StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
             Self::UnknownService => (StatusCode::NOT_FOUND, "unknown service\n"),
+            Self::Misdirected => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected request: this host is not the one the TLS connection was made for\n",
+            ),
         }
     }
 }
@@ -114,6 +153,14 @@ pub async fn handle(
     let table = ctx.table.current();
     let listener: &ListenerEntry = table.listener(&ctx.key).unwrap_or(&ctx.accept_listener);
     let host = request_host(&req);
+    if let Some(tls) = &ctx.tls
+        && !tls.allows(host)
+    {
+        let completion = Completion::new(started, listener.unrouted.clone(), inflight);
+        let response = error_response(&ctx, ProxyError::Misdirected, completion);
+        listener.unrouted.count(response.status());
+        return Ok(response);
+    }
     let Some(target) = listener.route(host, req.uri().path()) else {
         let completion = Completion::new(started, listener.unrouted.clone(), inflight);
         let response = error_response(&ctx, ProxyError::NoRoute, completion);
@@ -565,7 +612,7 @@ async fn send_own_h1(
     let extra = match &forwarded.for_ {
         Some(for_) => [
             Some((&X_FORWARDED_FOR, for_)),
-            Some((&X_FORWARDED_PROTO, &PROTO_HTTP)),
+            Some((&X_FORWARDED_PROTO, forwarded.proto)),
             forwarded.host.as_ref().map(|h| (&X_FORWARDED_HOST, h)),
         ],
         None => [None, None, None],
@@ -669,10 +716,21 @@ struct PrepareError(String);
 pub struct Forwarded {
     /// `None` when the listener adds no forwarding headers.
     for_: Option<HeaderValue>,
+    proto: &'static HeaderValue,
     host: Option<HeaderValue>,
 }
 
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// `X-Forwarded-Proto` for requests of this connection.
+fn proto(ctx: &ConnCtx) -> &'static HeaderValue {
+    if ctx.tls.is_some() {
+        &PROTO_HTTPS
+    } else {
+        &PROTO_HTTP
+    }
+}
 
 /// Turns the client's request into the upstream request, in place. With
 /// `own_client`, the `X-Forwarded-*` headers are returned instead of
@@ -718,6 +776,7 @@ fn prepare_request(
     let forwarded = if !add_forwarded {
         own_client.then_some(Forwarded {
             for_: None,
+            proto: &PROTO_HTTP,
             host: None,
         })
     } else {
@@ -763,11 +822,12 @@ fn forwarded_headers(
         }
         Some(Forwarded {
             for_: Some(xff),
+            proto: proto(ctx),
             host,
         })
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
-        headers.insert(X_FORWARDED_PROTO.clone(), PROTO_HTTP.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto(ctx).clone());
         if let Some(host) = &host {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }

@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::http::{self, ConnCtx};
+use super::http::{self, ConnCtx, ConnTls};
 use super::io::{ClientCounters, ClientIo, ClientTimeouts, ConnActivity};
 use super::tcp;
 use super::workers::Workers;
@@ -427,44 +427,20 @@ fn serve_on(
 }
 
 /// What a connection over the limit gets: HTTP clients a 503 with
-/// `Connection: close` once their request head is in (so the answer is not
-/// lost to a reset), TCP clients a close.
-async fn reject(mut stream: TcpStream, mode: Mode) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str = "server at capacity, try again\n";
-    if mode == Mode::Http {
-        let mut head = [0u8; 4096];
-        let mut read = 0;
-        let _ = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
-            while read < head.len() {
-                match stream.read(&mut head[read..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => read += n,
-                }
-                if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-        })
-        .await;
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
-    // Reading until the client closes lets our FIN go out cleanly; closing
-    // with unread input would send a reset that can destroy the answer.
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
+/// `Connection: close` once their request head is in, TCP clients a close.
+async fn reject(stream: TcpStream, mode: Mode) {
+    let answer = (mode == Mode::Http).then(|| {
+        crate::lingering::plain_response(
+            "503 Service Unavailable",
+            "retry-after: 1\r\n",
+            "server at capacity, try again\n",
+        )
+    });
+    crate::lingering::answer_and_close(
+        stream,
+        answer.as_deref().map(str::as_bytes),
+        REJECT_READ_TIMEOUT,
+    )
     .await;
 }
 
@@ -545,9 +521,14 @@ impl Connection {
     fn queue_settings(&self) -> Option<(Duration, Mode, prometheus::IntCounter, usize)> {
         let table = self.table.current();
         let listener = table.listener(&self.key)?;
+        // A TLS client cannot read a plain-text 503: it gets a close.
+        let answered_as = match listener.tls {
+            Some(_) => Mode::Tcp,
+            None => listener.spec.mode,
+        };
         Some((
             listener.spec.queue_timeout,
-            listener.spec.mode,
+            answered_as,
             listener.metrics.rejected.clone(),
             listener.spec.max_connections.unwrap_or(0).max(64),
         ))
@@ -567,6 +548,67 @@ impl Connection {
         metrics.accepted.inc();
         metrics.active.inc();
         let _ = stream.set_nodelay(true);
+        match &listener.tls {
+            None => {
+                self.serve_stream(stream, peer, &listener, timeouts, limits, None)
+                    .await;
+            }
+            Some(tls) => {
+                let handshake =
+                    crate::tls::accept::handshake(stream, tls.config.clone(), timeouts.header_read);
+                let session = tokio::select! {
+                    session = handshake => session,
+                    () = self.hard_stop.wait() => {
+                        metrics.active.dec();
+                        return;
+                    }
+                };
+                match session {
+                    Ok(session) => {
+                        let (_, state) = session.get_ref();
+                        let version = usize::from(
+                            state.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+                        );
+                        let resumed = usize::from(matches!(
+                            state.handshake_kind(),
+                            Some(rustls::HandshakeKind::Resumed)
+                        ));
+                        tls.metrics.handshakes[version][resumed].inc();
+                        let info = ConnTls {
+                            sni: state.server_name().map(Box::from),
+                            sni_host_check: listener
+                                .spec
+                                .tls
+                                .as_ref()
+                                .is_some_and(|t| t.sni_host_check),
+                        };
+                        self.serve_stream(session, peer, &listener, timeouts, limits, Some(info))
+                            .await;
+                    }
+                    Err(refusal) => {
+                        tls.metrics.failure(refusal.reason());
+                        tracing::debug!(%peer, reason = refusal.reason(), error = ?refusal, "TLS handshake failed");
+                        refusal.finish().await;
+                    }
+                }
+            }
+        }
+        metrics.active.dec();
+    }
+
+    /// Serves a connection whose TLS, if any, is already off.
+    async fn serve_stream<S>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        listener: &Arc<crate::table::ListenerEntry>,
+        timeouts: crate::config::Timeouts,
+        limits: crate::config::Limits,
+        tls: Option<ConnTls>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let metrics = &listener.metrics;
         let activity = Arc::new(ConnActivity::default());
         let mode = listener.spec.mode;
         let io = ClientIo::new(
@@ -586,7 +628,7 @@ impl Connection {
         match mode {
             Mode::Tcp => {
                 tokio::select! {
-                    () = tcp::serve(io, peer, &listener) => {}
+                    () = tcp::serve(io, peer, listener) => {}
                     () = self.hard_stop.wait() => {}
                 }
             }
@@ -604,20 +646,18 @@ impl Connection {
                     tasks: self.tasks,
                     limits,
                     client_stall: timeouts.client_stall,
+                    tls,
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }
         }
-        metrics.active.dec();
     }
 }
 
-async fn serve_http(
-    io: ClientIo<TcpStream>,
-    ctx: Arc<ConnCtx>,
-    drain: Arc<Drain>,
-    hard_stop: Arc<Latch>,
-) {
+async fn serve_http<S>(io: ClientIo<S>, ctx: Arc<ConnCtx>, drain: Arc<Drain>, hard_stop: Arc<Latch>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = ctx.activity.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle timeouts are enforced by `ClientIo`, which can tell

@@ -7,6 +7,7 @@
 
 pub mod consul;
 pub mod dns;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -447,6 +448,13 @@ impl Switchyard {
         .expect("switchyard starts")
     }
 
+    /// Like [`start_in`](Self::start_in), with the config files watched.
+    pub async fn start_watching_in(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::try_start_in(dir, config, AppOptions::default())
+            .await
+            .expect("switchyard starts")
+    }
+
     /// Starts with `config` written into `dir`, which already holds the
     /// files it refers to (templates, a kv directory).
     pub async fn try_start_in(
@@ -605,6 +613,14 @@ pub type Answer = (StatusCode, http::HeaderMap, String);
 impl HttpClient {
     pub async fn connect(addr: SocketAddr) -> Self {
         let io = TcpStream::connect(addr).await.expect("connect to proxy");
+        Self::over(io).await
+    }
+
+    /// HTTP/1.1 over a connected stream (a TLS session, say).
+    pub async fn over<S>(io: S) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .expect("handshake");
