@@ -54,6 +54,7 @@
 //! way, requests under way finish on what they loaded.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod atomic_file;
 pub mod backoff;

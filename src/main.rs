@@ -71,6 +71,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    switchyard::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
