@@ -327,6 +327,17 @@ pub struct ListenerSpec {
     pub forwarded_headers: bool,
     /// Set for `https` and `tls` listeners: TLS is terminated here.
     pub tls: Option<Arc<crate::tls::TlsServerSpec>>,
+    /// `tcp` listeners: backends chosen by the ClientHello's SNI name, in
+    /// config order (the first route for a name wins).
+    pub sni_routes: Vec<SniRoute>,
+}
+
+/// A `tcp` listener's route on the SNI name of a passed-through handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Lowercase; `*.domain` for a wildcard.
+    pub sni: String,
+    pub backend: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -266,6 +266,30 @@ pub struct ListenerEntry {
     pub metrics: ListenerMetrics,
     /// For `https` and `tls` listeners: what new handshakes use.
     pub tls: Option<TlsListener>,
+    /// For `tcp` listeners with `sni_routes`.
+    pub sni_routes: Option<SniRoutes>,
+}
+
+/// A `tcp` listener's routes on the SNI name of passed-through handshakes.
+pub struct SniRoutes {
+    pub names: crate::tls::names::NameTable<usize>,
+    /// Indexed by `names`' values.
+    pub targets: Vec<RouteTarget>,
+    /// ClientHellos that could not be read, by reason.
+    pub metrics: crate::metrics::TlsMetrics,
+}
+
+impl SniRoutes {
+    /// The target for a hello's SNI name, else the listener's default.
+    pub fn target<'a>(
+        &'a self,
+        sni: Option<&str>,
+        default: Option<&'a RouteTarget>,
+    ) -> Option<&'a RouteTarget> {
+        sni.and_then(|name| self.names.lookup(name))
+            .and_then(|&i| self.targets.get(i))
+            .or(default)
+    }
 }
 
 /// A TLS listener's handshake settings and counters in one table.
@@ -417,6 +441,21 @@ pub fn compile(
                     metrics: metrics.tls(&spec.name),
                 }),
                 None => None,
+            },
+            sni_routes: if spec.sni_routes.is_empty() {
+                None
+            } else {
+                let mut names = crate::tls::names::NameTable::default();
+                let mut targets = Vec::with_capacity(spec.sni_routes.len());
+                for (i, route) in spec.sni_routes.iter().enumerate() {
+                    names.insert(&route.sni, i);
+                    targets.push(target(spec, &route.backend)?);
+                }
+                Some(SniRoutes {
+                    names,
+                    targets,
+                    metrics: metrics.tls(&spec.name),
+                })
             },
         }));
     }

@@ -11,6 +11,8 @@
 
 pub mod accept;
 pub mod certs;
+pub mod hello;
+pub mod names;
 pub mod sni;
 
 use std::sync::{Arc, OnceLock};

@@ -569,3 +569,133 @@ servers = ["{}"]
     let error = Switchyard::try_start(&bare).await.err().expect("rejected");
     assert!(error.contains("needs a certificate"), "{error}");
 }
+
+/// SNI routing without termination: the backend does the handshake with
+/// the client through Switchyard, which reads only the ClientHello.
+#[tokio::test]
+async fn sni_routes_pass_tls_through_to_the_backend_the_name_picks() {
+    let ca = Ca::new();
+    let (a, _a) = support::tls::tls_echo_server(&ca.leaf(&["a.test"]), "A").await;
+    let (b, _b) = support::tls::tls_echo_server(&ca.leaf(&["*.b.test"]), "B").await;
+    let (other, _o) = support::tls::tls_echo_server(&ca.leaf(&["other.test"]), "O").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "pass"
+bind = "127.0.0.1:0"
+mode = "tcp"
+default_backend = "other"
+sni_routes = [
+  {{ sni = "a.test", backend = "a" }},
+  {{ sni = "*.b.test", backend = "b" }},
+]
+
+[timeouts]
+header_read = "300ms"
+
+[[backends]]
+name = "a"
+servers = ["{a}"]
+
+[[backends]]
+name = "b"
+servers = ["{b}"]
+
+[[backends]]
+name = "other"
+servers = ["{other}"]
+"#
+    );
+    let sy = Switchyard::start(&config).await;
+    let addr = sy.addr("pass");
+    for (sni, expected) in [
+        (Some("a.test"), "A"),
+        (Some("A.TEST"), "A"),
+        (Some("x.b.test"), "B"),
+        (Some("unknown.test"), "O"),
+        (None, "O"),
+    ] {
+        // The client verifies against the CA: the backend's own
+        // certificate reached it, through bytes passed on unchanged.
+        let config = match sni {
+            Some(_) if expected != "O" => verifying_client(&ca, &[]),
+            _ => trusting_client(&[]),
+        };
+        let mut stream = connect(addr, sni, config).await.expect("handshake through");
+        let mut name = [0u8; 1];
+        stream.read_exact(&mut name).await.expect("backend greets");
+        assert_eq!(&name, expected.as_bytes(), "{sni:?}");
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        stream.write_all(&payload).await.expect("write");
+        let mut back = vec![0u8; payload.len()];
+        stream.read_exact(&mut back).await.expect("echo");
+        assert!(back == payload, "{sni:?}: bytes changed");
+    }
+
+    // Not TLS, and a hello that never comes: closed and counted.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .ok();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
+        .await
+        .expect("closed after header_read")
+        .ok();
+    for (reason, count) in [("not_tls", 1.0), ("timeout", 1.0)] {
+        assert_eq!(
+            sy.metric(&format!(
+                r#"switchyard_tls_handshake_failures_total{{listener="pass",reason="{reason}"}}"#
+            ))
+            .await,
+            Some(count),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sni_routes_are_checked() {
+    let app = Backend::start("app").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+sni_routes = [{{ sni = "a.test", backend = "app" }}]
+
+[[listeners]]
+name = "pass"
+bind = "127.0.0.1:0"
+mode = "tcp"
+sni_routes = [
+  {{ sni = "*.com", backend = "app" }},
+  {{ sni = "a.test", backend = "missing" }},
+  {{ sni = "A.test", backend = "app" }},
+]
+
+[[backends]]
+name = "app"
+servers = ["{}"]
+"#,
+        app.addr
+    );
+    let error = Switchyard::try_start(&config)
+        .await
+        .err()
+        .expect("rejected");
+    for expected in [
+        "listeners[0].sni_routes",
+        "listeners[1].sni_routes[0].sni",
+        "listeners[1].sni_routes[1].backend",
+        "listeners[1].sni_routes[2].sni",
+    ] {
+        assert!(error.contains(expected), "{expected} missing in: {error}");
+    }
+}

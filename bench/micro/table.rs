@@ -100,6 +100,7 @@ fn config(n: usize, generation: usize) -> Config {
             consul_tag_routes: false,
             forwarded_headers: true,
             tls: None,
+            sni_routes: Vec::new(),
         }],
         routes,
         backends,

@@ -258,6 +258,17 @@ pub struct RawListener {
     /// `https`: a request whose Host differs from the SNI name gets 421
     /// (default true).
     pub sni_host_check: Option<bool>,
+    /// `tcp`: route TLS connections on their ClientHello's SNI name
+    /// without terminating TLS.
+    #[serde(default)]
+    pub sni_routes: Vec<RawSniRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniRoute {
+    pub sni: String,
+    pub backend: String,
 }
 
 #[derive(Debug, Deserialize)]

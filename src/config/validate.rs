@@ -204,7 +204,9 @@ pub(super) fn validate(
         if l.name.is_empty() {
             p.at(f, format!("{key}.name"), "must not be empty");
         }
+        let sni_routes = check_sni_routes(f, &key, l, &backend_kind, &mut p);
         match (&l.default_backend, l.mode.inner()) {
+            (None, Mode::Tcp) if !l.sni_routes.is_empty() => {}
             (None, Mode::Tcp) => p.at(
                 f,
                 format!("{key}.default_backend"),
@@ -261,6 +263,7 @@ pub(super) fn validate(
                 bind,
                 mode: l.mode.inner(),
                 tls,
+                sni_routes,
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
                 queue_timeout,
@@ -1082,6 +1085,65 @@ fn hostname() -> String {
 fn relative_to(f: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// The `sni_routes` of a `tcp` listener.
+fn check_sni_routes(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    backend_kind: &HashMap<&str, bool>,
+    p: &mut Problems,
+) -> Vec<SniRoute> {
+    if l.sni_routes.is_empty() {
+        return Vec::new();
+    }
+    if l.mode != RawMode::Tcp {
+        p.at(
+            f,
+            format!("{key}.sni_routes"),
+            "only for `tcp` listeners, which pass TLS through; an https or tls listener chooses by routes or certificates",
+        );
+        return Vec::new();
+    }
+    let mut routes: Vec<SniRoute> = Vec::with_capacity(l.sni_routes.len());
+    for (j, r) in l.sni_routes.iter().enumerate() {
+        let sni = r.sni.trim_end_matches('.').to_ascii_lowercase();
+        if !crate::tls::names::valid_pattern(&sni) {
+            p.at(
+                f,
+                format!("{key}.sni_routes[{j}].sni"),
+                format!("`{}` is not a DNS name or `*.domain`", r.sni),
+            );
+        } else if let Some(first) = routes.iter().position(|x| x.sni == sni) {
+            p.at(
+                f,
+                format!("{key}.sni_routes[{j}].sni"),
+                format!("`{sni}` is already routed by `sni_routes[{first}]`"),
+            );
+        }
+        match backend_kind.get(r.backend.as_str()) {
+            None => p.at(
+                f,
+                format!("{key}.sni_routes[{j}].backend"),
+                format!("no backend named `{}`", r.backend),
+            ),
+            Some(false) => p.at(
+                f,
+                format!("{key}.sni_routes[{j}].backend"),
+                format!(
+                    "backend `{}` is a `respond` backend, which only speaks HTTP",
+                    r.backend
+                ),
+            ),
+            Some(true) => {}
+        }
+        routes.push(SniRoute {
+            sni,
+            backend: r.backend.as_str().into(),
+        });
+    }
+    routes
 }
 
 /// The TLS settings of listener `l` (`key`), with its certificates loaded

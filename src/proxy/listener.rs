@@ -628,7 +628,7 @@ impl Connection {
         match mode {
             Mode::Tcp => {
                 tokio::select! {
-                    () = tcp::serve(io, peer, listener) => {}
+                    () = serve_tcp(io, peer, listener, timeouts.header_read) => {}
                     () = self.hard_stop.wait() => {}
                 }
             }
@@ -650,6 +650,38 @@ impl Connection {
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }
+        }
+    }
+}
+
+/// A TCP connection: to the listener's backend, or with `sni_routes` to
+/// the one its ClientHello's SNI name picks (the hello is read within
+/// `hello_limit` and sent on unchanged).
+async fn serve_tcp<S>(
+    mut io: ClientIo<S>,
+    peer: SocketAddr,
+    listener: &crate::table::ListenerEntry,
+    hello_limit: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let default = listener.default_target.as_ref();
+    let Some(routes) = &listener.sni_routes else {
+        if let Some(target) = default {
+            tcp::serve(io, peer, target, &[]).await;
+        }
+        return;
+    };
+    match crate::tls::hello::read_client_hello(&mut io, hello_limit).await {
+        Ok(hello) => match routes.target(hello.sni.as_deref(), default) {
+            Some(target) => tcp::serve(io, peer, target, &hello.bytes).await,
+            None => {
+                tracing::debug!(%peer, sni = ?hello.sni, "No SNI route and no default backend");
+            }
+        },
+        Err(no_hello) => {
+            routes.metrics.failure(no_hello.reason());
+            tracing::debug!(%peer, reason = no_hello.reason(), "No ClientHello to route on");
         }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::error_chain::ErrorChain;
-use crate::table::ListenerEntry;
+use crate::table::RouteTarget;
 use crate::upstream::connect::connect_tcp;
 use crate::upstream::health::Outcome;
 use crate::upstream::select::ClientAddrKey;
@@ -15,15 +15,13 @@ use crate::upstream::select::ClientAddrKey;
 /// (a third less CPU on 16 KiB bodies in our measurements).
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Forwards one client connection to an endpoint of the listener's backend.
-/// A connection with no usable endpoint, or whose connect fails, is closed.
-pub async fn serve<C>(mut client: C, peer: SocketAddr, listener: &ListenerEntry)
+/// Forwards one client connection to an endpoint of `target`'s backend,
+/// sending `prelude` (bytes already read from the client) first. A
+/// connection with no usable endpoint, or whose connect fails, is closed.
+pub async fn serve<C>(mut client: C, peer: SocketAddr, target: &RouteTarget, prelude: &[u8])
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(target) = &listener.default_target else {
-        return;
-    };
     let backend = &target.backend;
     let key = ClientAddrKey(peer.ip());
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -50,6 +48,12 @@ where
         }
     };
     let addr = active.endpoint().addr;
+    if !prelude.is_empty()
+        && let Err(error) = upstream.write_all(prelude).await
+    {
+        tracing::debug!(%error, %peer, endpoint.addr = %addr, "TCP connection ended");
+        return;
+    }
     // copy_bidirectional forwards each EOF as a write shutdown on the other
     // side, which is the half-close a TCP proxy must preserve.
     match tokio::io::copy_bidirectional_with_sizes(

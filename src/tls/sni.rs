@@ -1,13 +1,12 @@
 //! Picks a listener's certificate for a handshake from the name the client
-//! asked for (SNI): an exact name first, then a `*.domain` wildcard one
-//! label deep, then the listener's default — or no certificate at all, which
+//! asked for (SNI), by the rules of [`NameTable`], then the listener's
+//! default — or no certificate at all, which
 //! refuses the handshake, when the listener is configured to refuse.
 //!
 //! rustls' own `ResolvesServerCertUsingSni` has no default certificate, so
 //! a client without SNI (an IP address in the URL, old clients, health
 //! checkers) would always be refused; this resolver is ours for that.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
@@ -15,6 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::certs::Certificate;
+use super::names::NameTable;
 
 /// What a handshake gets when its SNI names none of the certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,7 @@ pub enum UnknownSni {
 }
 
 pub struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by the domain after `*.`: `example.com` for `*.example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    names: NameTable<Arc<CertifiedKey>>,
     fallback: Option<Arc<CertifiedKey>>,
     /// Handshakes whose SNI was absent or unknown, by what they got.
     defaulted: IntCounter,
@@ -39,10 +37,8 @@ pub struct SniResolver {
 impl std::fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SniResolver")
-            .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
             .field("fallback", &self.fallback.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,15 +50,10 @@ impl SniResolver {
         defaulted: IntCounter,
         refused: IntCounter,
     ) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut names = NameTable::default();
         for cert in certs {
             for name in &cert.names {
-                let table = match name.strip_prefix("*.") {
-                    Some(domain) => wildcard.entry(domain.to_owned()),
-                    None => exact.entry(name.clone()),
-                };
-                table.or_insert_with(|| cert.key.clone());
+                names.insert(name, cert.key.clone());
             }
         }
         let fallback = match unknown {
@@ -70,36 +61,17 @@ impl SniResolver {
             UnknownSni::Refuse => None,
         };
         Self {
-            exact,
-            wildcard,
+            names,
             fallback,
             defaulted,
             refused,
         }
     }
-
-    /// The certificate for `name`, if one of the listener's names covers it.
-    pub fn lookup(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
-        let name = name.trim_end_matches('.');
-        let lowered;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = name.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            name
-        };
-        self.exact.get(name).or_else(|| {
-            // One label deep only: `*.example.com` covers `a.example.com`,
-            // not `example.com` nor `a.b.example.com` (RFC 6125 §6.4.3).
-            let (_, domain) = name.split_once('.')?;
-            self.wildcard.get(domain)
-        })
-    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(key) = hello.server_name().and_then(|n| self.lookup(n)) {
+        if let Some(key) = hello.server_name().and_then(|n| self.names.lookup(n)) {
             return Some(key.clone());
         }
         match &self.fallback {
