@@ -330,6 +330,9 @@ pub struct ListenerSpec {
     /// `tcp` listeners: backends chosen by the ClientHello's SNI name, in
     /// config order (the first route for a name wins).
     pub sni_routes: Vec<SniRoute>,
+    /// Set when connections start with a PROXY protocol header: the
+    /// networks allowed to send one.
+    pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// A `tcp` listener's route on the SNI name of a passed-through handshake.
@@ -389,6 +392,8 @@ pub struct BackendSpec {
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
     pub max_connections_per_server: Option<usize>,
+    /// A PROXY protocol header to send first on each server connection.
+    pub send_proxy: Option<crate::proxy::proxy_protocol::SendProxy>,
 }
 
 /// Active health checks of a backend's endpoints.
@@ -641,6 +646,7 @@ impl BackendSpec {
             outlier: OutlierSpec::default(),
             retry: RetrySpec::default(),
             max_connections_per_server: None,
+            send_proxy: None,
         }
     }
 

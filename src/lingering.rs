@@ -8,12 +8,14 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Reads the request head (when an `answer` is to be sent), writes it,
 /// shuts the write side and drains what the client still sends.
-pub async fn answer_and_close(mut stream: TcpStream, answer: Option<&[u8]>, limit: Duration) {
+pub async fn answer_and_close<S>(mut stream: S, answer: Option<&[u8]>, limit: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if let Some(answer) = answer {
         let mut head = [0u8; 4096];
         let mut read = 0;

@@ -65,6 +65,21 @@ pub struct Metrics {
     tls_handshake_failures: IntCounterVec,
     tls_sni_fallbacks: IntCounterVec,
     tls_certificate_expiry: IntGaugeVec,
+    proxy_protocol_failures: IntCounterVec,
+}
+
+/// A listener's PROXY header refusals, by reason.
+pub struct ProxyProtocolFailures([IntCounter; 4]);
+
+impl ProxyProtocolFailures {
+    pub fn count(&self, refused: crate::proxy::proxy_protocol::HeaderRefused) {
+        use crate::proxy::proxy_protocol::HeaderRefused;
+        let i = HeaderRefused::REASONS
+            .iter()
+            .position(|r| *r == refused.reason())
+            .unwrap_or(0);
+        self.0[i].inc();
+    }
 }
 
 /// The reasons of `switchyard_tls_handshake_failures_total`, in the order
@@ -292,6 +307,14 @@ impl Metrics {
             &["listener", "cert_file", "name"],
         )?;
         registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        let proxy_protocol_failures = IntCounterVec::new(
+            Opts::new(
+                "switchyard_proxy_protocol_failures_total",
+                "Connections closed because their PROXY header was refused: untrusted source, timeout, closed, malformed",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(proxy_protocol_failures.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -330,6 +353,7 @@ impl Metrics {
             tls_handshake_failures,
             tls_sni_fallbacks,
             tls_certificate_expiry,
+            proxy_protocol_failures,
         })
     }
 
@@ -371,6 +395,14 @@ impl Metrics {
                     .with_label_values(&[listener, reason])
             }),
         }
+    }
+
+    pub fn proxy_protocol_failures(&self, listener: &str) -> ProxyProtocolFailures {
+        use crate::proxy::proxy_protocol::HeaderRefused;
+        ProxyProtocolFailures(HeaderRefused::REASONS.map(|reason| {
+            self.proxy_protocol_failures
+                .with_label_values(&[listener, reason])
+        }))
     }
 
     pub fn tls_sni_counters(&self, listener: &str) -> crate::tls::SniCounters {

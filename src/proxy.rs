@@ -20,5 +20,7 @@ pub mod gateway;
 pub mod http;
 pub mod io;
 pub mod listener;
+pub mod proxy_protocol;
+pub mod rewind;
 pub mod tcp;
 pub mod workers;

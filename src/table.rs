@@ -268,6 +268,8 @@ pub struct ListenerEntry {
     pub tls: Option<TlsListener>,
     /// For `tcp` listeners with `sni_routes`.
     pub sni_routes: Option<SniRoutes>,
+    /// For listeners that read PROXY headers: refusals by reason.
+    pub proxy_protocol_failures: Option<crate::metrics::ProxyProtocolFailures>,
 }
 
 /// A `tcp` listener's routes on the SNI name of passed-through handshakes.
@@ -442,6 +444,10 @@ pub fn compile(
                 }),
                 None => None,
             },
+            proxy_protocol_failures: spec
+                .proxy_protocol
+                .as_ref()
+                .map(|_| metrics.proxy_protocol_failures(&spec.name)),
             sni_routes: if spec.sni_routes.is_empty() {
                 None
             } else {

@@ -101,6 +101,7 @@ fn config(n: usize, generation: usize) -> Config {
             forwarded_headers: true,
             tls: None,
             sni_routes: Vec::new(),
+            proxy_protocol: None,
         }],
         routes,
         backends,

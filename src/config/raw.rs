@@ -262,6 +262,20 @@ pub struct RawListener {
     /// without terminating TLS.
     #[serde(default)]
     pub sni_routes: Vec<RawSniRoute>,
+    /// Read a PROXY protocol header (v1 or v2) first on every connection;
+    /// only from `trusted` networks.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Networks (CIDR, or single addresses) allowed to send PROXY headers.
+    #[serde(default)]
+    pub trusted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSendProxy {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +393,9 @@ pub struct RawBackend {
     pub retry_budget: Option<RawRetryBudget>,
     /// Requests (HTTP) or connections (TCP) in flight per endpoint.
     pub max_connections_per_server: Option<usize>,
+    /// Send a PROXY protocol header ("v1" or "v2") on each connection to
+    /// a server (backends of tcp and tls listeners).
+    pub send_proxy: Option<RawSendProxy>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,10 +11,11 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use super::raw::{
     RawBackend, RawBalance, RawCheckKind, RawConfig, RawConsul, RawFragment, RawHealthCheck,
     RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister, RawRegisterCheckKind,
-    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawServer, RawTemplate, RawTlsVersion,
-    RawUnknownSni,
+    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawSendProxy, RawServer, RawTemplate,
+    RawTlsVersion, RawUnknownSni,
 };
 use super::*;
+use crate::proxy::proxy_protocol::SendProxy;
 use crate::tls::{Certificate, TlsServerSpec, TlsVersion, UnknownSni};
 
 /// Problems found so far; validation goes on after each so all are reported.
@@ -253,6 +254,7 @@ pub(super) fn validate(
             );
         }
         let tls = check_tls(f, &key, l, read, &mut p, &mut tls_files);
+        let proxy_protocol = check_proxy_protocol(f, &key, l, &mut p);
         if let (Some(bind), true) = (bind, p.0.len() == before) {
             listener_specs.push(ListenerSpec {
                 location: Location {
@@ -264,6 +266,7 @@ pub(super) fn validate(
                 mode: l.mode.inner(),
                 tls,
                 sni_routes,
+                proxy_protocol,
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
                 queue_timeout,
@@ -392,6 +395,22 @@ pub(super) fn validate(
         || !raw.register.is_empty()
         || raw.listeners.iter().any(|l| l.consul_tag_routes)
         || raw.routes.iter().any(|r| r.service_from.is_some());
+    // A PROXY header is per connection, and HTTP connections to servers
+    // are pooled and shared by clients: the header would name whoever
+    // opened the connection. HTTP requests carry X-Forwarded-For instead.
+    for spec in backend_specs.iter().filter(|b| b.send_proxy.is_some()) {
+        let by_http = route_specs.iter().any(|r| r.backend == spec.name)
+            || listener_specs
+                .iter()
+                .any(|l| l.mode == Mode::Http && l.default_backend.as_ref() == Some(&spec.name));
+        if by_http && let Some(origin) = backend_origin.get(&*spec.name) {
+            p.at(
+                origin.file,
+                format!("{}.send_proxy", origin.key),
+                "only for backends of tcp and tls listeners: HTTP connections to servers are shared by clients, so HTTP requests carry X-Forwarded-For instead",
+            );
+        }
+    }
     let register = check_register(file, &raw.register, &mut p);
     let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
     let kv = raw.kv.as_ref().and_then(|kv| {
@@ -596,6 +615,10 @@ fn check_backend(
         outlier,
         retry,
         max_connections_per_server: b.max_connections_per_server,
+        send_proxy: b.send_proxy.map(|v| match v {
+            RawSendProxy::V1 => SendProxy::V1,
+            RawSendProxy::V2 => SendProxy::V2,
+        }),
     })
 }
 
@@ -1085,6 +1108,48 @@ fn hostname() -> String {
 fn relative_to(f: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// `proxy_protocol` and `trusted`: the trusted networks when on.
+fn check_proxy_protocol(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    p: &mut Problems,
+) -> Option<Arc<[ipnet::IpNet]>> {
+    if !l.proxy_protocol {
+        if !l.trusted.is_empty() {
+            p.at(
+                f,
+                format!("{key}.trusted"),
+                "only used with `proxy_protocol = true`",
+            );
+        }
+        return None;
+    }
+    if l.trusted.is_empty() {
+        p.at(
+            f,
+            format!("{key}.trusted"),
+            "`proxy_protocol = true` needs the networks allowed to send PROXY headers, e.g. trusted = [\"10.0.0.0/8\"]; anyone else could claim any client address",
+        );
+        return None;
+    }
+    let mut nets = Vec::with_capacity(l.trusted.len());
+    for (j, t) in l.trusted.iter().enumerate() {
+        let parsed = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => p.at(
+                f,
+                format!("{key}.trusted[{j}]"),
+                format!("`{t}` is not a network (10.0.0.0/8, fd00::/8) or an address"),
+            ),
+        }
+    }
+    Some(nets.into())
 }
 
 /// The `sni_routes` of a `tcp` listener.

@@ -506,6 +506,14 @@ async fn signalled(drain: &Latch, stop: &Latch) -> Signal {
     .await
 }
 
+/// A client connection's two ends: `peer` is the client (from a PROXY
+/// header when the listener reads one), `local` the address it reached.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnAddrs {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
 /// What an accepted connection needs from its listener.
 struct Connection {
     key: ListenerKey,
@@ -548,59 +556,90 @@ impl Connection {
         metrics.accepted.inc();
         metrics.active.inc();
         let _ = stream.set_nodelay(true);
-        match &listener.tls {
-            None => {
-                self.serve_stream(stream, peer, &listener, timeouts, limits, None)
-                    .await;
-            }
-            Some(tls) => {
-                let handshake =
-                    crate::tls::accept::handshake(stream, tls.config.clone(), timeouts.header_read);
-                let session = tokio::select! {
-                    session = handshake => session,
-                    () = self.hard_stop.wait() => {
-                        metrics.active.dec();
-                        return;
-                    }
-                };
-                match session {
-                    Ok(session) => {
-                        let (_, state) = session.get_ref();
-                        let version = usize::from(
-                            state.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
-                        );
-                        let resumed = usize::from(matches!(
-                            state.handshake_kind(),
-                            Some(rustls::HandshakeKind::Resumed)
-                        ));
-                        tls.metrics.handshakes[version][resumed].inc();
-                        let info = ConnTls {
-                            sni: state.server_name().map(Box::from),
-                            sni_host_check: listener
-                                .spec
-                                .tls
-                                .as_ref()
-                                .is_some_and(|t| t.sni_host_check),
-                        };
-                        self.serve_stream(session, peer, &listener, timeouts, limits, Some(info))
-                            .await;
-                    }
-                    Err(refusal) => {
-                        tls.metrics.failure(refusal.reason());
-                        tracing::debug!(%peer, reason = refusal.reason(), error = ?refusal, "TLS handshake failed");
-                        refusal.finish().await;
-                    }
+        let local = stream.local_addr().unwrap_or(self.key.bind);
+        if listener.spec.proxy_protocol.is_none() && listener.tls.is_none() {
+            let addrs = ConnAddrs { peer, local };
+            self.serve_stream(stream, addrs, &listener, timeouts, limits, None)
+                .await;
+            metrics.active.dec();
+            return;
+        }
+        // What comes before the connection's own protocol (a PROXY header,
+        // a TLS handshake) shares one deadline, as a request head would.
+        let deadline = tokio::time::Instant::now() + timeouts.header_read;
+        let hard_stop = self.hard_stop.clone();
+        tokio::select! {
+            () = self.serve_preamble(stream, ConnAddrs { peer, local }, &listener, timeouts, limits, deadline) => {}
+            () = hard_stop.wait() => {}
+        }
+        metrics.active.dec();
+    }
+
+    /// A connection whose listener reads a PROXY header or terminates TLS.
+    async fn serve_preamble(
+        self,
+        stream: TcpStream,
+        mut addrs: ConnAddrs,
+        listener: &Arc<crate::table::ListenerEntry>,
+        timeouts: crate::config::Timeouts,
+        limits: crate::config::Limits,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut stream = super::rewind::Rewind::new(stream);
+        if let (Some(trusted), Some(failures)) = (
+            &listener.spec.proxy_protocol,
+            &listener.proxy_protocol_failures,
+        ) {
+            let header = if trusted.iter().any(|net| net.contains(&addrs.peer.ip())) {
+                super::proxy_protocol::read_header(&mut stream, deadline).await
+            } else {
+                Err(super::proxy_protocol::HeaderRefused::Untrusted)
+            };
+            match header {
+                Ok(Some(client)) => addrs.peer = client,
+                Ok(None) => {}
+                Err(refused) => {
+                    failures.count(refused);
+                    tracing::debug!(peer = %addrs.peer, reason = refused.reason(), "PROXY header refused");
+                    return;
                 }
             }
         }
-        metrics.active.dec();
+        let Some(tls) = &listener.tls else {
+            self.serve_stream(stream, addrs, listener, timeouts, limits, None)
+                .await;
+            return;
+        };
+        match crate::tls::accept::handshake(stream, tls.config.clone(), deadline).await {
+            Ok(session) => {
+                let (_, state) = session.get_ref();
+                let version =
+                    usize::from(state.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3));
+                let resumed = usize::from(matches!(
+                    state.handshake_kind(),
+                    Some(rustls::HandshakeKind::Resumed)
+                ));
+                tls.metrics.handshakes[version][resumed].inc();
+                let info = ConnTls {
+                    sni: state.server_name().map(Box::from),
+                    sni_host_check: listener.spec.tls.as_ref().is_some_and(|t| t.sni_host_check),
+                };
+                self.serve_stream(session, addrs, listener, timeouts, limits, Some(info))
+                    .await;
+            }
+            Err(refusal) => {
+                tls.metrics.failure(refusal.reason());
+                tracing::debug!(peer = %addrs.peer, reason = refusal.reason(), error = ?refusal, "TLS handshake failed");
+                refusal.finish().await;
+            }
+        }
     }
 
     /// Serves a connection whose TLS, if any, is already off.
     async fn serve_stream<S>(
         self,
         stream: S,
-        peer: SocketAddr,
+        addrs: ConnAddrs,
         listener: &Arc<crate::table::ListenerEntry>,
         timeouts: crate::config::Timeouts,
         limits: crate::config::Limits,
@@ -628,7 +667,7 @@ impl Connection {
         match mode {
             Mode::Tcp => {
                 tokio::select! {
-                    () = serve_tcp(io, peer, listener, timeouts.header_read) => {}
+                    () = serve_tcp(io, addrs, listener, timeouts.header_read) => {}
                     () = self.hard_stop.wait() => {}
                 }
             }
@@ -637,8 +676,8 @@ impl Connection {
                     key: self.key,
                     accept_listener: listener.clone(),
                     table: self.table,
-                    peer,
-                    peer_header: HeaderValue::from_str(&peer.ip().to_string())
+                    peer: addrs.peer,
+                    peer_header: HeaderValue::from_str(&addrs.peer.ip().to_string())
                         .unwrap_or(HeaderValue::from_static("unknown")),
                     activity,
                     drain: self.drain.clone(),
@@ -659,7 +698,7 @@ impl Connection {
 /// `hello_limit` and sent on unchanged).
 async fn serve_tcp<S>(
     mut io: ClientIo<S>,
-    peer: SocketAddr,
+    addrs: ConnAddrs,
     listener: &crate::table::ListenerEntry,
     hello_limit: Duration,
 ) where
@@ -668,20 +707,20 @@ async fn serve_tcp<S>(
     let default = listener.default_target.as_ref();
     let Some(routes) = &listener.sni_routes else {
         if let Some(target) = default {
-            tcp::serve(io, peer, target, &[]).await;
+            tcp::serve(io, addrs, target, &[]).await;
         }
         return;
     };
     match crate::tls::hello::read_client_hello(&mut io, hello_limit).await {
         Ok(hello) => match routes.target(hello.sni.as_deref(), default) {
-            Some(target) => tcp::serve(io, peer, target, &hello.bytes).await,
+            Some(target) => tcp::serve(io, addrs, target, &hello.bytes).await,
             None => {
-                tracing::debug!(%peer, sni = ?hello.sni, "No SNI route and no default backend");
+                tracing::debug!(peer = %addrs.peer, sni = ?hello.sni, "No SNI route and no default backend");
             }
         },
         Err(no_hello) => {
             routes.metrics.failure(no_hello.reason());
-            tracing::debug!(%peer, reason = no_hello.reason(), "No ClientHello to route on");
+            tracing::debug!(peer = %addrs.peer, reason = no_hello.reason(), "No ClientHello to route on");
         }
     }
 }

@@ -1,10 +1,13 @@
 //! TCP mode: one upstream connection per client connection, bytes copied
-//! both ways until each side has closed its half.
+//! both ways until each side has closed its half; a PROXY header first
+//! when the backend asks for one.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::listener::ConnAddrs;
+use super::proxy_protocol;
 use crate::error_chain::ErrorChain;
 use crate::table::RouteTarget;
 use crate::upstream::connect::connect_tcp;
@@ -18,10 +21,11 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// Forwards one client connection to an endpoint of `target`'s backend,
 /// sending `prelude` (bytes already read from the client) first. A
 /// connection with no usable endpoint, or whose connect fails, is closed.
-pub async fn serve<C>(mut client: C, peer: SocketAddr, target: &RouteTarget, prelude: &[u8])
+pub async fn serve<C>(mut client: C, addrs: ConnAddrs, target: &RouteTarget, prelude: &[u8])
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = addrs.peer;
     let backend = &target.backend;
     let key = ClientAddrKey(peer.ip());
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -48,9 +52,20 @@ where
         }
     };
     let addr = active.endpoint().addr;
-    if !prelude.is_empty()
-        && let Err(error) = upstream.write_all(prelude).await
-    {
+    let header = match backend.spec.send_proxy {
+        Some(version) => proxy_protocol::encode(version, addrs.peer, addrs.local).ok(),
+        None => None,
+    };
+    let sent = async {
+        if let Some(header) = &header {
+            upstream.write_all(header).await?;
+        }
+        if !prelude.is_empty() {
+            upstream.write_all(prelude).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    if let Err(error) = sent.await {
         tracing::debug!(%error, %peer, endpoint.addr = %addr, "TCP connection ended");
         return;
     }

@@ -12,6 +12,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::rewind::Rewind;
+
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,13 +24,17 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 /// How long a plain-HTTP client's request is read before and after the 400.
 const PLAIN_HTTP_READ: Duration = Duration::from_secs(1);
 
+/// An accepted connection, with what was read of it ahead (the first
+/// byte here, a PROXY header before).
+pub type Client = Rewind<TcpStream>;
+
 /// Why a connection did not become a TLS session.
 #[derive(Debug)]
 pub enum Refusal {
     /// The handshake did not finish in time.
     Timeout,
     /// The client sent plain HTTP; [`Refusal::finish`] answers it 400.
-    PlainHttp(TcpStream),
+    PlainHttp(Client),
     /// The first bytes were neither TLS nor HTTP; closed.
     NotTls,
     /// The client closed before sending anything.
@@ -51,22 +57,23 @@ impl Refusal {
     }
 }
 
-/// Completes the server handshake on `stream` within `limit`.
+/// Completes the server handshake on `stream` by `deadline`.
 pub async fn handshake(
-    stream: TcpStream,
+    mut stream: Client,
     config: Arc<ServerConfig>,
-    limit: Duration,
-) -> Result<TlsStream<TcpStream>, Refusal> {
-    let deadline = Instant::now() + limit;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Err(_) => return Err(Refusal::Timeout),
-        Ok(Err(error)) => return Err(Refusal::Failed(error)),
-        Ok(Ok(0)) => return Err(Refusal::Closed),
-        Ok(Ok(_)) => {}
+    deadline: Instant,
+) -> Result<TlsStream<Client>, Refusal> {
+    if stream.buffered().is_empty() {
+        match tokio::time::timeout_at(deadline, stream.fill()).await {
+            Err(_) => return Err(Refusal::Timeout),
+            Ok(Err(error)) => return Err(Refusal::Failed(error)),
+            Ok(Ok(0)) => return Err(Refusal::Closed),
+            Ok(Ok(_)) => {}
+        }
     }
-    if first[0] != HANDSHAKE_RECORD {
-        if first[0].is_ascii_uppercase() {
+    let first = stream.buffered().first().copied().unwrap_or(0);
+    if first != HANDSHAKE_RECORD {
+        if first.is_ascii_uppercase() {
             return Err(Refusal::PlainHttp(stream));
         }
         return Err(Refusal::NotTls);
@@ -90,7 +97,7 @@ impl Refusal {
 }
 
 /// A 400 that says what went wrong, as a lingering close.
-async fn answer_plain_http(stream: TcpStream) {
+async fn answer_plain_http(stream: Client) {
     let answer = crate::lingering::plain_response(
         "400 Bad Request",
         "",
