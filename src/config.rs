@@ -394,6 +394,8 @@ pub struct BackendSpec {
     pub max_connections_per_server: Option<usize>,
     /// A PROXY protocol header to send first on each server connection.
     pub send_proxy: Option<crate::proxy::proxy_protocol::SendProxy>,
+    /// TLS to the servers.
+    pub tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 /// Active health checks of a backend's endpoints.
@@ -647,6 +649,7 @@ impl BackendSpec {
             retry: RetrySpec::default(),
             max_connections_per_server: None,
             send_proxy: None,
+            tls: None,
         }
     }
 

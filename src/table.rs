@@ -327,12 +327,13 @@ impl Table {
     /// The endpoints whose backend has a `health_check`, with that check.
     pub fn checked_endpoints(
         &self,
-    ) -> impl Iterator<Item = (Arc<EndpointState>, &crate::config::HealthCheckSpec)> + '_ {
+    ) -> impl Iterator<Item = crate::upstream::health::CheckedEndpoint<'_>> + '_ {
         self.backends.values().flat_map(|b| {
             let check = b.spec.health_check.as_ref();
-            check
-                .into_iter()
-                .flat_map(move |spec| b.endpoint_states().map(move |state| (state, spec)))
+            check.into_iter().flat_map(move |spec| {
+                b.endpoint_states()
+                    .map(move |state| (state, spec, b.spec.tls.clone()))
+            })
         })
     }
 

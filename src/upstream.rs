@@ -27,3 +27,4 @@ pub mod health;
 pub mod pool;
 pub mod select;
 pub mod state;
+pub mod tls;

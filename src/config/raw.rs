@@ -271,6 +271,20 @@ pub struct RawListener {
     pub trusted: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA certificates to verify servers with (default: the system's).
+    pub ca_file: Option<String>,
+    /// The name servers are verified under (default: each server's IP).
+    pub server_name: Option<String>,
+    /// A client certificate and key to present (mutual TLS).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// Verify servers' certificates (default true).
+    pub verify: Option<bool>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawSendProxy {
@@ -396,6 +410,8 @@ pub struct RawBackend {
     /// Send a PROXY protocol header ("v1" or "v2") on each connection to
     /// a server (backends of tcp and tls listeners).
     pub send_proxy: Option<RawSendProxy>,
+    /// TLS to the servers.
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

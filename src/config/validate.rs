@@ -18,6 +18,9 @@ use super::*;
 use crate::proxy::proxy_protocol::SendProxy;
 use crate::tls::{Certificate, TlsServerSpec, TlsVersion, UnknownSni};
 
+/// Reads a file the config refers to (see [`validate`]).
+pub(super) type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<Vec<u8>, String>;
+
 /// Problems found so far; validation goes on after each so all are reported.
 struct Problems(Vec<ConfigError>);
 
@@ -44,7 +47,7 @@ struct Origin<'a> {
 pub(super) fn validate(
     main: Sourced<RawConfig>,
     fragments: Vec<(Sourced<RawFragment>, bool)>,
-    read: &dyn Fn(&Path) -> Result<Vec<u8>, String>,
+    read: ReadFile<'_>,
 ) -> Result<Config, ConfigErrors> {
     let mut p = Problems(Vec::new());
     let file = &main.file;
@@ -109,6 +112,8 @@ pub(super) fn validate(
         backends.extend(bs.iter().enumerate().map(|(i, b)| (f, i, b)));
     }
 
+    // Certificate and key files: watched, or staged when a template's.
+    let mut tls_files: Vec<PathBuf> = Vec::new();
     // Backends first: listeners and routes refer to them.
     let mut backend_specs = Vec::with_capacity(backends.len());
     let mut backend_origin: HashMap<&str, Origin<'_>> = HashMap::new();
@@ -134,7 +139,14 @@ pub(super) fn validate(
                 key: key.clone(),
             },
         );
-        if let Some(spec) = check_backend(f, &key, b, upstream_defaults, &mut p) {
+        if let Some(spec) = check_backend(
+            f,
+            &key,
+            b,
+            upstream_defaults,
+            (read, &mut tls_files),
+            &mut p,
+        ) {
             backend_specs.push(spec);
         }
     }
@@ -144,8 +156,6 @@ pub(super) fn validate(
         .collect();
 
     let mut listener_specs = Vec::with_capacity(listeners.len());
-    // Certificate and key files: watched, or staged when a template's.
-    let mut tls_files: Vec<PathBuf> = Vec::new();
     let mut listener_origin: HashMap<&str, Origin<'_>> = HashMap::new();
     let mut bind_origin: HashMap<SocketAddr, Origin<'_>> = HashMap::new();
     for &(f, i, l) in &listeners {
@@ -474,6 +484,7 @@ fn check_backend(
     key: &str,
     b: &RawBackend,
     defaults: UpstreamTimeouts,
+    (read, files): (ReadFile<'_>, &mut Vec<PathBuf>),
     p: &mut Problems,
 ) -> Option<BackendSpec> {
     let before = p.0.len();
@@ -601,20 +612,26 @@ fn check_backend(
             }
         }
     }
+    let protocol = match b.protocol {
+        None | Some(RawProtocol::Http1) => Protocol::Http1,
+        Some(RawProtocol::Http2) => Protocol::Http2,
+    };
+    let tls = b
+        .tls
+        .as_ref()
+        .and_then(|t| check_upstream_tls(f, key, t, protocol, read, files, p));
     (p.0.len() == before).then(|| BackendSpec {
         name: b.name.as_str().into(),
         balance,
         target,
-        protocol: match b.protocol {
-            None | Some(RawProtocol::Http1) => Protocol::Http1,
-            Some(RawProtocol::Http2) => Protocol::Http2,
-        },
+        protocol,
         timeouts,
         health_check,
         fail_open: b.fail_open,
         outlier,
         retry,
         max_connections_per_server: b.max_connections_per_server,
+        tls,
         send_proxy: b.send_proxy.map(|v| match v {
             RawSendProxy::V1 => SendProxy::V1,
             RawSendProxy::V2 => SendProxy::V2,
@@ -1110,6 +1127,94 @@ fn relative_to(f: &Path, path: &str) -> PathBuf {
     f.parent().map_or(path.to_path_buf(), |dir| dir.join(path))
 }
 
+/// A backend's `tls`, with its files read and the client configs built.
+fn check_upstream_tls(
+    f: &Arc<Path>,
+    key: &str,
+    t: &super::raw::RawUpstreamTls,
+    protocol: Protocol,
+    read: ReadFile<'_>,
+    files: &mut Vec<PathBuf>,
+    p: &mut Problems,
+) -> Option<Arc<crate::upstream::tls::UpstreamTls>> {
+    use crate::upstream::tls::{UpstreamTls, UpstreamTlsFiles, UpstreamTlsSettings};
+    let key = format!("{key}.tls");
+    let before = p.0.len();
+    let mut load = |name: &str, path: &Option<String>| -> Option<(PathBuf, Vec<u8>)> {
+        let file = super::absolute(&relative_to(f, path.as_deref()?));
+        files.push(file.clone());
+        match read(&file) {
+            Ok(bytes) => Some((file, bytes)),
+            Err(e) => {
+                p.at(
+                    f,
+                    format!("{key}.{name}"),
+                    format!("{}: {e}", file.display()),
+                );
+                None
+            }
+        }
+    };
+    let ca = load("ca_file", &t.ca_file);
+    let cert = load("client_cert", &t.client_cert);
+    let client_key = load("client_key", &t.client_key);
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        p.at(
+            f,
+            format!("{key}.client_cert"),
+            "`client_cert` and `client_key` go together",
+        );
+    }
+    let verify = t.verify.unwrap_or(true);
+    if !verify && t.ca_file.is_some() {
+        p.at(
+            f,
+            format!("{key}.ca_file"),
+            "not used with `verify = false`",
+        );
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    for (_, bytes) in [&ca, &cert, &client_key].into_iter().flatten() {
+        digest.update(bytes);
+    }
+    let settings = UpstreamTlsSettings {
+        ca_file: ca.as_ref().map(|(file, _)| file.clone()),
+        server_name: t.server_name.clone(),
+        client_cert: cert.as_ref().map(|(file, _)| file.clone()),
+        verify,
+        digest: digest.digest(),
+    };
+    fn pair(x: &Option<(PathBuf, Vec<u8>)>) -> Option<(&Path, &[u8])> {
+        x.as_ref().map(|(f, b)| (f.as_path(), b.as_slice()))
+    }
+    let built = UpstreamTls::new(
+        settings,
+        UpstreamTlsFiles {
+            ca: pair(&ca),
+            client: pair(&cert).zip(pair(&client_key)),
+        },
+        match protocol {
+            Protocol::Http1 => b"http/1.1",
+            Protocol::Http2 => b"h2",
+        },
+    );
+    match built {
+        Ok(tls) => {
+            if !verify {
+                tracing::warn!(backend_key = %key, "Upstream TLS without verification: any certificate is accepted");
+            }
+            Some(Arc::new(tls))
+        }
+        Err(problem) => {
+            p.at(f, key, problem);
+            None
+        }
+    }
+}
+
 /// `proxy_protocol` and `trusted`: the trusted networks when on.
 fn check_proxy_protocol(
     f: &Arc<Path>,
@@ -1217,7 +1322,7 @@ fn check_tls(
     f: &Arc<Path>,
     key: &str,
     l: &RawListener,
-    read: &dyn Fn(&Path) -> Result<Vec<u8>, String>,
+    read: ReadFile<'_>,
     p: &mut Problems,
     files: &mut Vec<PathBuf>,
 ) -> Option<Arc<TlsServerSpec>> {

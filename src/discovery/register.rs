@@ -180,7 +180,7 @@ async fn local_healthy(spec: &RegisterSpec, kind: &CheckKind) -> Result<(), Stri
         .check
         .as_ref()
         .map_or(Duration::from_secs(2), |c| c.timeout);
-    match tokio::time::timeout(timeout, probe(spec.local_addr(), kind)).await {
+    match tokio::time::timeout(timeout, probe(spec.local_addr(), kind, None, timeout)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }

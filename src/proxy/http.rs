@@ -126,6 +126,10 @@ impl ProxyError {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route for this request\n"),
             Self::NoEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no server available\n"),
+            Self::Connect(UpstreamError::Tls { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                "TLS handshake with upstream server failed\n",
+            ),
             Self::Connect(_) => (
                 StatusCode::BAD_GATEWAY,
                 "cannot connect to upstream server\n",
@@ -547,9 +551,7 @@ async fn send(
     attempt_started: Instant,
 ) -> Result<Answer, Failed> {
     match own_client {
-        Some(forwarded) => {
-            send_own_h1(req, forwarded, active, spec.timeouts, attempt_started).await
-        }
+        Some(forwarded) => send_own_h1(req, forwarded, active, spec, attempt_started).await,
         // Boxed: these paths are rarer, and their futures (a timer among
         // them) would enlarge every request's (moved) future.
         None => {
@@ -568,8 +570,8 @@ async fn send_pooled(
 ) -> Result<Answer, Failed> {
     let sent = tokio::time::timeout_at(deadline, async {
         match spec.protocol {
-            Protocol::Http1 => send_hyper_h1(req, active, spec.timeouts).await,
-            Protocol::Http2 => send_h2(req, active, spec.timeouts).await,
+            Protocol::Http1 => send_hyper_h1(req, active, spec).await,
+            Protocol::Http2 => send_h2(req, active, spec).await,
         }
     });
     match sent.await {
@@ -601,9 +603,10 @@ async fn send_own_h1(
     req: Box<Request<RequestBody>>,
     forwarded: &Forwarded,
     active: &ActiveGuard,
-    timeouts: crate::config::UpstreamTimeouts,
+    spec: &crate::config::BackendSpec,
     started: Instant,
 ) -> Result<Answer, Failed> {
+    let timeouts = spec.timeouts;
     let endpoint = active.endpoint();
     // A request that may not be sent twice takes only a connection used
     // moments ago (see `UNREPEATABLE_MAX_IDLE`).
@@ -623,7 +626,14 @@ async fn send_own_h1(
         deadline: started + timeouts.request,
         stall: timeouts.stall,
     };
-    let exchange = H1Conn::exchange(cached, endpoint.addr, exchange_timeouts, &req, &extra);
+    let exchange = H1Conn::exchange(
+        cached,
+        endpoint.addr,
+        exchange_timeouts,
+        &req,
+        &extra,
+        spec.tls.as_deref(),
+    );
     match exchange.await {
         Ok(response) => Ok(Answer::H1(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
@@ -638,13 +648,13 @@ async fn send_own_h1(
 async fn send_hyper_h1(
     mut req: Request<RequestBody>,
     active: &ActiveGuard,
-    timeouts: crate::config::UpstreamTimeouts,
+    spec: &crate::config::BackendSpec,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     loop {
         let checkout = endpoint
             .pool
-            .checkout_h1(endpoint.addr, timeouts.connect)
+            .checkout_h1(endpoint.addr, spec.timeouts.connect, spec.tls.as_deref())
             .await;
         let mut conn = match checkout {
             Ok(conn) => conn,
@@ -670,12 +680,12 @@ async fn send_hyper_h1(
 async fn send_h2(
     req: Request<RequestBody>,
     active: &ActiveGuard,
-    timeouts: crate::config::UpstreamTimeouts,
+    spec: &crate::config::BackendSpec,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     let mut sender = match endpoint
         .pool
-        .h2_sender(endpoint.addr, timeouts.connect)
+        .h2_sender(endpoint.addr, spec.timeouts.connect, spec.tls.as_deref())
         .await
     {
         Ok(sender) => sender,

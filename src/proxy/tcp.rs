@@ -10,7 +10,6 @@ use super::listener::ConnAddrs;
 use super::proxy_protocol;
 use crate::error_chain::ErrorChain;
 use crate::table::RouteTarget;
-use crate::upstream::connect::connect_tcp;
 use crate::upstream::health::Outcome;
 use crate::upstream::select::ClientAddrKey;
 
@@ -35,7 +34,13 @@ where
     };
     let mut upstream = loop {
         let endpoint = active.endpoint();
-        match connect_tcp(endpoint.addr, backend.spec.timeouts.connect).await {
+        let connected = crate::upstream::tls::connect(
+            endpoint.addr,
+            backend.spec.timeouts.connect,
+            backend.spec.tls.as_deref(),
+            false,
+        );
+        match connected.await {
             Ok(stream) => {
                 backend.report(endpoint, Outcome::Connected);
                 break stream;

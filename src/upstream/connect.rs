@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::h1::conn::H1Conn;
 use super::pool::{Idle, Pool};
+use super::tls::UpstreamTls;
 
 /// The body type sent upstream: the client's request body, streamed.
 pub type UpstreamBody = super::body::RequestBody;
@@ -40,6 +41,12 @@ pub enum UpstreamError {
     },
     #[error("connecting to {addr}: no answer within {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("HTTP handshake with {addr}")]
     Handshake {
         addr: SocketAddr,
@@ -98,6 +105,7 @@ impl UpstreamPool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
     ) -> Result<H1Checkout, UpstreamError> {
         if let Some(pool) = self.hyper_h1.get() {
             while let Some(idle) = pool.take(Instant::now(), None) {
@@ -116,7 +124,7 @@ impl UpstreamPool {
             }
         }
         Ok(H1Checkout {
-            sender: Box::pin(connect_h1(addr, connect_timeout)).await?,
+            sender: Box::pin(connect_h1(addr, connect_timeout, tls)).await?,
             reused: false,
         })
     }
@@ -141,6 +149,7 @@ impl UpstreamPool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
     ) -> Result<H2Sender, UpstreamError> {
         if let Some(s) = self.h2.load().as_deref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
@@ -150,7 +159,7 @@ impl UpstreamPool {
         if let Some(s) = self.h2.load().as_deref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        let stream = connect_tcp(addr, connect_timeout).await?;
+        let stream = super::tls::connect(addr, connect_timeout, tls, true).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -176,8 +185,12 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     Ok(stream)
 }
 
-async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, UpstreamError> {
-    let stream = connect_tcp(addr, timeout).await?;
+async fn connect_h1(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<H1Sender, UpstreamError> {
+    let stream = super::tls::connect(addr, timeout, tls, true).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -20,6 +20,7 @@
 //! elsewhere: once the period is over, the next request that picks the
 //! endpoint claims its trial, and the trial's outcome readmits it or ejects
 //! it again for longer.
+use super::tls::UpstreamTls;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +52,8 @@ pub struct HealthChecks {
 struct Running {
     state: Arc<EndpointState>,
     spec: HealthCheckSpec,
+    /// The backend's TLS: checks speak it as requests do.
+    tls: Option<Arc<UpstreamTls>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -70,18 +73,15 @@ impl HealthChecks {
 
     /// Checks exactly the endpoints in `checked`, each with its backend's
     /// current `health_check`; stops every other check.
-    pub fn sync<'a>(
-        &mut self,
-        checked: impl IntoIterator<Item = (Arc<EndpointState>, &'a HealthCheckSpec)>,
-    ) {
-        let mut wanted: HashMap<usize, (Arc<EndpointState>, &HealthCheckSpec)> = HashMap::new();
-        for (state, spec) in checked {
-            wanted.insert(Arc::as_ptr(&state) as usize, (state, spec));
+    pub fn sync<'a>(&mut self, checked: impl IntoIterator<Item = CheckedEndpoint<'a>>) {
+        let mut wanted: HashMap<usize, CheckedEndpoint<'a>> = HashMap::new();
+        for checked in checked {
+            wanted.insert(Arc::as_ptr(&checked.0) as usize, checked);
         }
         self.running.retain(|key, running| {
             let keep = wanted
                 .get(key)
-                .is_some_and(|(_, spec)| **spec == running.spec);
+                .is_some_and(|(_, spec, tls)| **spec == running.spec && *tls == running.tls);
             if !keep && !wanted.contains_key(key) {
                 // No longer checked: nothing may hold it out of rotation.
                 running.state.set_healthy(true);
@@ -89,7 +89,7 @@ impl HealthChecks {
             }
             keep
         });
-        for (key, (state, spec)) in wanted {
+        for (key, (state, spec, tls)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
@@ -103,12 +103,18 @@ impl HealthChecks {
                     .health_checks
                     .with_label_values(&[&state.backend, "failure"]),
             };
-            let task = tokio::spawn(check_loop(state.clone(), spec.clone(), results));
+            let task = tokio::spawn(check_loop(
+                state.clone(),
+                spec.clone(),
+                tls.clone(),
+                results,
+            ));
             self.running.insert(
                 key,
                 Running {
                     state,
                     spec: spec.clone(),
+                    tls,
                     task,
                 },
             );
@@ -121,14 +127,27 @@ struct CheckCounters {
     failure: IntCounter,
 }
 
-async fn check_loop(state: Arc<EndpointState>, spec: HealthCheckSpec, counters: CheckCounters) {
+/// An endpoint to check, its backend's check, and its backend's TLS.
+pub type CheckedEndpoint<'a> = (
+    Arc<EndpointState>,
+    &'a HealthCheckSpec,
+    Option<Arc<UpstreamTls>>,
+);
+
+async fn check_loop(
+    state: Arc<EndpointState>,
+    spec: HealthCheckSpec,
+    tls: Option<Arc<UpstreamTls>>,
+    counters: CheckCounters,
+) {
     let jitter = || {
         let max = spec.jitter.as_millis() as u64;
         Duration::from_millis(if max == 0 { 0 } else { fastrand::u64(0..max) })
     };
     tokio::time::sleep(jitter()).await;
     loop {
-        let result = match tokio::time::timeout(spec.timeout, probe(state.addr, &spec.kind)).await {
+        let probed = probe(state.addr, &spec.kind, tls.as_deref(), spec.timeout);
+        let result = match tokio::time::timeout(spec.timeout, probed).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
         };
@@ -177,10 +196,15 @@ fn record(state: &EndpointState, spec: &HealthCheckSpec, result: Result<(), Stri
 
 /// One check of `addr`: a connect, or a GET whose status must be in range.
 /// Also used to check a local service before registering it in Consul.
-pub async fn probe(addr: std::net::SocketAddr, kind: &CheckKind) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
+pub async fn probe(
+    addr: std::net::SocketAddr,
+    kind: &CheckKind,
+    tls: Option<&UpstreamTls>,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let stream = super::tls::connect(addr, timeout, tls, true)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| crate::error_chain::ErrorChain(&e).to_string())?;
     let CheckKind::Http { path, host, expect } = kind else {
         return Ok(());
     };

@@ -36,8 +36,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{self, BodyStep, CodecError, Framing, ResponseHead};
-use crate::upstream::connect::{UpstreamError, connect_tcp};
+use crate::upstream::connect::UpstreamError;
 use crate::upstream::pool;
+use crate::upstream::tls::{UpstreamStream, UpstreamTls};
 
 /// What a read asks room for; also the buffer's size after a reclaim.
 const READ_SIZE: usize = 8 * 1024;
@@ -107,7 +108,7 @@ impl IdleProbe for TcpStream {
 }
 
 /// An upstream HTTP/1.1 connection owned by whichever request uses it.
-pub struct H1Conn<S = TcpStream> {
+pub struct H1Conn<S = UpstreamStream> {
     stream: S,
     /// Bytes read from the server and not handed on yet.
     buf: BytesMut,
@@ -128,14 +129,14 @@ pub struct H1Conn<S = TcpStream> {
 }
 
 /// A response head from an upstream connection; its body follows on it.
-pub struct H1Response<S = TcpStream> {
+pub struct H1Response<S = UpstreamStream> {
     pub head: Response<()>,
     pub body: H1Body<S>,
 }
 
 /// The body of a response, read from the connection it owns until the
 /// body ends.
-pub struct H1Body<S = TcpStream> {
+pub struct H1Body<S = UpstreamStream> {
     conn: Option<Box<H1Conn<S>>>,
     framing: Framing,
     /// The server allows another request after this response.
@@ -152,9 +153,15 @@ pub struct ExchangeTimeouts {
     pub stall: Duration,
 }
 
-impl H1Conn<TcpStream> {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Box<Self>, UpstreamError> {
-        Ok(Self::new(connect_tcp(addr, timeout).await?))
+impl H1Conn<UpstreamStream> {
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Box<Self>, UpstreamError> {
+        Ok(Self::new(
+            crate::upstream::tls::connect(addr, timeout, tls, true).await?,
+        ))
     }
 
     /// Sends a body-less request on `cached` (an idle connection from the
@@ -168,6 +175,7 @@ impl H1Conn<TcpStream> {
         timeouts: ExchangeTimeouts,
         req: &Request<B>,
         extra: &[Option<(&HeaderName, &HeaderValue)>],
+        tls: Option<&UpstreamTls>,
     ) -> Result<H1Response, ExchangeError> {
         let mut cached = cached.and_then(|mut c| c.still_open().then_some(c));
         let is_head = req.method() == Method::HEAD;
@@ -177,7 +185,7 @@ impl H1Conn<TcpStream> {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future would otherwise
                 // enlarge every request's.
-                None => Box::pin(Self::connect(addr, timeouts.connect))
+                None => Box::pin(Self::connect(addr, timeouts.connect, tls))
                     .await
                     .map_err(ExchangeError::Connect)?,
             };
