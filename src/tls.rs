@@ -18,7 +18,9 @@ pub mod sni;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::{
+    ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::{ServerConfig, SupportedProtocolVersion};
 
 pub use certs::{CertError, Certificate};
@@ -47,6 +49,54 @@ pub struct TlsServerSpec {
     /// ALPN protocols offered, most preferred first (`h2`, `http/1.1` on
     /// https listeners; none on tls listeners).
     pub alpn: Vec<Vec<u8>>,
+    /// Client certificates asked for (mutual TLS).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// How a listener verifies client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub ca_file: std::path::PathBuf,
+    pub roots: Arc<rustls::RootCertStore>,
+    /// Without a certificate the handshake fails; else it is anonymous.
+    pub required: bool,
+    /// Carries the verified subject upstream (https).
+    pub subject_header: Option<http::HeaderName>,
+    /// Of the CA file.
+    pub digest: u64,
+}
+
+impl PartialEq for ClientAuth {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+            && self.required == other.required
+            && self.subject_header == other.subject_header
+            && self.digest == other.digest
+    }
+}
+
+/// The subject of a verified client certificate, as an RFC 4514 string
+/// (`CN=client,O=Example`), for the header that carries it upstream.
+pub fn subject_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.subject().to_string())
+}
+
+/// CA certificates from a PEM file, to verify peers with.
+pub fn roots_from_pem(file: &std::path::Path, pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a CA certificate: {e}", file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in the file", file.display()));
+    }
+    Ok(roots)
 }
 
 /// The crypto provider for every TLS context Switchyard makes.
@@ -102,10 +152,27 @@ pub fn server_config(
         counters.defaulted,
         counters.refused,
     );
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let provider = Arc::new(provider());
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &spec.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(auth.roots.clone(), provider);
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?,
+            )
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = spec.alpn.clone();
     config.session_storage = session_cache();
     if let Some(ticketer) = ticketer() {

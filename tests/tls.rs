@@ -699,3 +699,71 @@ servers = ["{}"]
         assert!(error.contains(expected), "{expected} missing in: {error}");
     }
 }
+
+/// Sends one GET with a forged subject header; the answer, or `None` when
+/// the connection failed (a refused client certificate).
+async fn get_with_client(
+    addr: std::net::SocketAddr,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Option<(StatusCode, String)> {
+    let stream = connect(addr, Some("a.test"), config).await.ok()?;
+    let mut client = HttpClient::over(stream).await;
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .header("x-client-subject", "CN=forged")
+        .body(full(""))
+        .ok()?;
+    let (status, headers, _) = client.send(req).await.ok()?;
+    let subject = headers
+        .get("x-seen-client-subject")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Some((status, subject))
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_or_optional_and_the_verified_subject_goes_upstream() {
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let strangers = Ca::new();
+    let leaf = ca.leaf(&["a.test"]);
+    let member = clients.leaf_with(&["client.test"], |p| {
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "billing-service");
+    });
+    let stranger = strangers.leaf(&["client.test"]);
+    let app = Backend::start("app").await;
+    for (auth, anonymous) in [
+        ("required", None),
+        ("optional", Some((StatusCode::OK, String::new()))),
+    ] {
+        let extra = format!(
+            "client_ca = \"clients.pem\"\nclient_auth = \"{auth}\"\nclient_subject_header = \"X-Client-Subject\""
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        leaf.write(dir.path(), "site");
+        std::fs::write(dir.path().join("clients.pem"), clients.pem()).expect("write");
+        let sy = Switchyard::start_in(dir, &https_config(&app, &["site"], &extra)).await;
+        let addr = sy.addr("web");
+        let (status, subject) =
+            get_with_client(addr, support::tls::client_with_certificate(&member))
+                .await
+                .expect("a member's certificate is taken");
+        assert_eq!(status, StatusCode::OK, "{auth}");
+        assert_eq!(
+            subject, "CN=billing-service",
+            "{auth}: the verified subject replaces the forged one"
+        );
+        assert_eq!(
+            get_with_client(addr, support::tls::client_with_certificate(&stranger)).await,
+            None,
+            "{auth}: a certificate from another CA is refused"
+        );
+        assert_eq!(
+            get_with_client(addr, trusting_client(&[])).await,
+            anonymous,
+            "{auth}: no certificate"
+        );
+    }
+}

@@ -258,6 +258,15 @@ pub struct RawListener {
     /// `https`: a request whose Host differs from the SNI name gets 421
     /// (default true).
     pub sni_host_check: Option<bool>,
+    /// `https` and `tls`: PEM CA certificates client certificates are
+    /// verified with (mutual TLS).
+    pub client_ca: Option<String>,
+    /// With `client_ca`: "required" (default) or "optional".
+    pub client_auth: Option<RawClientAuth>,
+    /// `https` with `client_ca`: the request header that carries a verified
+    /// client certificate's subject upstream (any such header a client
+    /// sends is removed).
+    pub client_subject_header: Option<String>,
     /// `tcp`: route TLS connections on their ClientHello's SNI name
     /// without terminating TLS.
     #[serde(default)]
@@ -283,6 +292,13 @@ pub struct RawUpstreamTls {
     pub client_key: Option<String>,
     /// Verify servers' certificates (default true).
     pub verify: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawClientAuth {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

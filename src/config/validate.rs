@@ -9,10 +9,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
-    RawBackend, RawBalance, RawCheckKind, RawConfig, RawConsul, RawFragment, RawHealthCheck,
-    RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister, RawRegisterCheckKind,
-    RawResolver, RawRespond, RawRetryBudget, RawRoute, RawSendProxy, RawServer, RawTemplate,
-    RawTlsVersion, RawUnknownSni,
+    RawBackend, RawBalance, RawCheckKind, RawClientAuth, RawConfig, RawConsul, RawFragment,
+    RawHealthCheck, RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister,
+    RawRegisterCheckKind, RawResolver, RawRespond, RawRetryBudget, RawRoute, RawSendProxy,
+    RawServer, RawTemplate, RawTlsVersion, RawUnknownSni,
 };
 use super::*;
 use crate::proxy::proxy_protocol::SendProxy;
@@ -1326,8 +1326,12 @@ fn check_tls(
     p: &mut Problems,
     files: &mut Vec<PathBuf>,
 ) -> Option<Arc<TlsServerSpec>> {
+    let before = p.0.len();
     if !l.mode.terminates_tls() {
         for (name, set) in [
+            ("client_ca", l.client_ca.is_some()),
+            ("client_auth", l.client_auth.is_some()),
+            ("client_subject_header", l.client_subject_header.is_some()),
             ("certs", !l.certs.is_empty()),
             ("min_version", l.min_version.is_some()),
             ("unknown_sni", l.unknown_sni.is_some()),
@@ -1386,7 +1390,8 @@ fn check_tls(
             Err(e) => p.at(f, format!("{key}.certs[{j}]"), e.to_string()),
         }
     }
-    if certs.len() != l.certs.len() {
+    let client_auth = check_client_auth(f, key, l, read, p, files);
+    if certs.len() != l.certs.len() || p.0.len() != before {
         return None;
     }
     Some(Arc::new(TlsServerSpec {
@@ -1404,7 +1409,79 @@ fn check_tls(
             RawMode::Https => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             _ => Vec::new(),
         },
+        client_auth,
     }))
+}
+
+/// `client_ca`, `client_auth` and `client_subject_header` of a TLS listener.
+fn check_client_auth(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    read: ReadFile<'_>,
+    p: &mut Problems,
+    files: &mut Vec<PathBuf>,
+) -> Option<crate::tls::ClientAuth> {
+    let Some(ca) = &l.client_ca else {
+        for (name, set) in [
+            ("client_auth", l.client_auth.is_some()),
+            ("client_subject_header", l.client_subject_header.is_some()),
+        ] {
+            if set {
+                p.at(f, format!("{key}.{name}"), "only used with `client_ca`");
+            }
+        }
+        return None;
+    };
+    let subject_header = match &l.client_subject_header {
+        None => None,
+        Some(_) if l.mode != RawMode::Https => {
+            p.at(
+                f,
+                format!("{key}.client_subject_header"),
+                "headers are for https listeners",
+            );
+            None
+        }
+        Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                p.at(
+                    f,
+                    format!("{key}.client_subject_header"),
+                    format!("`{name}` is not a header name"),
+                );
+                None
+            }
+        },
+    };
+    let file = super::absolute(&relative_to(f, ca));
+    files.push(file.clone());
+    let pem = match read(&file) {
+        Ok(pem) => pem,
+        Err(e) => {
+            p.at(
+                f,
+                format!("{key}.client_ca"),
+                format!("{}: {e}", file.display()),
+            );
+            return None;
+        }
+    };
+    let roots = match crate::tls::roots_from_pem(&file, &pem) {
+        Ok(roots) => roots,
+        Err(e) => {
+            p.at(f, format!("{key}.client_ca"), e);
+            return None;
+        }
+    };
+    Some(crate::tls::ClientAuth {
+        ca_file: file,
+        roots: Arc::new(roots),
+        required: l.client_auth != Some(RawClientAuth::Optional),
+        subject_header,
+        digest: xxhash_rust::xxh3::xxh3_64(&pem),
+    })
 }
 
 /// The `[[templates]]` blocks; `included` are the includes that are

@@ -73,6 +73,9 @@ pub struct ConnTls {
     pub sni: Option<Box<str>>,
     /// The listener's `sni_host_check` when the connection was accepted.
     pub sni_host_check: bool,
+    /// The listener's `client_subject_header`, and the subject of the
+    /// client's verified certificate, if it showed one.
+    pub client_subject: Option<(HeaderName, Option<HeaderValue>)>,
 }
 
 impl ConnTls {
@@ -149,10 +152,22 @@ impl ProxyError {
 
 /// One request, start to response head.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Some(ConnTls {
+        client_subject: Some((header, subject)),
+        ..
+    }) = &ctx.tls
+    {
+        // Only the handshake may say who the client is.
+        let headers = req.headers_mut();
+        headers.remove(header);
+        if let Some(subject) = subject {
+            headers.insert(header.clone(), subject.clone());
+        }
+    }
     let inflight = ctx.activity.begin();
     let table = ctx.table.current();
     let listener: &ListenerEntry = table.listener(&ctx.key).unwrap_or(&ctx.accept_listener);

@@ -620,9 +620,21 @@ impl Connection {
                     Some(rustls::HandshakeKind::Resumed)
                 ));
                 tls.metrics.handshakes[version][resumed].inc();
+                let spec = listener.spec.tls.as_deref();
+                let subject_header = spec
+                    .and_then(|t| t.client_auth.as_ref())
+                    .and_then(|a| a.subject_header.clone());
                 let info = ConnTls {
                     sni: state.server_name().map(Box::from),
-                    sni_host_check: listener.spec.tls.as_ref().is_some_and(|t| t.sni_host_check),
+                    sni_host_check: spec.is_some_and(|t| t.sni_host_check),
+                    client_subject: subject_header.map(|header| {
+                        let subject = state
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(crate::tls::subject_of)
+                            .and_then(|s| HeaderValue::from_str(&s).ok());
+                        (header, subject)
+                    }),
                 };
                 self.serve_stream(session, addrs, listener, timeouts, limits, Some(info))
                     .await;

@@ -93,7 +93,7 @@ impl UpstreamTls {
             .map_err(|e| e.to_string())?;
         let builder = if settings.verify {
             let roots = match files.ca {
-                Some((file, pem)) => roots_from(file, pem)?,
+                Some((file, pem)) => crate::tls::roots_from_pem(file, pem)?,
                 None => system_roots(),
             };
             builder.with_root_certificates(roots)
@@ -152,20 +152,6 @@ impl UpstreamTls {
             Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),
         }
     }
-}
-
-fn roots_from(file: &Path, pem: &[u8]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", file.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: not a CA certificate: {e}", file.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no certificate in the file", file.display()));
-    }
-    Ok(roots)
 }
 
 /// The system's trusted roots, read once.

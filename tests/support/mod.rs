@@ -303,6 +303,7 @@ async fn backend_answer(name: &'static str, req: Request<Incoming>) -> Response<
         ("x-forwarded-host", "x-seen-forwarded-host"),
         ("host", "x-seen-host"),
         ("x-hop", "x-seen-hop"),
+        ("x-client-subject", "x-seen-client-subject"),
     ] {
         if let Ok(v) = http::HeaderValue::from_str(&seen(theirs)) {
             resp.headers_mut().insert(ours, v);

@@ -161,6 +161,19 @@ pub fn trusting_client(alpn: &[&[u8]]) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A client that takes any certificate and presents `leaf` as its own.
+pub fn client_with_certificate(leaf: &Leaf) -> Arc<ClientConfig> {
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let config = builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_client_auth_cert(vec![leaf.der.clone()], key)
+        .expect("client certificate");
+    Arc::new(config)
+}
+
 /// Connects and handshakes; `sni` of `None` sends no SNI (the client
 /// names the server by address).
 pub async fn connect(
