@@ -718,20 +718,26 @@ pub(crate) struct Sourced<T> {
     pub raw: T,
 }
 
-/// Reads, parses and validates `path` and its includes. An include that is
-/// a template's destination counts as empty (see [`load_with`]).
+/// Reads and validates the config file and its includes. Before any
+/// template has rendered: a certificate file that is a template's
+/// destination is read from disk if there, and skipped if not (this first
+/// reading tells which templates to render; [`load_with`] then reads the
+/// config they complete).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    load_with(path, &|_| None)
+    load_inner(path, None)
 }
 
-/// Like [`load`], with the latest output of each template: an include that
-/// is a template's destination is read from `rendered`, never from disk, and
-/// counts as empty until its first render (what is on disk may be an older
-/// run's output, or another program's file).
 pub fn load_with(
     path: &Path,
     rendered: &dyn Fn(&Path) -> Option<Arc<str>>,
 ) -> Result<Config, ConfigErrors> {
+    load_inner(path, Some(rendered))
+}
+
+/// The latest output of the template whose destination a file is.
+type RenderedOutput<'a> = &'a dyn Fn(&Path) -> Option<Arc<str>>;
+
+fn load_inner(path: &Path, rendered: Option<RenderedOutput<'_>>) -> Result<Config, ConfigErrors> {
     let main_file: Arc<Path> = Arc::from(absolute(path));
     let main: RawConfig = parse_file(&main_file).map_err(ConfigErrors)?;
     let base = main_file.parent().unwrap_or_else(|| Path::new("."));
@@ -745,7 +751,7 @@ pub fn load_with(
     for (i, inc) in main.include.iter().enumerate() {
         let inc_path: Arc<Path> = Arc::from(absolute(&base.join(inc)));
         let parsed = if destinations.iter().any(|d| **d == *inc_path) {
-            let text = rendered(&inc_path).unwrap_or_default();
+            let text = rendered.and_then(|r| r(&inc_path)).unwrap_or_default();
             parse_str::<RawFragment>(&inc_path, &text).map(|raw| (raw, true))
         } else {
             parse_file::<RawFragment>(&inc_path).map(|raw| (raw, false))
@@ -771,13 +777,16 @@ pub fn load_with(
     }
     // A certificate that is a template's destination is read from the
     // template's latest output, as an include is.
-    let read = |file: &Path| -> Result<Vec<u8>, String> {
+    let read = |file: &Path| -> Result<Option<Vec<u8>>, String> {
         if destinations.iter().any(|d| d == file) {
-            return rendered(file)
-                .map(|text| text.as_bytes().to_vec())
-                .ok_or_else(|| "its template has not rendered yet".to_string());
+            return match rendered {
+                Some(rendered) => rendered(file)
+                    .map(|text| Some(text.as_bytes().to_vec()))
+                    .ok_or_else(|| "its template has not rendered yet".to_string()),
+                None => Ok(std::fs::read(file).ok()),
+            };
         }
-        std::fs::read(file).map_err(|e| e.to_string())
+        std::fs::read(file).map(Some).map_err(|e| e.to_string())
     };
     validate::validate(
         Sourced {

@@ -570,12 +570,19 @@ async fn https_with_a_ca_file() {
         &format!("address = \"https://{front}\""),
     );
     let sy = Switchyard::start(&untrusted).await;
-    let status = sy.status().await;
-    let error = watch_status(&status)["last_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert!(error.contains("certificate"), "{status}");
+    // The refused handshake is recorded when the watch's first request
+    // fails, which start does not wait for.
+    eventually(
+        "the watch reports the refused certificate",
+        WAIT,
+        || async {
+            let status = sy.status().await;
+            watch_status(&status)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("certificate"))
+        },
+    )
+    .await;
     assert_eq!(
         get(sy.addr("web"), "/", None).await.0,
         StatusCode::SERVICE_UNAVAILABLE

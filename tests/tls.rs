@@ -767,3 +767,181 @@ async fn client_certificates_are_required_or_optional_and_the_verified_subject_g
         );
     }
 }
+
+/// Certificates kept in Consul KV, one certificate per key, rendered by a
+/// template into one combined PEM file (certificate chain, then key): a
+/// renewal in KV reaches new handshakes, a bad certificate in KV never
+/// reaches the file nor the listener.
+#[tokio::test]
+async fn a_certificate_in_consul_kv_renders_to_a_file_and_swaps_in_and_a_bad_one_does_not() {
+    let consul = support::consul::ConsulServer::start().await;
+    let ca = Ca::new();
+    let first = ca.leaf(&["a.test"]);
+    consul.kv_put("certs/site/cert", &first.cert_pem);
+    consul.kv_put("certs/site/key", &first.key_pem);
+    let app = Backend::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("site.pem.tera"),
+        "{{ key(path=\"certs/site/cert\") }}{{ key(path=\"certs/site/key\") }}",
+    )
+    .expect("write template");
+    let config = format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+mode = "https"
+default_backend = "app"
+certs = [{{ cert = "site.pem" }}]
+
+[consul]
+address = "{}"
+wait = "2s"
+retry_min = "50ms"
+retry_max = "400ms"
+
+[[templates]]
+source = "site.pem.tera"
+destination = "site.pem"
+perms = "0600"
+
+[[backends]]
+name = "app"
+servers = ["{}"]
+"#,
+        consul.url(),
+        app.addr
+    );
+    let sy = Switchyard::start_in(dir, &config).await;
+    let addr = sy.addr("web");
+    let shown = || async move {
+        connect(addr, Some("a.test"), trusting_client(&[]))
+            .await
+            .map(|s| presented(&s))
+            .ok()
+    };
+    assert!(shown().await == Some(first.der.clone()));
+
+    let renewed = ca.leaf(&["a.test"]);
+    consul.kv_put("certs/site/cert", &renewed.cert_pem);
+    consul.kv_put("certs/site/key", &renewed.key_pem);
+    let expected = renewed.der.clone();
+    eventually(
+        "the renewed certificate serves",
+        Duration::from_secs(10),
+        || {
+            let expected = expected.clone();
+            async move { shown().await == Some(expected) }
+        },
+    )
+    .await;
+    let on_disk = std::fs::read_to_string(sy.dir.path().join("site.pem")).expect("rendered");
+    assert!(
+        on_disk.contains(renewed.cert_pem.trim()),
+        "the file holds the renewal"
+    );
+
+    // A broken certificate in KV: rejected, the file and listener keep the
+    // renewal, and /status says why.
+    consul.kv_put(
+        "certs/site/cert",
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    );
+    eventually(
+        "the broken render is rejected",
+        Duration::from_secs(10),
+        || async { sy.status().await["templates"][0]["state"] == "rejected" },
+    )
+    .await;
+    assert!(shown().await == Some(renewed.der.clone()));
+    let on_disk = std::fs::read_to_string(sy.dir.path().join("site.pem")).expect("rendered");
+    assert!(
+        on_disk.contains(renewed.cert_pem.trim()),
+        "the file kept the renewal"
+    );
+    let status = sy.status().await;
+    assert!(
+        status["last_failure"]["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("site.pem")),
+        "{}",
+        status["last_failure"]
+    );
+}
+
+/// Session resumption: tickets are shared by all workers, so a client
+/// resumes wherever its next connection lands; TLS 1.2 resumes too.
+#[tokio::test]
+async fn sessions_resume_across_workers_and_min_version_refuses_older_clients() {
+    use tokio_rustls::rustls::HandshakeKind;
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["a.test"]);
+    let app = Backend::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    leaf.write(dir.path(), "site");
+    let sy = Switchyard::try_start_in(
+        dir,
+        &https_config(&app, &["site"], ""),
+        switchyard::app::AppOptions {
+            watch_config: false,
+            workers: 2,
+        },
+    )
+    .await
+    .expect("starts");
+    let addr = sy.addr("web");
+    for versions in [
+        &[&tokio_rustls::rustls::version::TLS13][..],
+        &[&tokio_rustls::rustls::version::TLS12][..],
+    ] {
+        let client = support::tls::client_with_versions(&ca, versions);
+        let mut resumed = 0;
+        for _ in 0..12 {
+            let mut stream = connect(addr, Some("a.test"), client.clone())
+                .await
+                .expect("handshake");
+            // TLS 1.3 tickets arrive after the handshake: read an answer.
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                resumed += 1;
+            }
+        }
+        assert_eq!(resumed, 11, "{versions:?}: all but the first resume");
+    }
+    let served: Vec<f64> = [0, 1]
+        .iter()
+        .map(|w| {
+            let sy = &sy;
+            async move {
+                sy.metric(&format!(
+                    r#"switchyard_worker_connections_total{{worker="{w}"}}"#
+                ))
+                .await
+                .unwrap_or(0.0)
+            }
+        })
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await;
+    assert!(
+        served.iter().all(|n| *n > 0.0),
+        "one worker served everything: {served:?}"
+    );
+
+    let strict = start_with_certs(
+        &https_config(&app, &["site"], r#"min_version = "1.3""#),
+        &[("site", &leaf)],
+    )
+    .await;
+    let old = support::tls::client_with_versions(&ca, &[&tokio_rustls::rustls::version::TLS12]);
+    assert!(
+        connect(strict.addr("web"), Some("a.test"), old)
+            .await
+            .is_err()
+    );
+}

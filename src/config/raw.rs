@@ -319,7 +319,8 @@ pub struct RawSniRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawCert {
     pub cert: String,
-    pub key: String,
+    /// Default: the key is in the `cert` file too (HAProxy's combined PEM).
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -18,8 +18,10 @@ use super::*;
 use crate::proxy::proxy_protocol::SendProxy;
 use crate::tls::{Certificate, TlsServerSpec, TlsVersion, UnknownSni};
 
-/// Reads a file the config refers to (see [`validate`]).
-pub(super) type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<Vec<u8>, String>;
+/// Reads a file the config refers to (see [`validate`]): `Ok(None)` for a
+/// template's output that is not there yet on the first reading, which
+/// only learns what to render.
+pub(super) type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<Option<Vec<u8>>, String>;
 
 /// Problems found so far; validation goes on after each so all are reported.
 struct Problems(Vec<ConfigError>);
@@ -1144,7 +1146,8 @@ fn check_upstream_tls(
         let file = super::absolute(&relative_to(f, path.as_deref()?));
         files.push(file.clone());
         match read(&file) {
-            Ok(bytes) => Some((file, bytes)),
+            Ok(Some(bytes)) => Some((file, bytes)),
+            Ok(None) => None,
             Err(e) => {
                 p.at(
                     f,
@@ -1364,9 +1367,10 @@ fn check_tls(
     }
     let now = std::time::SystemTime::now();
     let mut certs = Vec::with_capacity(l.certs.len());
+    let mut unrendered = 0;
     for (j, c) in l.certs.iter().enumerate() {
         let cert_file = super::absolute(&relative_to(f, &c.cert));
-        let key_file = super::absolute(&relative_to(f, &c.key));
+        let key_file = super::absolute(&relative_to(f, c.key.as_deref().unwrap_or(&c.cert)));
         files.push(cert_file.clone());
         files.push(key_file.clone());
         let mut contents = |name: &str, file: &Path| match read(file) {
@@ -1385,13 +1389,18 @@ fn check_tls(
         else {
             continue;
         };
+        let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
+            // A template's output, not rendered yet: the first reading.
+            unrendered += 1;
+            continue;
+        };
         match Certificate::from_pem(&cert_file, &cert_pem, &key_file, &key_pem, now) {
             Ok(cert) => certs.push(cert),
             Err(e) => p.at(f, format!("{key}.certs[{j}]"), e.to_string()),
         }
     }
     let client_auth = check_client_auth(f, key, l, read, p, files);
-    if certs.len() != l.certs.len() || p.0.len() != before {
+    if certs.len() + unrendered != l.certs.len() || p.0.len() != before || certs.is_empty() {
         return None;
     }
     Some(Arc::new(TlsServerSpec {
@@ -1458,7 +1467,8 @@ fn check_client_auth(
     let file = super::absolute(&relative_to(f, ca));
     files.push(file.clone());
     let pem = match read(&file) {
-        Ok(pem) => pem,
+        Ok(Some(pem)) => pem,
+        Ok(None) => return None,
         Err(e) => {
             p.at(
                 f,

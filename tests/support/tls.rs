@@ -161,6 +161,20 @@ pub fn trusting_client(alpn: &[&[u8]]) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A client that trusts only `ca` and speaks only `versions`.
+pub fn client_with_versions(
+    ca: &Ca,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// A client that takes any certificate and presents `leaf` as its own.
 pub fn client_with_certificate(leaf: &Leaf) -> Arc<ClientConfig> {
     use tokio_rustls::rustls::pki_types::PrivateKeyDer;
