@@ -7,6 +7,7 @@
 #   bench/run.sh --only dns           # only the DNS convergence figure
 #   bench/run.sh --only consul        # only the Consul convergence figure
 #   bench/run.sh --only templates     # only the template (KV to route) figure
+#   bench/run.sh --only tls           # only TLS: HTTPS, handshakes, idle memory, certificate swap
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -20,6 +21,7 @@ command -v nginx >/dev/null || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   apt-get update -qq
@@ -57,6 +59,11 @@ if [ "${1:-}" = "--only" ] && [ "${2:-}" = "consul" ]; then
 fi
 
 cargo build --release --bin switchyard
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "tls" ]; then
+  shift 2
+  python3 bench/tls_bench.py "$@"
+  exit 0
+fi
 python3 bench/bench.py "$@"
 case " $* " in
   *" --only "*) ;;

@@ -99,9 +99,30 @@ pub fn roots_from_pem(file: &std::path::Path, pem: &[u8]) -> Result<rustls::Root
     Ok(roots)
 }
 
-/// The crypto provider for every TLS context Switchyard makes.
+/// The crypto provider for every TLS context Switchyard makes: *ring*,
+/// or AWS-LC with the `aws-lc` cargo feature (see bench/RESULTS.md for
+/// the two measured side by side).
 pub fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
+    #[cfg(feature = "aws-lc")]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        rustls::crypto::ring::default_provider()
+    }
+}
+
+/// A session-ticket encrypter from the chosen provider.
+fn new_ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc")]
+    {
+        rustls::crypto::aws_lc_rs::Ticketer::new()
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        rustls::crypto::ring::Ticketer::new()
+    }
 }
 
 /// The process's session-ticket encrypter: rotates its keys itself (every
@@ -111,7 +132,7 @@ pub fn provider() -> CryptoProvider {
 fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
     static TICKETER: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
     TICKETER
-        .get_or_init(|| match rustls::crypto::ring::Ticketer::new() {
+        .get_or_init(|| match new_ticketer() {
             Ok(t) => Some(t),
             Err(error) => {
                 tracing::warn!(%error, "Cannot make a session ticket key; resumption by session ID only");

@@ -369,3 +369,76 @@ send_proxy = "v2"
         .expect("rejected");
     assert!(error.contains("backends[0].send_proxy"), "{error}");
 }
+
+/// With `tls` as well, the PROXY header goes first on the TCP connection,
+/// before the TLS handshake (as HAProxy's `send-proxy` with `ssl`).
+#[tokio::test]
+async fn the_header_precedes_tls_to_the_backend() {
+    use std::sync::Arc;
+    use support::tls::Ca;
+    use tokio_rustls::rustls;
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["db.internal"]);
+    use rustls::pki_types::pem::PemObject;
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der.clone()], key)
+    .expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let _task = AbortOnDrop(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The v1 header, a byte at a time so nothing after it is taken.
+                let mut header = Vec::new();
+                while !header.ends_with(b"\r\n") && header.len() < 108 {
+                    let mut byte = [0u8; 1];
+                    if tcp.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    header.push(byte[0]);
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = tls.write_all(&header).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    }));
+    let config = format!(
+        r#"
+[[listeners]]
+name = "db"
+bind = "127.0.0.1:0"
+mode = "tcp"
+default_backend = "db"
+
+[[backends]]
+name = "db"
+servers = ["{server}"]
+send_proxy = "v1"
+tls = {{ ca_file = "ca.pem", server_name = "db.internal" }}
+"#
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+    let sy = Switchyard::start_in(dir, &config).await;
+    let mut client = TcpStream::connect(sy.addr("db")).await.expect("connect");
+    let me = client.local_addr().expect("addr");
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.expect("read");
+    assert!(
+        answer.starts_with(&format!("PROXY TCP4 {} ", me.ip()))
+            && answer.contains(&format!(" {} ", me.port())),
+        "{answer}"
+    );
+}

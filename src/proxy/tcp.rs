@@ -27,6 +27,11 @@ where
     let peer = addrs.peer;
     let backend = &target.backend;
     let key = ClientAddrKey(peer.ip());
+    // Sent first on each connection to a server, before any TLS.
+    let header = match backend.spec.send_proxy {
+        Some(version) => proxy_protocol::encode(version, addrs.peer, addrs.local).ok(),
+        None => None,
+    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let Some(mut active) = backend.acquire(&key, &tried) else {
         tracing::debug!(backend = %backend.name(), %peer, "No usable endpoint");
@@ -34,11 +39,12 @@ where
     };
     let mut upstream = loop {
         let endpoint = active.endpoint();
-        let connected = crate::upstream::tls::connect(
+        let connected = crate::upstream::tls::connect_with_header(
             endpoint.addr,
             backend.spec.timeouts.connect,
             backend.spec.tls.as_deref(),
             false,
+            header.as_deref(),
         );
         match connected.await {
             Ok(stream) => {
@@ -57,20 +63,9 @@ where
         }
     };
     let addr = active.endpoint().addr;
-    let header = match backend.spec.send_proxy {
-        Some(version) => proxy_protocol::encode(version, addrs.peer, addrs.local).ok(),
-        None => None,
-    };
-    let sent = async {
-        if let Some(header) = &header {
-            upstream.write_all(header).await?;
-        }
-        if !prelude.is_empty() {
-            upstream.write_all(prelude).await?;
-        }
-        Ok::<(), std::io::Error>(())
-    };
-    if let Err(error) = sent.await {
+    if !prelude.is_empty()
+        && let Err(error) = upstream.write_all(prelude).await
+    {
         tracing::debug!(%error, %peer, endpoint.addr = %addr, "TCP connection ended");
         return;
     }

@@ -227,8 +227,26 @@ pub async fn connect(
     tls: Option<&UpstreamTls>,
     for_http: bool,
 ) -> Result<UpstreamStream, UpstreamError> {
+    connect_with_header(addr, timeout, tls, for_http, None).await
+}
+
+/// Like [`connect`], sending `proxy_header` (a PROXY protocol header)
+/// first on the TCP connection, before any TLS.
+pub async fn connect_with_header(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+    for_http: bool,
+    proxy_header: Option<&[u8]>,
+) -> Result<UpstreamStream, UpstreamError> {
     let started = tokio::time::Instant::now();
-    let tcp = connect_tcp(addr, timeout).await?;
+    let mut tcp = connect_tcp(addr, timeout).await?;
+    if let Some(header) = proxy_header {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(header)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+    }
     match tls {
         None => Ok(UpstreamStream::Plain(tcp)),
         Some(tls) => {

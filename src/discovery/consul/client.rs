@@ -301,7 +301,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 
 /// Plain HTTP, or HTTPS trusting `ca_file` (else the system's roots).
 fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, ConsulSetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls::provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConsulSetupError::Tls(e.to_string()))?;
