@@ -359,6 +359,7 @@ default_backend = "app"
 [[backends]]
 name = "app"
 servers = ["{}"]
+protocol = "http2"
 send_proxy = "v2"
 "#,
         a.addr
@@ -367,7 +368,10 @@ send_proxy = "v2"
         .await
         .err()
         .expect("rejected");
-    assert!(error.contains("backends[0].send_proxy"), "{error}");
+    assert!(
+        error.contains("backends[0].send_proxy") && error.contains("http2"),
+        "{error}"
+    );
 }
 
 /// With `tls` as well, the PROXY header goes first on the TCP connection,
@@ -440,5 +444,95 @@ tls = {{ ca_file = "ca.pem", server_name = "db.internal" }}
         answer.starts_with(&format!("PROXY TCP4 {} ", me.ip()))
             && answer.contains(&format!(" {} ", me.port())),
         "{answer}"
+    );
+}
+
+/// An HTTP server behind `send_proxy`: reads the PROXY header, then serves
+/// HTTP/1.1 on the rest, answering each request with the client the header
+/// named. Counts its connections.
+async fn http_after_header_server() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    AbortOnDrop,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut header = Vec::new();
+                while !header.ends_with(b"\r\n") && header.len() < 108 {
+                    let mut byte = [0u8; 1];
+                    if tcp.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    header.push(byte[0]);
+                }
+                let client = String::from_utf8_lossy(&header)
+                    .split(' ')
+                    .nth(2)
+                    .unwrap_or("none")
+                    .to_string();
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(full(client)))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, connections, AbortOnDrop(task))
+}
+
+/// HTTP backends get the header on connections of their own: every
+/// request names its own client, and no connection is shared.
+#[tokio::test]
+async fn http_backends_are_sent_the_header_on_private_connections() {
+    let (server, connections, _server) = http_after_header_server().await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "app"
+proxy_protocol = true
+trusted = ["127.0.0.0/8"]
+
+[[backends]]
+name = "app"
+servers = ["{server}"]
+send_proxy = "v1"
+"#
+    );
+    let sy = Switchyard::start(&config).await;
+    let addr = sy.addr("web");
+    for client in ["203.0.113.7", "198.51.100.9", "203.0.113.7"] {
+        let header = format!("PROXY TCP4 {client} 192.0.2.1 51000 80\r\n");
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(header.as_bytes()).await.expect("header");
+        let mut http = HttpClient::over(stream).await;
+        for _ in 0..2 {
+            let (status, _, body) = http.get("/", Some("app.test")).await.expect("answer");
+            assert_eq!((status, body.as_str()), (StatusCode::OK, client));
+        }
+        // A body goes through hyper's client: private too.
+        let req = http::Request::post("/").body(full("x")).expect("request");
+        let (_, _, body) = http.send(req).await.expect("answer");
+        assert_eq!(body, client);
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        9,
+        "one connection per request, none reused across clients"
     );
 }

@@ -407,10 +407,12 @@ pub(super) fn validate(
         || !raw.register.is_empty()
         || raw.listeners.iter().any(|l| l.consul_tag_routes)
         || raw.routes.iter().any(|r| r.service_from.is_some());
-    // A PROXY header is per connection, and HTTP connections to servers
-    // are pooled and shared by clients: the header would name whoever
-    // opened the connection. HTTP requests carry X-Forwarded-For instead.
-    for spec in backend_specs.iter().filter(|b| b.send_proxy.is_some()) {
+    // A PROXY header names one client per connection; an HTTP/2
+    // connection carries the requests of many.
+    for spec in backend_specs
+        .iter()
+        .filter(|b| b.send_proxy.is_some() && b.protocol == Protocol::Http2)
+    {
         let by_http = route_specs.iter().any(|r| r.backend == spec.name)
             || listener_specs
                 .iter()
@@ -419,7 +421,7 @@ pub(super) fn validate(
             p.at(
                 origin.file,
                 format!("{}.send_proxy", origin.key),
-                "only for backends of tcp and tls listeners: HTTP connections to servers are shared by clients, so HTTP requests carry X-Forwarded-For instead",
+                "not with `protocol = \"http2\"`: an HTTP/2 connection carries many clients' requests, and a PROXY header names one",
             );
         }
     }

@@ -24,6 +24,7 @@ use super::body::{Completion, ProxyBody};
 use super::gateway;
 use super::io::ConnActivity;
 use super::listener::Drain;
+use super::proxy_protocol;
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::error_chain::ErrorChain;
 use crate::headers::{connection_has, strip_hop_by_hop};
@@ -38,6 +39,7 @@ use crate::upstream::h1::conn::{
 use crate::upstream::health::Outcome;
 use crate::upstream::select::{self, HashInput};
 use crate::upstream::state::ActiveGuard;
+use crate::upstream::tls::Dial;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -63,6 +65,8 @@ pub struct ConnCtx {
     pub limits: crate::config::Limits,
     /// `timeouts.client_stall` as of the connection's start.
     pub client_stall: std::time::Duration,
+    /// The address the client connected to (for PROXY headers sent on).
+    pub local: SocketAddr,
     /// Set when the connection came in over TLS.
     pub tls: Option<ConnTls>,
 }
@@ -439,9 +443,18 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         let mut active = outbound.first;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt_started = outbound.started;
+        // A private connection per request carries the client's PROXY
+        // header (see `send`); no header, no cost.
+        let proxy_header = spec
+            .send_proxy
+            .and_then(|v| proxy_protocol::encode(v, ctx.peer, ctx.local).ok());
         let answer = loop {
             let forwarded = outbound.forwarded.as_ref();
-            let sent = send(req, &active, spec, forwarded, attempt_started).await;
+            let dial = Dial {
+                tls: spec.tls.as_deref(),
+                proxy_header: proxy_header.as_deref(),
+            };
+            let sent = send(req, &active, spec, forwarded, attempt_started, dial).await;
             let failed = match sent {
                 Ok(sent) => {
                     let outcome = if sent.status().is_server_error() {
@@ -507,6 +520,8 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 let hint = codec::idle_hint(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
                 let idle = spec.timeouts.idle;
+                // A connection that carried a PROXY header is this client's.
+                let sender = sender.filter(|_| proxy_header.is_none());
                 let completion = completion.with_upstream(active, sender, idle, hint);
                 (
                     parts,
@@ -514,7 +529,10 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 )
             }
             Answer::H1(head, body) => {
-                let completion = completion.with_h1(active, spec.timeouts.idle);
+                let completion = match proxy_header {
+                    None => completion.with_h1(active, spec.timeouts.idle),
+                    Some(_) => completion.with_upstream(active, None, spec.timeouts.idle, None),
+                };
                 // Its head comes without hop-by-hop fields (see `h1::codec`).
                 (head.into_parts().0, ProxyBody::h1(body, completion))
             }
@@ -558,20 +576,25 @@ impl From<ProxyError> for Failed {
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
 /// request timeout, through our HTTP/1.1 client when [`prepare`] chose it
 /// (`own_client` then carries the forwarding headers it writes).
+///
+/// With a PROXY header to send (`send_proxy`), every request gets a
+/// connection of its own, never pooled: a connection's header names one
+/// client, and pooled connections are shared by all.
 async fn send(
     req: Box<Request<RequestBody>>,
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
     own_client: Option<&Forwarded>,
     attempt_started: Instant,
+    dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     match own_client {
-        Some(forwarded) => send_own_h1(req, forwarded, active, spec, attempt_started).await,
+        Some(forwarded) => send_own_h1(req, forwarded, active, spec, attempt_started, dial).await,
         // Boxed: these paths are rarer, and their futures (a timer among
         // them) would enlarge every request's (moved) future.
         None => {
             let deadline = attempt_started + spec.timeouts.request;
-            Box::pin(send_pooled(*req, active, spec, deadline)).await
+            Box::pin(send_pooled(*req, active, spec, deadline, dial)).await
         }
     }
 }
@@ -582,10 +605,11 @@ async fn send_pooled(
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
     deadline: Instant,
+    dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     let sent = tokio::time::timeout_at(deadline, async {
         match spec.protocol {
-            Protocol::Http1 => send_hyper_h1(req, active, spec).await,
+            Protocol::Http1 => send_hyper_h1(req, active, spec, dial).await,
             Protocol::Http2 => send_h2(req, active, spec).await,
         }
     });
@@ -620,13 +644,17 @@ async fn send_own_h1(
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
     started: Instant,
+    dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     let timeouts = spec.timeouts;
     let endpoint = active.endpoint();
     // A request that may not be sent twice takes only a connection used
     // moments ago (see `UNREPEATABLE_MAX_IDLE`).
     let max_idle = (!req.method().is_idempotent()).then_some(UNREPEATABLE_MAX_IDLE);
-    let cached = endpoint.pool.take_h1(started, max_idle);
+    let cached = match dial.proxy_header {
+        None => endpoint.pool.take_h1(started, max_idle),
+        Some(_) => None,
+    };
     let extra = match &forwarded.for_ {
         Some(for_) => [
             Some((&X_FORWARDED_FOR, for_)),
@@ -641,14 +669,7 @@ async fn send_own_h1(
         deadline: started + timeouts.request,
         stall: timeouts.stall,
     };
-    let exchange = H1Conn::exchange(
-        cached,
-        endpoint.addr,
-        exchange_timeouts,
-        &req,
-        &extra,
-        spec.tls.as_deref(),
-    );
+    let exchange = H1Conn::exchange(cached, endpoint.addr, exchange_timeouts, &req, &extra, dial);
     match exchange.await {
         Ok(response) => Ok(Answer::H1(response.head, response.body)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
@@ -664,12 +685,13 @@ async fn send_hyper_h1(
     mut req: Request<RequestBody>,
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
+    dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     loop {
         let checkout = endpoint
             .pool
-            .checkout_h1(endpoint.addr, spec.timeouts.connect, spec.tls.as_deref())
+            .checkout_h1(endpoint.addr, spec.timeouts.connect, dial)
             .await;
         let mut conn = match checkout {
             Ok(conn) => conn,

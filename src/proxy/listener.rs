@@ -697,6 +697,7 @@ impl Connection {
                     tasks: self.tasks,
                     limits,
                     client_stall: timeouts.client_stall,
+                    local: addrs.local,
                     tls,
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::h1::conn::H1Conn;
 use super::pool::{Idle, Pool};
-use super::tls::UpstreamTls;
+use super::tls::{Dial, UpstreamTls};
 
 /// The body type sent upstream: the client's request body, streamed.
 pub type UpstreamBody = super::body::RequestBody;
@@ -105,9 +105,9 @@ impl UpstreamPool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-        tls: Option<&UpstreamTls>,
+        dial: Dial<'_>,
     ) -> Result<H1Checkout, UpstreamError> {
-        if let Some(pool) = self.hyper_h1.get() {
+        if let Some(pool) = self.hyper_h1.get().filter(|_| dial.proxy_header.is_none()) {
             while let Some(idle) = pool.take(Instant::now(), None) {
                 let mut sender = idle.conn;
                 if sender.is_closed() {
@@ -124,7 +124,7 @@ impl UpstreamPool {
             }
         }
         Ok(H1Checkout {
-            sender: Box::pin(connect_h1(addr, connect_timeout, tls)).await?,
+            sender: Box::pin(connect_h1(addr, connect_timeout, dial)).await?,
             reused: false,
         })
     }
@@ -188,9 +188,10 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 async fn connect_h1(
     addr: SocketAddr,
     timeout: Duration,
-    tls: Option<&UpstreamTls>,
+    dial: Dial<'_>,
 ) -> Result<H1Sender, UpstreamError> {
-    let stream = super::tls::connect(addr, timeout, tls, true).await?;
+    let stream =
+        super::tls::connect_with_header(addr, timeout, dial.tls, true, dial.proxy_header).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -220,6 +220,16 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// How a new connection to a server is made: TLS or not, and a PROXY
+/// protocol header to send first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dial<'a> {
+    pub tls: Option<&'a UpstreamTls>,
+    /// Sent first on the TCP connection; such a connection belongs to one
+    /// client and is never pooled.
+    pub proxy_header: Option<&'a [u8]>,
+}
+
 /// Connects to a server: TCP, then TLS when the backend has `tls`.
 pub async fn connect(
     addr: SocketAddr,

@@ -38,7 +38,7 @@ use tokio_util::io::poll_read_buf;
 use super::codec::{self, BodyStep, CodecError, Framing, ResponseHead};
 use crate::upstream::connect::UpstreamError;
 use crate::upstream::pool;
-use crate::upstream::tls::{UpstreamStream, UpstreamTls};
+use crate::upstream::tls::{Dial, UpstreamStream};
 
 /// What a read asks room for; also the buffer's size after a reclaim.
 const READ_SIZE: usize = 8 * 1024;
@@ -157,11 +157,16 @@ impl H1Conn<UpstreamStream> {
     pub async fn connect(
         addr: SocketAddr,
         timeout: Duration,
-        tls: Option<&UpstreamTls>,
+        dial: Dial<'_>,
     ) -> Result<Box<Self>, UpstreamError> {
-        Ok(Self::new(
-            crate::upstream::tls::connect(addr, timeout, tls, true).await?,
-        ))
+        let stream = crate::upstream::tls::connect_with_header(
+            addr,
+            timeout,
+            dial.tls,
+            true,
+            dial.proxy_header,
+        );
+        Ok(Self::new(stream.await?))
     }
 
     /// Sends a body-less request on `cached` (an idle connection from the
@@ -175,7 +180,7 @@ impl H1Conn<UpstreamStream> {
         timeouts: ExchangeTimeouts,
         req: &Request<B>,
         extra: &[Option<(&HeaderName, &HeaderValue)>],
-        tls: Option<&UpstreamTls>,
+        dial: Dial<'_>,
     ) -> Result<H1Response, ExchangeError> {
         let mut cached = cached.and_then(|mut c| c.still_open().then_some(c));
         let is_head = req.method() == Method::HEAD;
@@ -185,7 +190,7 @@ impl H1Conn<UpstreamStream> {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future would otherwise
                 // enlarge every request's.
-                None => Box::pin(Self::connect(addr, timeouts.connect, tls))
+                None => Box::pin(Self::connect(addr, timeouts.connect, dial))
                     .await
                     .map_err(ExchangeError::Connect)?,
             };

@@ -91,7 +91,7 @@ async fn a_reused_connection_the_server_closed_is_replaced() {
         }
     });
     let req = get(Method::GET);
-    let first = H1Conn::exchange(None, addr, timeouts(LONG, LONG), &req, &[], None);
+    let first = H1Conn::exchange(None, addr, timeouts(LONG, LONG), &req, &[], Dial::default());
     let (_, conn) = finish(first.await.unwrap().body).await.unwrap();
     let mut conn = conn.expect("kept alive");
     // The server's close arrives.
@@ -100,7 +100,14 @@ async fn a_reused_connection_the_server_closed_is_replaced() {
         assert!(started.elapsed() < LONG, "the close never arrived");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let again = H1Conn::exchange(Some(conn), addr, timeouts(LONG, LONG), &req, &[], None);
+    let again = H1Conn::exchange(
+        Some(conn),
+        addr,
+        timeouts(LONG, LONG),
+        &req,
+        &[],
+        Dial::default(),
+    );
     assert_eq!(finish(again.await.unwrap().body).await.unwrap().0, b"ok");
 }
 
@@ -110,15 +117,31 @@ async fn each_exchange_gets_its_own_deadline_on_a_reused_connection() {
     let addr = scripted(vec![(Some(0), ok), (Some(300), ok), (None, "")]).await;
     let req = get(Method::GET);
     let short = Duration::from_millis(100);
-    let first = H1Conn::exchange(None, addr, timeouts(short, LONG), &req, &[], None);
+    let first = H1Conn::exchange(
+        None,
+        addr,
+        timeouts(short, LONG),
+        &req,
+        &[],
+        Dial::default(),
+    );
     let conn = finish(first.await.unwrap().body).await.unwrap().1;
     // The timer armed for the first deadline moves to the second, later
     // one instead of firing at the first.
-    let second = H1Conn::exchange(conn, addr, timeouts(LONG, LONG), &req, &[], None);
+    let second = H1Conn::exchange(conn, addr, timeouts(LONG, LONG), &req, &[], Dial::default());
     let conn = finish(second.await.unwrap().body).await.unwrap().1;
     // And back to an earlier one.
     let started = Instant::now();
-    match H1Conn::exchange(conn, addr, timeouts(short, LONG), &req, &[], None).await {
+    match H1Conn::exchange(
+        conn,
+        addr,
+        timeouts(short, LONG),
+        &req,
+        &[],
+        Dial::default(),
+    )
+    .await
+    {
         Err(ExchangeError::Send(H1Error::TimedOut)) => {}
         other => panic!("expected a timeout, got {:?}", other.map(|r| r.head)),
     }
@@ -135,7 +158,14 @@ async fn a_body_that_stops_arriving_ends_after_the_stall_timeout() {
     .await;
     let req = get(Method::GET);
     let stall = Duration::from_millis(200);
-    let response = H1Conn::exchange(None, addr, timeouts(LONG, stall), &req, &[], None);
+    let response = H1Conn::exchange(
+        None,
+        addr,
+        timeouts(LONG, stall),
+        &req,
+        &[],
+        Dial::default(),
+    );
     let mut body = response.await.unwrap().body;
     let first = poll_fn(|cx| body.poll_frame(cx)).await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "ab");
@@ -169,7 +199,14 @@ async fn a_slow_body_that_keeps_moving_is_not_a_stall() {
     });
     let req = get(Method::GET);
     let stall = Duration::from_millis(400);
-    let response = H1Conn::exchange(None, addr, timeouts(LONG, stall), &req, &[], None);
+    let response = H1Conn::exchange(
+        None,
+        addr,
+        timeouts(LONG, stall),
+        &req,
+        &[],
+        Dial::default(),
+    );
     let (data, conn) = finish(response.await.unwrap().body).await.unwrap();
     assert_eq!(data, b"slow!");
     assert!(conn.is_some());
@@ -180,7 +217,7 @@ async fn the_servers_idle_hint_shortens_reuse() {
     let hinted = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok";
     let addr = scripted(vec![(Some(0), hinted)]).await;
     let req = get(Method::GET);
-    let response = H1Conn::exchange(None, addr, timeouts(LONG, LONG), &req, &[], None);
+    let response = H1Conn::exchange(None, addr, timeouts(LONG, LONG), &req, &[], Dial::default());
     let conn = finish(response.await.unwrap().body)
         .await
         .unwrap()
