@@ -41,7 +41,7 @@ cargo build --release --bin switchyard
 nginx -c "$WORK/backend.conf" > /dev/null 2>&1 &
 NGINX=$!
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
-  target/release/switchyard --log-level warn run -c "$WORK/sy.toml" --no-watch --threads 1 \
+  "${SWITCHYARD_BIN:-target/release/switchyard}" --log-level warn run -c "$WORK/sy.toml" --no-watch --threads 1 \
   > "$WORK/sy.log" 2>&1 &
 VG=$!
 trap 'kill $VG $NGINX 2>/dev/null || true' EXIT

@@ -444,10 +444,14 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt_started = outbound.started;
         // A private connection per request carries the client's PROXY
-        // header (see `send`); no header, no cost.
-        let proxy_header = spec
-            .send_proxy
-            .and_then(|v| proxy_protocol::encode(v, ctx.peer, ctx.local).ok());
+        // header (see `send`); boxed, so backends without one carry only a
+        // null pointer through the request.
+        let proxy_header: Option<Box<[u8]>> = match spec.send_proxy {
+            None => None,
+            Some(v) => proxy_protocol::encode(v, ctx.peer, ctx.local)
+                .ok()
+                .map(Vec::into_boxed_slice),
+        };
         let answer = loop {
             let forwarded = outbound.forwarded.as_ref();
             let dial = Dial {
