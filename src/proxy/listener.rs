@@ -730,7 +730,9 @@ async fn serve_tcp<S>(
         }
         return;
     };
-    match crate::tls::hello::read_client_hello(&mut io, hello_limit).await {
+    // Boxed: the hello is read through a 4 KiB buffer, which inline would
+    // enlarge every connection's task, HTTP ones included.
+    match Box::pin(crate::tls::hello::read_client_hello(&mut io, hello_limit)).await {
         Ok(hello) => match routes.target(hello.sni.as_deref(), default) {
             Some(target) => tcp::serve(io, addrs, target, &hello.bytes).await,
             None => {
