@@ -374,42 +374,34 @@ send_proxy = "v2"
     );
 }
 
+/// A v1 PROXY header, read a byte at a time so nothing after it is taken.
+async fn read_v1_header(tcp: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut header = Vec::new();
+    while !header.ends_with(b"\r\n") && header.len() < 108 {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.ok()?;
+        header.push(byte[0]);
+    }
+    Some(header)
+}
+
 /// With `tls` as well, the PROXY header goes first on the TCP connection,
 /// before the TLS handshake (as HAProxy's `send-proxy` with `ssl`).
 #[tokio::test]
 async fn the_header_precedes_tls_to_the_backend() {
-    use std::sync::Arc;
-    use support::tls::Ca;
-    use tokio_rustls::rustls;
+    use support::tls::{Ca, server_config};
     let ca = Ca::new();
     let leaf = ca.leaf(&["db.internal"]);
-    use rustls::pki_types::pem::PemObject;
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der.clone()], key)
-    .expect("config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&leaf, None, &[]));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let server = listener.local_addr().expect("addr");
     let _task = AbortOnDrop(tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                // The v1 header, a byte at a time so nothing after it is taken.
-                let mut header = Vec::new();
-                while !header.ends_with(b"\r\n") && header.len() < 108 {
-                    let mut byte = [0u8; 1];
-                    if tcp.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    header.push(byte[0]);
-                }
+                let Some(header) = read_v1_header(&mut tcp).await else {
+                    return;
+                };
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
@@ -464,14 +456,9 @@ async fn http_after_header_server() -> (
         while let Ok((mut tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut header = Vec::new();
-                while !header.ends_with(b"\r\n") && header.len() < 108 {
-                    let mut byte = [0u8; 1];
-                    if tcp.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    header.push(byte[0]);
-                }
+                let Some(header) = read_v1_header(&mut tcp).await else {
+                    return;
+                };
                 let client = String::from_utf8_lossy(&header)
                     .split(' ')
                     .nth(2)

@@ -217,6 +217,38 @@ pub fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
         .into_owned()
 }
 
+/// A rustls server config presenting `leaf`; with `client_ca`, clients
+/// must show a certificate it signed. `alpn` is offered.
+pub fn server_config(
+    leaf: &Leaf,
+    client_ca: Option<&Ca>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(ca.roots()),
+                provider,
+            )
+            .build()
+            .expect("client verifier"),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// A TLS server that answers every connection with `name` and then echoes
 /// what it reads: the end of a passed-through handshake.
 pub async fn tls_echo_server(
@@ -224,18 +256,7 @@ pub async fn tls_echo_server(
     name: &'static str,
 ) -> (SocketAddr, crate::support::AbortOnDrop) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der.clone()], key)
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(leaf, None, &[]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -275,29 +296,8 @@ pub async fn tls_http_backend(
     crate::support::AbortOnDrop,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        Some(ca) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(ca.roots()),
-                provider,
-            )
-            .build()
-            .expect("client verifier"),
-        ),
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(vec![leaf.der.clone()], key)
-        .expect("server config");
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(server_config(leaf, client_ca, &[b"h2", b"http/1.1"]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
