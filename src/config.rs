@@ -335,6 +335,18 @@ pub struct ListenerSpec {
     pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
+impl ListenerSpec {
+    /// The `mode` as written: `http`, `https`, `tcp` or `tls`.
+    pub fn mode_name(&self) -> &'static str {
+        match (self.mode, self.tls.is_some()) {
+            (Mode::Http, false) => "http",
+            (Mode::Http, true) => "https",
+            (Mode::Tcp, false) => "tcp",
+            (Mode::Tcp, true) => "tls",
+        }
+    }
+}
+
 /// A `tcp` listener's route on the SNI name of a passed-through handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniRoute {

@@ -161,9 +161,19 @@ fn check(path: &Path) -> ExitCode {
                 let routes = c.routes.iter().filter(|r| r.listener == l.name).count();
                 let default = l.default_backend.as_deref().unwrap_or("-");
                 println!(
-                    "  listener {} {} {:?}: {routes} route(s), default backend {default}",
-                    l.name, l.bind, l.mode
+                    "  listener {} {} {}: {routes} route(s), default backend {default}",
+                    l.name,
+                    l.bind,
+                    l.mode_name()
                 );
+                for cert in l.tls.iter().flat_map(|t| &t.certs) {
+                    println!(
+                        "    certificate {}: {}, expires {}",
+                        cert.cert_file.display(),
+                        cert.names.join(" "),
+                        switchyard::tls::certs::rfc3339(cert.not_after)
+                    );
+                }
             }
             for b in &c.backends {
                 match &b.target {

@@ -945,3 +945,56 @@ async fn sessions_resume_across_workers_and_min_version_refuses_older_clients() 
             .is_err()
     );
 }
+
+/// `switchyard check` shows each TLS listener's mode and certificates, and
+/// names the file and reason of a bad one.
+#[test]
+fn check_shows_certificates_and_bad_ones() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["a.test", "*.b.test"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    leaf.write(dir.path(), "site");
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[listeners]]
+name = "secure"
+bind = "127.0.0.1:0"
+mode = "https"
+default_backend = "hello"
+certs = [{ cert = "site.pem", key = "site.key" }]
+
+[[backends]]
+name = "hello"
+respond = { status = 200, body = "hi" }
+"#,
+    )
+    .expect("write");
+    let check = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", "-c", config.to_str().expect("path")])
+            .output()
+            .expect("run switchyard")
+    };
+    let out = check(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("listener secure 127.0.0.1:0 https"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("site.pem: a.test *.b.test, expires"),
+        "{stdout}"
+    );
+
+    std::fs::write(dir.path().join("site.key"), ca.leaf(&["a.test"]).key_pem).expect("write");
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("site.key") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+}

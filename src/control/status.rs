@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{BoardState, ReloadRecord};
-use crate::config::{BackendTarget, Balance, Mode, Protocol};
+use crate::config::{BackendTarget, Balance, Protocol};
 use crate::table::{Backend, Table};
 use crate::upstream::health::EjectReason;
 use crate::upstream::select::Origin;
@@ -191,12 +191,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 .iter()
                 .find(|(n, _)| *n == l.spec.name)
                 .map(|(_, a)| a.to_string()),
-            mode: match (l.spec.mode, l.spec.tls.is_some()) {
-                (Mode::Http, false) => "http",
-                (Mode::Http, true) => "https",
-                (Mode::Tcp, false) => "tcp",
-                (Mode::Tcp, true) => "tls",
-            },
+            mode: l.spec.mode_name(),
             default_backend: l.spec.default_backend.as_deref().map(str::to_string),
             routes: table
                 .config
