@@ -459,10 +459,7 @@ async fn plain_http_garbage_and_stalled_handshakes_are_answered_or_closed_and_co
 
     let mut garbage = tokio::net::TcpStream::connect(addr).await.expect("connect");
     garbage.write_all(&[0u8; 64]).await.expect("write");
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest))
-        .await
-        .expect("closed");
+    closed_by_peer(&mut garbage, "bytes that are not TLS").await;
 
     // A ClientHello record header that promises more than is ever sent.
     let mut truncated = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -473,10 +470,7 @@ async fn plain_http_garbage_and_stalled_handshakes_are_answered_or_closed_and_co
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let started = tokio::time::Instant::now();
     for stream in [&mut truncated, &mut silent] {
-        let mut rest = Vec::new();
-        let read =
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "a stalled handshake was not closed");
+        closed_by_peer(stream, "a stalled handshake").await;
     }
     assert!(
         started.elapsed() >= Duration::from_millis(250),
@@ -493,16 +487,12 @@ async fn plain_http_garbage_and_stalled_handshakes_are_answered_or_closed_and_co
         .await
         .expect("answer");
     assert_eq!(status, StatusCode::OK);
-    for (reason, count) in [("plain_http", 1.0), ("not_tls", 1.0), ("timeout", 2.0)] {
-        assert_eq!(
-            sy.metric(&format!(
-                r#"switchyard_tls_handshake_failures_total{{listener="web",reason="{reason}"}}"#
-            ))
-            .await,
-            Some(count),
-            "{reason}"
-        );
-    }
+    sy.assert_reasons(
+        "switchyard_tls_handshake_failures_total",
+        "web",
+        &[("plain_http", 1.0), ("not_tls", 1.0), ("timeout", 2.0)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -638,26 +628,15 @@ servers = ["{other}"]
         .write_all(b"GET / HTTP/1.1\r\n\r\n")
         .await
         .expect("write");
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut rest))
-        .await
-        .expect("closed")
-        .ok();
+    closed_by_peer(&mut plain, "not TLS").await;
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
-        .await
-        .expect("closed after header_read")
-        .ok();
-    for (reason, count) in [("not_tls", 1.0), ("timeout", 1.0)] {
-        assert_eq!(
-            sy.metric(&format!(
-                r#"switchyard_tls_handshake_failures_total{{listener="pass",reason="{reason}"}}"#
-            ))
-            .await,
-            Some(count),
-            "{reason}"
-        );
-    }
+    closed_by_peer(&mut silent, "no hello within header_read").await;
+    sy.assert_reasons(
+        "switchyard_tls_handshake_failures_total",
+        "pass",
+        &[("not_tls", 1.0), ("timeout", 1.0)],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -481,6 +481,14 @@ impl Switchyard {
         serde_json::from_str(&body).expect("status is JSON")
     }
 
+    /// Asserts `family{listener, reason}` for each `(reason, count)`.
+    pub async fn assert_reasons(&self, family: &str, listener: &str, expected: &[(&str, f64)]) {
+        for (reason, count) in expected {
+            let series = format!(r#"{family}{{listener="{listener}",reason="{reason}"}}"#);
+            assert_eq!(self.metric(&series).await, Some(*count), "{series}");
+        }
+    }
+
     /// The value of one metric series in `/metrics` (exact label text).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.admin_get("/metrics").await;
@@ -653,6 +661,14 @@ impl HttpClient {
             String::from_utf8_lossy(&body).into_owned(),
         ))
     }
+}
+
+/// Reads `stream` until the peer closes it, within 5 s; panics with
+/// `what` if it stays open.
+pub async fn closed_by_peer(stream: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "not closed: {what}");
 }
 
 /// One request on a fresh connection: `(status, body)`.
