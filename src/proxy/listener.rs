@@ -557,9 +557,12 @@ impl Connection {
         metrics.active.inc();
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.key.bind);
-        if listener.spec.proxy_protocol.is_none() && listener.tls.is_none() {
+        if listener.spec.proxy_protocol.is_none()
+            && listener.tls.is_none()
+            && listener.sni_routes.is_none()
+        {
             let addrs = ConnAddrs { peer, local };
-            self.serve_stream(stream, addrs, &listener, timeouts, limits, None)
+            self.serve_stream(stream, addrs, &listener, timeouts, limits, Learned::Nothing)
                 .await;
             metrics.active.dec();
             return;
@@ -611,8 +614,21 @@ impl Connection {
                 }
             }
         }
+        if let Some(routes) = &listener.sni_routes {
+            let learned = match crate::tls::hello::read_client_hello(&mut stream, deadline).await {
+                Ok(sni) => Learned::Hello(sni),
+                Err(no_hello) => {
+                    routes.metrics.failure(no_hello.reason());
+                    tracing::debug!(peer = %addrs.peer, reason = no_hello.reason(), "No ClientHello to route on");
+                    return;
+                }
+            };
+            self.serve_stream(stream, addrs, listener, timeouts, limits, learned)
+                .await;
+            return;
+        }
         let Some(tls) = &listener.tls else {
-            self.serve_stream(stream, addrs, listener, timeouts, limits, None)
+            self.serve_stream(stream, addrs, listener, timeouts, limits, Learned::Nothing)
                 .await;
             return;
         };
@@ -642,8 +658,15 @@ impl Connection {
                         (header, subject)
                     }),
                 };
-                self.serve_stream(session, addrs, listener, timeouts, limits, Some(info))
-                    .await;
+                self.serve_stream(
+                    session,
+                    addrs,
+                    listener,
+                    timeouts,
+                    limits,
+                    Learned::Tls(info),
+                )
+                .await;
             }
             Err(refusal) => {
                 tls.metrics.failure(refusal.reason());
@@ -661,7 +684,7 @@ impl Connection {
         listener: &Arc<crate::table::ListenerEntry>,
         timeouts: crate::config::Timeouts,
         limits: crate::config::Limits,
-        tls: Option<ConnTls>,
+        learned: Learned,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -685,7 +708,7 @@ impl Connection {
         match mode {
             Mode::Tcp => {
                 tokio::select! {
-                    () = serve_tcp(io, addrs, listener, timeouts.header_read) => {}
+                    () = serve_tcp(io, addrs, listener, learned) => {}
                     () = self.hard_stop.wait() => {}
                 }
             }
@@ -704,7 +727,10 @@ impl Connection {
                     limits,
                     client_stall: timeouts.client_stall,
                     local: addrs.local,
-                    tls,
+                    tls: match learned {
+                        Learned::Tls(tls) => Some(tls),
+                        _ => None,
+                    },
                 });
                 serve_http(io, ctx, self.drain, self.hard_stop).await;
             }
@@ -713,37 +739,36 @@ impl Connection {
 }
 
 /// A TCP connection: to the listener's backend, or with `sni_routes` to
-/// the one its ClientHello's SNI name picks (the hello is read within
-/// `hello_limit` and sent on unchanged).
+/// the one its ClientHello's SNI name picks (read ahead before, see
+/// `serve_preamble`; the bytes are still in the stream).
 async fn serve_tcp<S>(
-    mut io: ClientIo<S>,
+    io: ClientIo<S>,
     addrs: ConnAddrs,
     listener: &crate::table::ListenerEntry,
-    hello_limit: Duration,
+    learned: Learned,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let default = listener.default_target.as_ref();
-    let Some(routes) = &listener.sni_routes else {
-        if let Some(target) = default {
-            tcp::serve(io, addrs, target, &[]).await;
-        }
-        return;
+    let target = match (&listener.sni_routes, &learned) {
+        (Some(routes), Learned::Hello(sni)) => routes.target(sni.as_deref(), default),
+        _ => default,
     };
-    // Boxed: the hello is read through a 4 KiB buffer, which inline would
-    // enlarge every connection's task, HTTP ones included.
-    match Box::pin(crate::tls::hello::read_client_hello(&mut io, hello_limit)).await {
-        Ok(hello) => match routes.target(hello.sni.as_deref(), default) {
-            Some(target) => tcp::serve(io, addrs, target, &hello.bytes).await,
-            None => {
-                tracing::debug!(peer = %addrs.peer, sni = ?hello.sni, "No SNI route and no default backend");
-            }
-        },
-        Err(no_hello) => {
-            routes.metrics.failure(no_hello.reason());
-            tracing::debug!(peer = %addrs.peer, reason = no_hello.reason(), "No ClientHello to route on");
+    match target {
+        Some(target) => tcp::serve(io, addrs, target).await,
+        None => {
+            tracing::debug!(peer = %addrs.peer, "No SNI route and no default backend");
         }
     }
+}
+
+/// What was learned of a connection before its own protocol started.
+enum Learned {
+    Nothing,
+    /// It came in over TLS, terminated here.
+    Tls(ConnTls),
+    /// Its ClientHello, read ahead for `sni_routes`, named this server.
+    Hello(Option<String>),
 }
 
 async fn serve_http<S>(io: ClientIo<S>, ctx: Arc<ConnCtx>, drain: Arc<Drain>, hard_stop: Arc<Latch>)

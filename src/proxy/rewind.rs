@@ -10,9 +10,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// How much is read ahead at most: a PROXY v2 header with TLVs, or the
-/// start of a ClientHello.
-const READ_AHEAD: usize = 4096;
+/// How much is read ahead at most: a PROXY v2 header with TLVs, or a
+/// whole ClientHello (the largest seen, with post-quantum key shares, are
+/// a few KiB).
+const READ_AHEAD: usize = 16 * 1024;
+/// How much one read asks for.
+const READ_CHUNK: usize = 4096;
 
 #[derive(Debug)]
 pub struct Rewind<S> {
@@ -48,7 +51,7 @@ impl<S> Rewind<S> {
 
 impl<S: AsyncRead + Unpin> Rewind<S> {
     /// Reads more bytes ahead; `Ok(0)` when the peer closed, an error when
-    /// more than [`READ_AHEAD`] would be held.
+    /// [`READ_AHEAD`] bytes are held already.
     pub async fn fill(&mut self) -> io::Result<usize> {
         let held = self.ahead.len() - self.taken;
         if held >= READ_AHEAD {
@@ -62,7 +65,8 @@ impl<S: AsyncRead + Unpin> Rewind<S> {
             self.taken = 0;
         }
         let start = self.ahead.len();
-        self.ahead.resize(start + (READ_AHEAD - held), 0);
+        self.ahead
+            .resize(start + READ_CHUNK.min(READ_AHEAD - held), 0);
         let read = self.inner.read(&mut self.ahead[start..]).await;
         self.ahead.truncate(start + *read.as_ref().unwrap_or(&0));
         read
