@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/status`, `POST /reload`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/status`, `POST /reload`,
+//! `POST /upgrade`.
 //!
 //! Bound to loopback by default. It reads the published table and the
 //! control plane's status board, and asks the control task for reloads; it
@@ -19,8 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlMsg, ReloadResult, StatusBoard, Trigger, status};
+use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
 use crate::table::TableHandle;
+use crate::upgrade::UpgradeError;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -108,7 +111,8 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
                 ),
             }
         }
-        (_, "/metrics" | "/healthz" | "/status" | "/reload") => text(
+        (&Method::POST, "/upgrade") => upgrade(state).await,
+        (_, "/metrics" | "/healthz" | "/status" | "/reload" | "/upgrade") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
@@ -116,8 +120,60 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics /healthz /status or POST /reload\n".into(),
+            "not found; try /metrics /healthz /status, POST /reload or POST /upgrade\n".into(),
         ),
+    }
+}
+
+/// `POST /upgrade`: answers once the new process serves (200), or with
+/// why not: 409 when an upgrade runs already or this process has been
+/// replaced, 500 when the new process failed (this one keeps serving).
+async fn upgrade(state: &AdminState) -> Response<Full<Bytes>> {
+    #[derive(serde::Serialize)]
+    struct Answer {
+        result: &'static str,
+        pid: u32,
+        new_pid: Option<u32>,
+        took_ms: Option<u64>,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    }
+    let pid = std::process::id();
+    match crate::app::request_upgrade(&state.board, &state.control).await {
+        Ok(upgraded) => json(
+            StatusCode::OK,
+            &Answer {
+                result: "success",
+                pid,
+                new_pid: Some(upgraded.new_pid),
+                took_ms: u64::try_from(upgraded.took.as_millis()).ok(),
+                exit_code: None,
+                error: None,
+            },
+        ),
+        Err(error) => {
+            let status = match error {
+                UpgradeError::InProgress
+                | UpgradeError::Replaced(_)
+                | UpgradeError::ShuttingDown => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json(
+                status,
+                &Answer {
+                    result: if status == StatusCode::CONFLICT {
+                        "refused"
+                    } else {
+                        "failure"
+                    },
+                    pid,
+                    new_pid: None,
+                    took_ms: None,
+                    exit_code: error.exit_code(),
+                    error: Some(ErrorChain(&error).to_string()),
+                },
+            )
+        }
     }
 }
 

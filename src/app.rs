@@ -10,11 +10,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::control::{Control, ControlMsg, ReloadRecord, StartError, StatusBoard, Trigger};
+use crate::control::{
+    Control, ControlMsg, Lifecycle, ReloadRecord, StartError, StatusBoard, Trigger, UpgradeState,
+};
 use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics};
 use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
+use crate::sockets::{Slot, SocketRegistry};
 use crate::table::{Table, TableHandle};
+use crate::upgrade::{Relaunch, UpgradeError, Upgraded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -31,7 +35,7 @@ pub enum AppError {
 }
 
 /// How to run, beyond what the config file says.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct AppOptions {
     /// Reload by itself when the config file or an include changes.
     pub watch_config: bool,
@@ -39,6 +43,12 @@ pub struct AppOptions {
     /// `SO_REUSEPORT` sockets; 0 serves on the caller's runtime instead
     /// (in-process tests, embedding).
     pub workers: usize,
+    /// Listening sockets to serve on before binding new ones (handed over
+    /// by the process this one replaces, or passed by systemd).
+    pub sockets: SocketRegistry,
+    /// How to start this process again for a binary upgrade; `None`: no
+    /// upgrades (in-process tests, embedding).
+    pub relaunch: Option<Relaunch>,
 }
 
 impl Default for AppOptions {
@@ -46,6 +56,8 @@ impl Default for AppOptions {
         Self {
             watch_config: true,
             workers: 0,
+            sockets: SocketRegistry::default(),
+            relaunch: None,
         }
     }
 }
@@ -57,6 +69,7 @@ pub struct App {
     board: Arc<StatusBoard>,
     table: TableHandle,
     admin_stop: CancellationToken,
+    retired: CancellationToken,
 }
 
 impl App {
@@ -69,12 +82,21 @@ impl App {
             0 => Placement::Here,
             n => Placement::Workers(Arc::new(Workers::start(n).map_err(AppError::StartWorkers)?)),
         };
+        let admin_stop = CancellationToken::new();
+        let retired = CancellationToken::new();
+        let sockets = options.sockets.clone();
         let (control, table) = Control::start(
             config_path,
             options.watch_config,
             placement,
             metrics.clone(),
             board.clone(),
+            Lifecycle {
+                sockets: sockets.clone(),
+                relaunch: options.relaunch,
+                admin_stop: admin_stop.clone(),
+                retired: retired.clone(),
+            },
         )
         .await?;
         metrics
@@ -85,15 +107,15 @@ impl App {
             .map_err(StartError::from)?;
         let admin_bind = table.current().config.admin_bind;
         let admin_listener =
-            TcpListener::bind(admin_bind)
-                .await
-                .map_err(|source| AppError::BindAdmin {
-                    addr: admin_bind,
-                    source,
-                })?;
+            bind_admin(&sockets, admin_bind).map_err(|source| AppError::BindAdmin {
+                addr: admin_bind,
+                source,
+            })?;
+        // Handed-over sockets the config no longer names would hold
+        // connections nobody accepts.
+        sockets.close_unclaimed();
         let admin_addr = admin_listener.local_addr().unwrap_or(admin_bind);
         let (tx, rx) = mpsc::channel(16);
-        let admin_stop = CancellationToken::new();
         tokio::spawn(admin::run(
             admin_listener,
             AdminState {
@@ -112,7 +134,20 @@ impl App {
             board,
             table,
             admin_stop,
+            retired,
         })
+    }
+
+    /// Starts the binary again and hands it every socket (what SIGUSR2 and
+    /// `POST /upgrade` do). On success this process drains and then
+    /// [`retired`](Self::retired) completes.
+    pub async fn upgrade(&self) -> Result<Upgraded, UpgradeError> {
+        request_upgrade(&self.board, &self.control).await
+    }
+
+    /// Completes once this process has been replaced and has drained.
+    pub async fn retired(&self) {
+        self.retired.cancelled().await;
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -164,6 +199,32 @@ impl App {
         self.admin_stop.cancel();
         drained
     }
+}
+
+/// The admin server's socket: handed over, or bound here.
+fn bind_admin(sockets: &SocketRegistry, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = match sockets.take_for_admin(addr) {
+        Some(inherited) => inherited,
+        None => std::net::TcpListener::bind(addr)?,
+    };
+    listener.set_nonblocking(true)?;
+    sockets.serve(Slot::Admin(addr), std::slice::from_ref(&listener));
+    TcpListener::from_std(listener)
+}
+
+/// Claims the process's one upgrade slot and asks the control task to
+/// run it; shared by [`App::upgrade`] and the admin API.
+pub async fn request_upgrade(
+    board: &StatusBoard,
+    control: &mpsc::Sender<ControlMsg>,
+) -> Result<Upgraded, UpgradeError> {
+    board.lock().begin_upgrade()?;
+    let (reply, answer) = oneshot::channel();
+    if control.send(ControlMsg::Upgrade { reply }).await.is_err() {
+        board.lock().upgrade = UpgradeState::Idle;
+        return Err(UpgradeError::ShuttingDown);
+    }
+    answer.await.unwrap_or(Err(UpgradeError::ShuttingDown))
 }
 
 fn live_sampler(

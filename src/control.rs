@@ -33,14 +33,17 @@ use crate::discovery::tag_routes::{self, TagRoute};
 use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
 use crate::proxy::listener::{BindError, ListenerSet, Placement};
+use crate::sockets::SocketRegistry;
 use crate::table::diff::ConfigDiff;
 use crate::table::gateway::Gateway;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
+use crate::upgrade::{self, Relaunch, UpgradeError, Upgraded};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::state::EndpointState;
 use gateway::{CATALOG, GatewayControl, watch_catalog};
 use templating::{KvDirStatus, Templating};
+use tokio_util::sync::CancellationToken;
 use watch::ConfigWatcher;
 
 /// Quiet time after the last file event before reloading: editors write a
@@ -119,6 +122,50 @@ pub enum ControlMsg {
     },
     /// Drain and stop; replies `true` when every connection finished in time.
     Shutdown { reply: oneshot::Sender<bool> },
+    /// Start the binary again and hand it the sockets; on success this
+    /// process drains and its control task ends. Sent only by a caller
+    /// that has [`BoardState::begin_upgrade`]d.
+    Upgrade {
+        reply: oneshot::Sender<Result<Upgraded, UpgradeError>>,
+    },
+}
+
+/// Where this process stands in a binary upgrade (`/status` `upgrade`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum UpgradeState {
+    #[default]
+    Idle,
+    InProgress {
+        since: String,
+    },
+    /// A new process serves; this one drains and exits.
+    Replaced {
+        by_pid: u32,
+        at: String,
+    },
+}
+
+/// The last upgrade this process tried, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeRecord {
+    pub at: String,
+    pub result: &'static str,
+    pub new_pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub took_ms: u64,
+}
+
+/// What the process lifecycle gives the control task beyond the config:
+/// the sockets, how to start a successor, and what to stop when one serves.
+pub struct Lifecycle {
+    pub sockets: SocketRegistry,
+    pub relaunch: Option<Relaunch>,
+    /// Stops the admin server's accept loop (its socket has moved on).
+    pub admin_stop: CancellationToken,
+    /// Set when this process has been replaced and has drained.
+    pub retired: CancellationToken,
 }
 
 /// State the admin API reads; written only by the control task.
@@ -143,6 +190,23 @@ pub struct BoardState {
     /// Services registered in Consul (live state).
     pub registrations: Vec<Arc<Mutex<RegistrationStatus>>>,
     pub shutting_down: bool,
+    pub upgrade: UpgradeState,
+    pub last_upgrade: Option<UpgradeRecord>,
+}
+
+impl BoardState {
+    /// Claims the one upgrade a process may run at a time.
+    pub fn begin_upgrade(&mut self) -> Result<(), UpgradeError> {
+        match self.upgrade {
+            UpgradeState::Idle if self.shutting_down => Err(UpgradeError::ShuttingDown),
+            UpgradeState::Idle => {
+                self.upgrade = UpgradeState::InProgress { since: now() };
+                Ok(())
+            }
+            UpgradeState::InProgress { .. } => Err(UpgradeError::InProgress),
+            UpgradeState::Replaced { by_pid, .. } => Err(UpgradeError::Replaced(by_pid)),
+        }
+    }
 }
 
 impl StatusBoard {
@@ -171,6 +235,7 @@ pub struct Control {
     gateway: GatewayControl,
     /// The tag routes merged into the running table.
     tag_routes: Vec<TagRoute>,
+    lifecycle: Lifecycle,
 }
 
 /// Endpoint states that left their backend and still drain, by address.
@@ -243,6 +308,7 @@ impl Control {
         placement: Placement,
         metrics: Metrics,
         board: Arc<StatusBoard>,
+        lifecycle: Lifecycle,
     ) -> Result<(Self, TableHandle), StartError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut config = config::load(&path)?;
@@ -296,6 +362,7 @@ impl Control {
             handle.clone(),
             placement,
             metrics.worker_connections.clone(),
+            lifecycle.sockets.clone(),
         );
         let prepared = listeners.prepare(&config)?;
         listeners.commit(prepared, &config);
@@ -342,6 +409,7 @@ impl Control {
                 registrations,
                 gateway: GatewayControl::new(gateway, gateway_requests),
                 tag_routes: Vec::new(),
+                lifecycle,
             },
             handle,
         ))
@@ -364,6 +432,15 @@ impl Control {
                         let drained = self.shutdown().await;
                         let _ = reply.send(drained);
                         return;
+                    }
+                    Some(ControlMsg::Upgrade { reply }) => {
+                        let result = self.upgrade().await;
+                        let upgraded = result.as_ref().ok().copied();
+                        let _ = reply.send(result);
+                        if let Some(upgraded) = upgraded {
+                            self.hand_off_and_drain(upgraded).await;
+                            return;
+                        }
                     }
                     None => return,
                 },
@@ -455,6 +532,70 @@ impl Control {
             tracing::warn!("Grace period over; closed the remaining connections");
         }
         drained
+    }
+
+    /// Starts the successor and hands it every listening socket. The
+    /// control task waits for it, so no reload binds a socket the
+    /// successor does not know of.
+    async fn upgrade(&mut self) -> Result<Upgraded, UpgradeError> {
+        let started = Instant::now();
+        let result = match self.lifecycle.relaunch.clone() {
+            None => Err(UpgradeError::NotRelaunchable),
+            Some(relaunch) => match self.lifecycle.sockets.live() {
+                Err(error) => Err(UpgradeError::Socket(error)),
+                Ok(sockets) => {
+                    tokio::task::spawn_blocking(move || upgrade::hand_over(&relaunch, sockets))
+                        .await
+                        .unwrap_or_else(|join| {
+                            Err(UpgradeError::Handover(std::io::Error::other(
+                                join.to_string(),
+                            )))
+                        })
+                }
+            },
+        };
+        self.metrics.upgrade(result.is_ok());
+        let mut board = self.board.lock();
+        board.last_upgrade = Some(UpgradeRecord {
+            at: now(),
+            result: if result.is_ok() { "success" } else { "failure" },
+            new_pid: result.as_ref().ok().map(|u| u.new_pid),
+            exit_code: result.as_ref().err().and_then(UpgradeError::exit_code),
+            error: result.as_ref().err().map(|e| ErrorChain(e).to_string()),
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        board.upgrade = match &result {
+            Ok(upgraded) => UpgradeState::Replaced {
+                by_pid: upgraded.new_pid,
+                at: now(),
+            },
+            Err(_) => UpgradeState::Idle,
+        };
+        result
+    }
+
+    /// After a successful upgrade: stop accepting (the successor accepts
+    /// on the same sockets now), leave Consul registrations and template
+    /// outputs to the successor, drain within the grace period, and say
+    /// so before the process exits.
+    async fn hand_off_and_drain(&mut self, upgraded: Upgraded) {
+        tracing::info!(new_pid = upgraded.new_pid, took = ?upgraded.took, "Upgrade: the new process serves; this one stops accepting and drains");
+        self.lifecycle.admin_stop.cancel();
+        self.watcher = None;
+        let grace = self.table.current().config.shutdown_grace;
+        self.board.lock().shutting_down = true;
+        self.lifecycle.sockets.release_all();
+        let drained = self.listeners.shutdown(grace).await;
+        if drained {
+            tracing::info!(
+                pid = std::process::id(),
+                new_pid = upgraded.new_pid,
+                "Old process exiting: every connection finished"
+            );
+        } else {
+            tracing::warn!(pid = std::process::id(), new_pid = upgraded.new_pid, grace = ?grace, "Old process exiting: grace period over, closed the remaining connections");
+        }
+        self.lifecycle.retired.cancel();
     }
 
     /// Applies the config files as they are now, or keeps the running table.

@@ -40,8 +40,10 @@
 //!   connections, pools and the HTTP/1 client.
 //!
 //! Around them: [`app`] wires it all in-process (`main.rs`, which adds the
-//! command line and signals, and the tests start it); [`admin`] serves
-//! `/metrics`, `/healthz`, `/status` and `POST /reload`; [`metrics`] holds
+//! command line and signals, and the tests start it); [`sockets`] owns
+//! every listening socket, and [`upgrade`] hands them to a new binary;
+//! [`admin`] serves `/metrics`, `/healthz`, `/status`, `POST /reload` and
+//! `POST /upgrade`; [`metrics`] holds
 //! the Prometheus handles, resolved when a table is compiled; [`logging`]
 //! sets up output. Leaves any module may use: [`atomic_file`], [`backoff`],
 //! [`error_chain`], [`headers`], [`stall`].
@@ -67,8 +69,10 @@ pub mod lingering;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod sockets;
 pub mod stall;
 pub mod table;
 pub mod template;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;

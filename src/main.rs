@@ -9,7 +9,9 @@ use switchyard::app::{App, AppOptions};
 use switchyard::config::{self, BackendTarget};
 use switchyard::control::{ReloadResult, Trigger};
 use switchyard::logging::{self, LogFormat};
+use switchyard::sockets::SocketRegistry;
 use switchyard::template::once::render_once;
+use switchyard::upgrade::{self, Handover, Relaunch};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -45,6 +47,26 @@ enum Command {
         /// POST /reload.
         #[arg(long)]
         no_watch: bool,
+        /// How long a new process started by an upgrade has to report
+        /// ready before it is stopped and this one keeps serving.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        upgrade_timeout: std::time::Duration,
+        /// Take the listening sockets from the process being replaced, over
+        /// this Unix socket (set by `switchyard upgrade`; not for hand use).
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_from: Option<PathBuf>,
+    },
+    /// Upgrade the running process in place: it starts the binary at the
+    /// path it was started from, hands it every listening socket, and
+    /// drains once the new process serves. Exits 0 when the new process
+    /// serves, 1 with the reason when not (the old one keeps serving).
+    Upgrade {
+        /// The running process's config file (for its admin address).
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+        /// The running process's admin address, instead of the config's.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Validate a config file, print a summary, exit non-zero on error.
     Check {
@@ -84,10 +106,13 @@ fn main() -> ExitCode {
             logging::init(cli.log_format, &cli.log_level);
             render(&config, dry, timeout)
         }
+        Command::Upgrade { config, admin } => request_upgrade(&config, admin),
         Command::Run {
             config,
             threads,
             no_watch,
+            upgrade_timeout,
+            upgrade_from,
         } => {
             logging::init(cli.log_format, &cli.log_level);
             let workers = threads.unwrap_or_else(|| {
@@ -100,8 +125,14 @@ fn main() -> ExitCode {
                 // recv, send, malloc and free (measured: 400 instructions
                 // per request), as HAProxy with `nbthread 1` does.
                 workers: if workers <= 1 { 0 } else { workers },
+                sockets: SocketRegistry::default(),
+                // The path as it is now: once a package replaces the file,
+                // the same path names the new version.
+                relaunch: std::env::current_exe()
+                    .ok()
+                    .map(|exe| Relaunch::from_current(exe, upgrade_timeout)),
             };
-            match run(&config, options) {
+            match run(&config, options, upgrade_from.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -271,6 +302,44 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// `switchyard upgrade`: asks the running process and says what happened.
+fn request_upgrade(config: &Path, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    let admin = match admin.map_or_else(|| upgrade::client::admin_address(config), Ok) {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match upgrade::client::request(admin) {
+        Ok(answer) if answer.result == "success" => {
+            println!(
+                "upgraded: process {} serves now (took {} ms); process {} drains and exits",
+                answer.new_pid.unwrap_or(0),
+                answer.took_ms.unwrap_or(0),
+                answer.pid
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            let code = answer
+                .exit_code
+                .map_or(String::new(), |c| format!(" (new process exit status {c})"));
+            eprintln!(
+                "switchyard: upgrade {}{code}: {}; process {} keeps serving",
+                answer.result,
+                answer.error.as_deref().unwrap_or("no reason given"),
+                answer.pid
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Raises the open-file limit to the hard limit, as HAProxy does: every
 /// client and upstream connection is a descriptor, and the usual soft
 /// limit (1024) would cap a sidecar at a few hundred clients.
@@ -281,8 +350,23 @@ fn raise_file_limit() {
     }
 }
 
-fn run(path: &Path, options: AppOptions) -> anyhow::Result<()> {
+fn run(path: &Path, options: AppOptions, upgrade_from: Option<&Path>) -> anyhow::Result<()> {
     raise_file_limit();
+    let passed = options.sockets.inherit_systemd();
+    if passed > 0 {
+        tracing::info!(
+            sockets = passed,
+            "Listening sockets passed by systemd (LISTEN_FDS)"
+        );
+    }
+    // Before the runtime starts: the old process waits for us, and the
+    // sockets must be filed before any listener binds.
+    let handover = upgrade_from
+        .map(|socket| {
+            Handover::receive(socket, &options.sockets)
+                .with_context(|| format!("taking the listening sockets over {}", socket.display()))
+        })
+        .transpose()?;
     // The control plane (reloads, discovery, templates, admin) on this
     // thread; the data plane on `options.workers` threads of its own.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -293,7 +377,26 @@ fn run(path: &Path, options: AppOptions) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let app = App::start(path, options).await?;
+        let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+        let app = match App::start(path, options).await {
+            Ok(app) => app,
+            Err(error) => {
+                let error = anyhow::Error::from(error);
+                if let Some(handover) = handover {
+                    handover.failed(&format!("{error:#}"));
+                }
+                return Err(error);
+            }
+        };
+        let upgraded = handover.is_some();
+        if let Some(handover) = handover {
+            // If the old process is gone, it cannot stop accepting either:
+            // both serve until it exits, which loses nothing.
+            if let Err(error) = handover.ready() {
+                tracing::warn!(%error, "Cannot tell the old process this one is ready");
+            }
+        }
+        upgrade::notify_systemd_ready(upgraded);
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -302,6 +405,11 @@ fn run(path: &Path, options: AppOptions) -> anyhow::Result<()> {
                         tracing::warn!("Reload on SIGHUP failed; see the errors above");
                     }
                 }
+                _ = usr2.recv() => {
+                    // Outcomes are logged by the upgrade itself.
+                    let _ = app.upgrade().await;
+                }
+                () = app.retired() => return Ok(()),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

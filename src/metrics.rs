@@ -39,6 +39,7 @@ pub struct Metrics {
     sent_bytes: IntCounterVec,
     pub config_version: IntGauge,
     config_reloads: IntCounterVec,
+    upgrades: IntCounterVec,
     /// DNS lookups by name and result; incremented by the resolver tasks
     /// (a few per TTL, so resolving the label set each time is fine).
     pub dns_lookups: IntCounterVec,
@@ -190,6 +191,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upgrades_total",
+                "Binary upgrades this process started, by result (success, failure)",
+            ),
+            &["result"],
+        )?;
         let dns_lookups = IntCounterVec::new(
             Opts::new(
                 "switchyard_dns_lookups_total",
@@ -327,6 +335,7 @@ impl Metrics {
         // Both results exist from the start so `rate()` works before the first failure.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["failure"]);
+        registry.register(Box::new(upgrades.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -338,6 +347,7 @@ impl Metrics {
             sent_bytes,
             config_version,
             config_reloads,
+            upgrades,
             dns_lookups,
             discovery_updates,
             template_renders,
@@ -364,6 +374,11 @@ impl Metrics {
     pub fn reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn upgrade(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.upgrades.with_label_values(&[result]).inc();
     }
 
     pub fn listener(&self, listener: &str) -> ListenerMetrics {

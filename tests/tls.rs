@@ -421,6 +421,7 @@ async fn a_bad_certificate_at_start_is_a_clear_error() {
         switchyard::app::AppOptions {
             watch_config: false,
             workers: 0,
+            ..switchyard::app::AppOptions::default()
         },
     )
     .await
@@ -865,6 +866,7 @@ async fn sessions_resume_across_workers_and_min_version_refuses_older_clients() 
         switchyard::app::AppOptions {
             watch_config: false,
             workers: 2,
+            ..switchyard::app::AppOptions::default()
         },
     )
     .await

@@ -14,6 +14,10 @@ pub struct Status<'a> {
     pub version: u64,
     pub config_files: Vec<String>,
     pub shutting_down: bool,
+    /// Where this process stands in a binary upgrade, and the last one.
+    pub pid: u32,
+    pub upgrade: &'a super::UpgradeState,
+    pub last_upgrade: Option<&'a super::UpgradeRecord>,
     pub last_reload: Option<&'a ReloadRecord>,
     pub last_failure: Option<&'a ReloadRecord>,
     pub listeners: Vec<ListenerStatus>,
@@ -216,6 +220,9 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
             .map(|f| f.display().to_string())
             .collect(),
         shutting_down: board.shutting_down,
+        pid: std::process::id(),
+        upgrade: &board.upgrade,
+        last_upgrade: board.last_upgrade.as_ref(),
         last_reload: board.last_reload.as_ref(),
         last_failure: board.last_failure.as_ref(),
         listeners,

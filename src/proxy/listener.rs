@@ -34,6 +34,7 @@ use super::io::{ClientCounters, ClientIo, ClientTimeouts, ConnActivity};
 use super::tcp;
 use super::workers::Workers;
 use crate::config::{Config, Mode};
+use crate::sockets::{Slot, SocketRegistry};
 use crate::table::{ListenerKey, TableHandle};
 
 /// Pending connections the kernel queues per listener.
@@ -106,6 +107,9 @@ pub struct ListenerSet {
     hard_stop: Arc<Latch>,
     /// Every connection and tunnel task, for waiting at shutdown.
     tasks: TaskTracker,
+    /// Where sockets come from (inherited ones first) and are kept for a
+    /// binary upgrade.
+    sockets: SocketRegistry,
 }
 
 impl ListenerSet {
@@ -113,6 +117,7 @@ impl ListenerSet {
         table: TableHandle,
         placement: Placement,
         accepted: prometheus::IntCounterVec,
+        sockets: SocketRegistry,
     ) -> Self {
         Self {
             running: HashMap::new(),
@@ -121,6 +126,7 @@ impl ListenerSet {
             accepted,
             hard_stop: Arc::new(Latch::default()),
             tasks: TaskTracker::new(),
+            sockets,
         }
     }
 
@@ -132,13 +138,24 @@ impl ListenerSet {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let sockets =
-                bind(spec.bind, self.placement.sockets()).map_err(|source| BindError {
-                    location: spec.location.clone(),
-                    name: spec.name.clone(),
-                    bind: spec.bind,
-                    source,
-                })?;
+            // Sockets handed over by the process this one replaces (or by
+            // systemd) are used as they are, however many there are: each
+            // may hold queued connections.
+            let inherited = self.sockets.take_inherited(&slot_of(&key));
+            let sockets = if inherited.is_empty() {
+                bind(spec.bind, self.placement.sockets())
+            } else {
+                inherited
+                    .into_iter()
+                    .map(|s| s.set_nonblocking(true).map(|()| s))
+                    .collect()
+            }
+            .map_err(|source| BindError {
+                location: spec.location.clone(),
+                name: spec.name.clone(),
+                bind: spec.bind,
+                source,
+            })?;
             bound.push((key, spec.name.clone(), sockets));
         }
         Ok(Prepared { bound })
@@ -170,10 +187,13 @@ impl ListenerSet {
                 max_connections,
                 waiting: Arc::default(),
             };
-            let served: Arc<[prometheus::IntCounter]> = (0..self.placement.sockets())
+            let workers = self.placement.sockets();
+            let served: Arc<[prometheus::IntCounter]> = (0..workers)
                 .map(|w| self.accepted.with_label_values(&[&w.to_string()]))
                 .collect();
-            for (worker, socket) in sockets.into_iter().enumerate() {
+            self.sockets.serve(slot_of(&key), &sockets);
+            for (index, socket) in sockets.into_iter().enumerate() {
+                let worker = index % workers;
                 let accept = AcceptLoop {
                     key: key.clone(),
                     table: self.table.clone(),
@@ -220,6 +240,7 @@ impl ListenerSet {
             }
             None => {
                 tracing::info!(listener = %running.name, addr = %running.local_addr, "Listener removed; draining");
+                self.sockets.release(&slot_of(key));
                 running.stop_accept.cancel();
                 running.drain.set();
                 false
@@ -249,6 +270,14 @@ impl ListenerSet {
             self.tasks.wait().await;
         }
         drained
+    }
+}
+
+/// The registry's name for a listener's sockets.
+fn slot_of(key: &ListenerKey) -> Slot {
+    Slot::Listener {
+        bind: key.bind,
+        name: key.ephemeral_name.as_deref().map(str::to_owned),
     }
 }
 
@@ -406,6 +435,7 @@ fn serve_on(
 ) {
     let serving = workers.serving(target);
     let tasks = conn.tasks.clone();
+    let in_transit = tasks.token();
     let serve = move |stream: TcpStream| {
         tasks.spawn(async move {
             conn.serve(stream, peer).await;
@@ -414,13 +444,19 @@ fn serve_on(
     };
     if target == accepted_by {
         serve(stream);
+        drop(in_transit);
         return;
     }
-    // The socket leaves this worker's reactor and joins the other's.
+    // The socket leaves this worker's reactor and joins the other's. The
+    // token counts it as a task while it travels, so a drain that ends now
+    // (shutdown, an upgrade) waits for it rather than exiting under it.
     match stream.into_std() {
-        Ok(stream) => workers.run_on(target, move || match TcpStream::from_std(stream) {
-            Ok(stream) => serve(stream),
-            Err(error) => tracing::debug!(%error, "Cannot take over a connection"),
+        Ok(stream) => workers.run_on(target, move || {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream),
+                Err(error) => tracing::debug!(%error, "Cannot take over a connection"),
+            }
+            drop(in_transit);
         }),
         Err(error) => tracing::debug!(%error, "Cannot hand over a connection"),
     }

@@ -12,7 +12,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -389,6 +389,7 @@ impl Switchyard {
             AppOptions {
                 watch_config: false,
                 workers: 0,
+                ..AppOptions::default()
             },
         )
         .await
@@ -407,6 +408,7 @@ impl Switchyard {
             AppOptions {
                 watch_config: false,
                 workers,
+                ..AppOptions::default()
             },
         )
         .await
@@ -425,6 +427,7 @@ impl Switchyard {
             AppOptions {
                 watch_config: false,
                 workers: 0,
+                ..AppOptions::default()
             },
         )
         .await
@@ -443,6 +446,7 @@ impl Switchyard {
             AppOptions {
                 watch_config: false,
                 workers: 0,
+                ..AppOptions::default()
             },
         )
         .await
@@ -702,9 +706,20 @@ impl SwitchyardProcess {
     /// Like `start`, with extra arguments after `run -c FILE`.
     pub fn start_with_args(config: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_exe_in(
+            dir,
+            Path::new(env!("CARGO_BIN_EXE_switchyard")),
+            config,
+            args,
+        )
+    }
+
+    /// Like `start_with_args`, running the binary at `exe` with its config
+    /// in `dir`.
+    pub fn start_exe_in(dir: tempfile::TempDir, exe: &Path, config: &str, args: &[&str]) -> Self {
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, with_admin(config)).expect("write config");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let mut child = std::process::Command::new(exe)
             .args(["--log-format", "json", "run", "-c"])
             .arg(&path)
             .args(args)

@@ -1,0 +1,422 @@
+//! Binary upgrade in place, from the real binary to the real binary: the
+//! listening sockets move to the new process, nothing is refused or lost,
+//! and a new process that fails leaves the old one serving.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+/// Where the running binary lives, and the two builds put there in turn:
+/// the cargo-built binary (hard-linked) and a copy of it.
+struct Binaries {
+    dir: tempfile::TempDir,
+    builds: [PathBuf; 2],
+}
+
+impl Binaries {
+    fn new() -> Self {
+        // In the target directory, so hard links work (same filesystem).
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let built = Path::new(env!("CARGO_BIN_EXE_switchyard"));
+        let first = dir.path().join("switchyard-a");
+        std::fs::hard_link(built, &first)
+            .or_else(|_| std::fs::copy(built, &first).map(|_| ()))
+            .expect("first build");
+        let second = dir.path().join("switchyard-b");
+        std::fs::copy(built, &second).expect("second build");
+        let bin = Self {
+            dir,
+            builds: [first, second],
+        };
+        bin.install(0);
+        bin
+    }
+
+    /// The path the process runs from, as a package would install it.
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("switchyard")
+    }
+
+    /// Replaces the file at [`Binaries::path`] with build `n`, atomically.
+    fn install(&self, n: usize) {
+        let tmp = self.dir.path().join(".switchyard.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::hard_link(&self.builds[n % 2], &tmp).expect("link build");
+        std::fs::rename(&tmp, self.path()).expect("install build");
+    }
+
+    /// Installs a shell script in place of the binary (a slow or broken
+    /// new version); it runs `body` with the arguments in "$@".
+    fn install_script(&self, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.dir.path().join(".switchyard.script");
+        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&tmp, self.path()).expect("install script");
+    }
+}
+
+/// Every process the upgrades started, stopped by PID at the end (the
+/// first is the test's child; each later one the child of its predecessor).
+struct Processes(std::sync::Mutex<Vec<i32>>);
+
+impl Processes {
+    fn add(&self, pid: i32) {
+        self.0.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            // SAFETY: kill(2) on a PID this test's processes started; one
+            // that has exited already makes this a harmless ESRCH.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `switchyard upgrade -c CONFIG --admin ADDR`, run from the installed
+/// path (the tests' admin servers bind port 0, which the config cannot
+/// tell).
+async fn upgrade_command(bin: &Path, config: &Path, admin: SocketAddr) -> std::process::Output {
+    tokio::process::Command::new(bin)
+        .args(["upgrade", "-c"])
+        .arg(config)
+        .arg("--admin")
+        .arg(admin.to_string())
+        .output()
+        .await
+        .expect("run switchyard upgrade")
+}
+
+fn new_pid(out: &std::process::Output) -> i32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("process ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {text:?}"))
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = get(admin, "/status", None).await;
+    assert_eq!(code, StatusCode::OK);
+    serde_json::from_str(&body).expect("status json")
+}
+
+/// Requests that must all succeed while upgrades run.
+#[derive(Default)]
+struct Load {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    refused: AtomicUsize,
+    stop: AtomicBool,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 10 {
+            failures.push(what);
+        }
+    }
+
+    /// A keep-alive client: one connection until it is told to close.
+    async fn keep_alive(self: Arc<Self>, addr: SocketAddr) {
+        'connections: while !self.stop.load(Ordering::Relaxed) {
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut client = HttpClient::over(stream).await;
+            while !self.stop.load(Ordering::Relaxed) {
+                match client.get("/", None).await {
+                    Ok((StatusCode::OK, headers, _)) => {
+                        self.ok.fetch_add(1, Ordering::Relaxed);
+                        if headers.get("connection").is_some_and(|v| v == "close") {
+                            continue 'connections;
+                        }
+                    }
+                    Ok((status, _, body)) => self.fail(format!("{status} {body}")),
+                    Err(error) => {
+                        self.fail(format!("keep-alive: {error}"));
+                        continue 'connections;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client that opens a new connection for every request.
+    async fn new_connections(self: Arc<Self>, addr: SocketAddr) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut client = HttpClient::over(stream).await;
+            match client.get("/", None).await {
+                Ok((StatusCode::OK, _, _)) => {
+                    self.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((status, _, body)) => self.fail(format!("{status} {body}")),
+                Err(error) => self.fail(format!("new connection: {error}")),
+            }
+        }
+    }
+}
+
+fn config(backend: SocketAddr) -> String {
+    format!(
+        r#"
+[shutdown]
+grace = "10s"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = ["{backend}"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_upgrades_under_load_lose_nothing() {
+    let backend = Backend::start("app").await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sy = SwitchyardProcess::start_exe_in(
+        dir,
+        &bin.path(),
+        &config(backend.addr),
+        &["--threads", "2"],
+    );
+    let processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let addr = sy.addr("web");
+    let admin = sy.admin;
+
+    let load = Arc::new(Load::default());
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(tokio::spawn(load.clone().keep_alive(addr)));
+        clients.push(tokio::spawn(load.clone().new_connections(addr)));
+    }
+    eventually("load is flowing", Duration::from_secs(10), || async {
+        load.ok.load(Ordering::Relaxed) > 100
+    })
+    .await;
+
+    let mut pids = vec![sy.pid()];
+    for n in 1..=10 {
+        bin.install(n);
+        let before = load.ok.load(Ordering::Relaxed);
+        let out = upgrade_command(&bin.path(), &sy.config, sy.admin).await;
+        assert!(
+            out.status.success(),
+            "upgrade {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = new_pid(&out);
+        processes.add(pid);
+        pids.push(pid);
+        // The admin port moved with the rest: the new process answers.
+        eventually(
+            "the new process answers /status",
+            Duration::from_secs(10),
+            || async { status(admin).await["pid"] == pid },
+        )
+        .await;
+        eventually(
+            "requests flow after the upgrade",
+            Duration::from_secs(10),
+            || async { load.ok.load(Ordering::Relaxed) > before + 50 },
+        )
+        .await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let ok = load.ok.load(Ordering::Relaxed);
+    assert_eq!(
+        (
+            load.failed.load(Ordering::Relaxed),
+            load.refused.load(Ordering::Relaxed)
+        ),
+        (0, 0),
+        "failed or refused during 10 upgrades ({ok} succeeded): {:?}",
+        load.failures.lock().unwrap()
+    );
+    // Every replaced process drained and said so as it exited.
+    eventually(
+        "each old process logs its exit",
+        Duration::from_secs(30),
+        || async {
+            let lines = sy.log_lines();
+            pids[..10].iter().all(|pid| {
+                lines.iter().any(|l| {
+                    l.contains("Old process exiting") && l.contains(&format!("\"pid\":{pid}"))
+                })
+            })
+        },
+    )
+    .await;
+    for pid in &pids[..10] {
+        eventually(
+            "the old process is gone",
+            Duration::from_secs(30),
+            || async {
+                !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+            },
+        )
+        .await;
+    }
+    let last = status(admin).await;
+    assert_eq!(last["pid"], pids[10]);
+    assert_eq!(last["upgrade"]["state"], "idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_fails_leaves_the_old_one_serving() {
+    let backend = Backend::start("app").await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sy = SwitchyardProcess::start_exe_in(dir, &bin.path(), &config(backend.addr), &[]);
+    let _processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let addr = sy.addr("web");
+
+    // The new process finds a config it rejects.
+    let good = std::fs::read_to_string(&sy.config).expect("config");
+    std::fs::write(&sy.config, good.replace("servers", "srvers")).expect("break config");
+    bin.install(1);
+    let out = upgrade_command(&bin.path(), &sy.config, sy.admin).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exit status 1")
+            && stderr.contains("srvers")
+            && stderr.contains("keeps serving"),
+        "says why: {stderr}"
+    );
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+    let st = status(sy.admin).await;
+    assert_eq!(st["pid"], sy.pid());
+    assert_eq!(st["last_upgrade"]["result"], "failure");
+    assert_eq!(st["last_upgrade"]["exit_code"], 1);
+    assert_eq!(st["upgrade"]["state"], "idle");
+    let failures = get(sy.admin, "/metrics", None).await.1;
+    assert!(failures.contains("switchyard_upgrades_total{result=\"failure\"} 1"));
+
+    // A binary that is not Switchyard at all.
+    std::fs::write(&sy.config, &good).expect("restore config");
+    bin.install_script("echo 'not a switchyard' >&2; exit 3");
+    let out = upgrade_command(&bin.path(), &sy.config, sy.admin).await;
+    // The command itself is the script now: ask over the admin API.
+    let _ = out;
+    let answer = post(sy.admin, "/upgrade").await;
+    assert_eq!(answer.0, StatusCode::INTERNAL_SERVER_ERROR, "{}", answer.1);
+    assert!(answer.1.contains("exited with status 3"), "{}", answer.1);
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upgrade_at_a_time_and_a_silent_new_process_times_out() {
+    let backend = Backend::start("app").await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sy = SwitchyardProcess::start_exe_in(
+        dir,
+        &bin.path(),
+        &config(backend.addr),
+        &["--upgrade-timeout", "2s"],
+    );
+    let _processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let addr = sy.addr("web");
+
+    // A new version that starts and never answers (it hangs).
+    bin.install_script("exec sleep 600");
+    let admin = sy.admin;
+    let first = tokio::spawn(async move { post(admin, "/upgrade").await });
+    eventually(
+        "the upgrade is under way",
+        Duration::from_secs(5),
+        || async { status(admin).await["upgrade"]["state"] == "in_progress" },
+    )
+    .await;
+    let second = post(admin, "/upgrade").await;
+    assert_eq!(second.0, StatusCode::CONFLICT, "{}", second.1);
+    assert!(second.1.contains("already in progress"), "{}", second.1);
+    // Still serving while it waits.
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+
+    let (code, body) = first.await.expect("first upgrade");
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("did not report ready within 2s"), "{body}");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+    assert_eq!(status(admin).await["upgrade"]["state"], "idle");
+
+    // And the next upgrade, to a real binary, goes through.
+    bin.install(1);
+    let (code, body) = post(admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let pid = answer["new_pid"].as_i64().expect("new pid") as i32;
+    let _new = Processes(std::sync::Mutex::new(vec![pid]));
+    eventually(
+        "the new process serves",
+        Duration::from_secs(10),
+        || async { status(admin).await["pid"] == pid },
+    )
+    .await;
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades() {
+    let backend = Backend::start("app").await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sy = SwitchyardProcess::start_exe_in(dir, &bin.path(), &config(backend.addr), &[]);
+    let processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let old = sy.pid();
+    bin.install(1);
+    sy.signal(libc::SIGUSR2);
+    let admin = sy.admin;
+    eventually("a new process serves", Duration::from_secs(10), || async {
+        let st = status(admin).await;
+        st["pid"] != old && st["pid"].is_number()
+    })
+    .await;
+    processes.add(status(admin).await["pid"].as_i64().unwrap() as i32);
+    assert_eq!(sy.wait_exit(Duration::from_secs(15)).await, Some(0));
+    assert_eq!(
+        get(sy.addr("web"), "/", None).await,
+        (StatusCode::OK, "app".into())
+    );
+}
+
+async fn post(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let mut client = HttpClient::connect(addr).await;
+    let req = http::Request::post(path)
+        .header("host", "admin")
+        .body(TestBody::default())
+        .expect("request");
+    let (status, _, body) = client.send(req).await.expect("admin answers");
+    (status, body)
+}
