@@ -321,6 +321,10 @@ pub struct ListenerSpec {
     pub max_connections: Option<usize>,
     /// How long a connection over `max_connections` waits for a slot.
     pub queue_timeout: Duration,
+    /// How long connections may outlive the start of a drain (of the
+    /// listener, or of the endpoint they go to); `None`: no deadline of
+    /// the listener's own.
+    pub drain_timeout: Option<Duration>,
     /// Routes from Consul services' `urlprefix-` tags.
     pub consul_tag_routes: bool,
     /// Add `X-Forwarded-For`, `-Proto` and `-Host` to requests (HTTP).

@@ -420,3 +420,90 @@ async fn post(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     let (status, _, body) = client.send(req).await.expect("admin answers");
     (status, body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_open_across_an_upgrade_runs_until_the_drain_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    let (ws_addr, _ws) = websocket_echo().await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(ws_addr).replace(
+        "default_backend = \"app\"",
+        "default_backend = \"app\"\ndrain_timeout = \"1500ms\"",
+    );
+    let mut sy = SwitchyardProcess::start_exe_in(dir, &bin.path(), &config, &[]);
+    let processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let old = sy.pid();
+    let stream = tokio::net::TcpStream::connect(sy.addr("web"))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://echo.test/socket", stream)
+        .await
+        .expect("websocket through the proxy");
+    let mut round_trip = async |n: usize| -> Result<(), String> {
+        let text = format!("message {n}");
+        ws.send(Message::text(text.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(echoed))) if echoed == Message::text(text) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    round_trip(0).await.expect("echo before the upgrade");
+
+    bin.install(1);
+    let (code, body) = post(sy.admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    processes.add(answer["new_pid"].as_i64().expect("new pid") as i32);
+    let upgraded = std::time::Instant::now();
+
+    // The old process still carries the WebSocket, message after message,
+    // until its drain timeout.
+    let mut sent = 1;
+    while upgraded.elapsed() < Duration::from_millis(1000) {
+        round_trip(sent)
+            .await
+            .expect("echo while the old process drains");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then it is closed: an end of stream, not a reset.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None => return None,
+                Some(Err(error)) => return Some(error),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed at the drain timeout");
+    assert!(
+        !matches!(&end, Some(WsError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed cleanly: {end:?}"
+    );
+    assert!(
+        upgraded.elapsed() >= Duration::from_millis(1400),
+        "not before the drain timeout"
+    );
+    assert_eq!(sy.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(
+        sy.log_lines()
+            .iter()
+            .any(|l| l.contains("Old process exiting") && l.contains(&format!("\"pid\":{old}")))
+    );
+    // New connections go to the new process.
+    let stream = tokio::net::TcpStream::connect(sy.addr("web"))
+        .await
+        .unwrap();
+    let (mut fresh, _) = tokio_tungstenite::client_async("ws://echo.test/socket", stream)
+        .await
+        .expect("websocket to the new process");
+    fresh.send(Message::text("hello")).await.unwrap();
+    assert_eq!(fresh.next().await.unwrap().unwrap(), Message::text("hello"));
+}

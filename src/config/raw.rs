@@ -239,6 +239,12 @@ pub struct RawListener {
     /// With `max_connections`: how long a connection over the limit waits
     /// for a slot before it gets 503 (HTTP) or is closed (TCP).
     pub queue_timeout: Option<ConfigDuration>,
+    /// Once the listener drains (removed, shutdown, upgrade) or an
+    /// endpoint its connections go to is removed: how long long-lived
+    /// connections (TCP, WebSocket, HTTP/2) may go on before they are
+    /// closed. Default: until `[shutdown] grace` (or, for a removed
+    /// listener or endpoint, until they end).
+    pub drain_timeout: Option<ConfigDuration>,
     /// Routes from the `urlprefix-` tags of Consul services (Fabio's
     /// convention).
     #[serde(default)]

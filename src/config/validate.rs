@@ -282,6 +282,7 @@ pub(super) fn validate(
                 default_backend: l.default_backend.as_deref().map(Into::into),
                 max_connections: l.max_connections,
                 queue_timeout,
+                drain_timeout: l.drain_timeout.map(|d| d.0),
                 consul_tag_routes: l.consul_tag_routes,
                 forwarded_headers: l.forwarded_headers.unwrap_or(true),
             });

@@ -939,6 +939,7 @@ fn spawn_tunnel(
     active: ActiveGuard,
 ) {
     let hard_stop = ctx.hard_stop.clone();
+    let drain_timeout = ctx.accept_listener.spec.drain_timeout;
     ctx.tasks.spawn(async move {
         let tunnel = async {
             let (client, upstream) = tokio::try_join!(client, upstream)
@@ -953,6 +954,9 @@ fn spawn_tunnel(
                 tracing::debug!(%error, endpoint.addr = %active.endpoint().addr, "Tunnel ended");
             },
             () = hard_stop.wait() => {}
+            () = super::tcp::endpoint_removed(&active, drain_timeout) => {
+                tracing::debug!(endpoint.addr = %active.endpoint().addr, "Endpoint removed and drain timeout over; closing the tunnel");
+            }
         }
         drop(active);
     });

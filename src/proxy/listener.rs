@@ -62,6 +62,10 @@ struct RunningListener {
     stop_accept: CancellationToken,
     /// Tells this listener's connections to finish up.
     drain: Arc<Drain>,
+    /// Ends this listener's connections: at its `drain_timeout` after the
+    /// drain began, or with every other listener's at the grace deadline.
+    cut: Arc<Latch>,
+    drain_timeout: Option<Duration>,
     /// Swapped when `max_connections` changes; connections keep the permit
     /// of the semaphore they were admitted by.
     limit: Arc<ArcSwap<Semaphore>>,
@@ -183,6 +187,8 @@ impl ListenerSet {
                 local_addr,
                 stop_accept: CancellationToken::new(),
                 drain: Arc::new(Drain::default()),
+                cut: Arc::new(Latch::child(&self.hard_stop)),
+                drain_timeout: wanted.get(&key).and_then(|s| s.drain_timeout),
                 limit: Arc::new(ArcSwap::from_pointee(Semaphore::new(permits))),
                 max_connections,
                 waiting: Arc::default(),
@@ -200,7 +206,7 @@ impl ListenerSet {
                     limit: running.limit.clone(),
                     stop: running.stop_accept.clone(),
                     drain: running.drain.clone(),
-                    hard_stop: self.hard_stop.clone(),
+                    hard_stop: running.cut.clone(),
                     tasks: self.tasks.clone(),
                     served: served.clone(),
                     waiting: running.waiting.clone(),
@@ -231,6 +237,7 @@ impl ListenerSet {
         self.running.retain(|key, running| match wanted.get(key) {
             Some(spec) => {
                 running.name = spec.name.clone();
+                running.drain_timeout = spec.drain_timeout;
                 if running.max_connections != spec.max_connections {
                     let permits = spec.max_connections.unwrap_or(Semaphore::MAX_PERMITS);
                     running.limit.store(Arc::new(Semaphore::new(permits)));
@@ -241,8 +248,7 @@ impl ListenerSet {
             None => {
                 tracing::info!(listener = %running.name, addr = %running.local_addr, "Listener removed; draining");
                 self.sockets.release(&slot_of(key));
-                running.stop_accept.cancel();
-                running.drain.set();
+                running.begin_drain();
                 false
             }
         });
@@ -260,8 +266,7 @@ impl ListenerSet {
     /// is left. Returns how many connections had to be closed.
     pub async fn shutdown(&mut self, grace: Duration) -> bool {
         for running in self.running.values() {
-            running.stop_accept.cancel();
-            running.drain.set();
+            running.begin_drain();
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
@@ -270,6 +275,28 @@ impl ListenerSet {
             self.tasks.wait().await;
         }
         drained
+    }
+}
+
+impl RunningListener {
+    /// Stops accepting and tells the connections to finish; with a
+    /// `drain_timeout`, ends whatever is still open when it runs out.
+    fn begin_drain(&self) {
+        self.stop_accept.cancel();
+        self.drain.set();
+        if let Some(timeout) = self.drain_timeout {
+            let cut = self.cut.clone();
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => {
+                        tracing::info!(listener = %name, ?timeout, "Drain timeout: closing the listener's remaining connections");
+                        cut.set();
+                    }
+                    () = cut.wait() => {}
+                }
+            });
+        }
     }
 }
 
@@ -487,6 +514,9 @@ async fn reject(stream: TcpStream, mode: Mode) {
 pub struct Latch {
     flag: AtomicBool,
     token: CancellationToken,
+    /// Setting the parent sets this one too (a listener's own hard stop
+    /// under the process-wide one).
+    parent: Option<Arc<Latch>>,
 }
 
 /// Tells a listener's connections to finish up.
@@ -500,7 +530,16 @@ impl Latch {
     }
 
     pub fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire) || self.parent.as_ref().is_some_and(|p| p.is_set())
+    }
+
+    /// A latch that is set with `parent`, or on its own.
+    pub fn child(parent: &Arc<Latch>) -> Self {
+        Self {
+            flag: AtomicBool::new(false),
+            token: parent.token.child_token(),
+            parent: Some(parent.clone()),
+        }
     }
 
     pub async fn wait(&self) {
@@ -791,7 +830,7 @@ async fn serve_tcp<S>(
         _ => default,
     };
     match target {
-        Some(target) => tcp::serve(io, addrs, target).await,
+        Some(target) => tcp::serve(io, addrs, target, listener.spec.drain_timeout).await,
         None => {
             tracing::debug!(peer = %addrs.peer, "No SNI route and no default backend");
         }

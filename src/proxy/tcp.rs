@@ -19,8 +19,12 @@ const COPY_BUFFER: usize = 64 * 1024;
 
 /// Forwards one client connection to an endpoint of `target`'s backend. A
 /// connection with no usable endpoint, or whose connect fails, is closed.
-pub async fn serve<C>(mut client: C, addrs: ConnAddrs, target: &RouteTarget)
-where
+pub async fn serve<C>(
+    mut client: C,
+    addrs: ConnAddrs,
+    target: &RouteTarget,
+    drain_timeout: Option<std::time::Duration>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = addrs.peer;
@@ -64,18 +68,35 @@ where
     let addr = active.endpoint().addr;
     // copy_bidirectional forwards each EOF as a write shutdown on the other
     // side, which is the half-close a TCP proxy must preserve.
-    match tokio::io::copy_bidirectional_with_sizes(
+    let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((to_upstream, to_client)) => {
-            tracing::trace!(%peer, endpoint.addr = %addr, to_upstream, to_client, "TCP connection done");
+    );
+    tokio::select! {
+        copied = copy => match copied {
+            Ok((to_upstream, to_client)) => {
+                tracing::trace!(%peer, endpoint.addr = %addr, to_upstream, to_client, "TCP connection done");
+            }
+            Err(error) => tracing::debug!(%error, %peer, endpoint.addr = %addr, "TCP connection ended"),
+        },
+        () = endpoint_removed(&active, drain_timeout) => {
+            tracing::debug!(%peer, endpoint.addr = %addr, "Endpoint removed and drain timeout over; closing");
         }
-        Err(error) => tracing::debug!(%error, %peer, endpoint.addr = %addr, "TCP connection ended"),
     }
     drop(active);
+}
+
+/// Completes when the endpoint behind `active` has been removed for the
+/// listener's `drain_timeout`; never without one (the connection then
+/// runs to its end, as before drain timeouts existed).
+pub async fn endpoint_removed(
+    active: &crate::upstream::state::ActiveGuard,
+    drain_timeout: Option<std::time::Duration>,
+) {
+    match drain_timeout {
+        Some(timeout) => active.endpoint().removed_for(timeout).await,
+        None => std::future::pending().await,
+    }
 }

@@ -46,6 +46,8 @@ pub struct EndpointState {
     /// membership is decided by the snapshot a request loaded, so a request
     /// routed by the previous snapshot may still pick this endpoint.
     draining: AtomicBool,
+    /// Wakes the long-lived connections waiting for [`EndpointState::removed_for`].
+    removed: tokio::sync::Notify,
     /// Idle upstream connections to this address, reused across requests.
     pub pool: UpstreamPool,
 }
@@ -70,6 +72,7 @@ impl EndpointState {
             consecutive_connect_failures: AtomicU32::new(0),
             record: Mutex::default(),
             draining: AtomicBool::new(false),
+            removed: tokio::sync::Notify::new(),
             pool: UpstreamPool::default(),
         })
     }
@@ -88,6 +91,30 @@ impl EndpointState {
 
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
+        if draining {
+            self.removed.notify_waiters();
+        }
+    }
+
+    /// Completes once this endpoint has been out of its backend for
+    /// `timeout` (a listener's `drain_timeout`): a long-lived connection to
+    /// it ends then. An endpoint that comes back in the meantime starts
+    /// the wait over.
+    pub async fn removed_for(&self, timeout: std::time::Duration) {
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            // Registered before the flag is read, so a removal between the
+            // two is not missed.
+            removed.as_mut().enable();
+            if !self.is_draining() {
+                removed.await;
+            }
+            tokio::time::sleep(timeout).await;
+            if self.is_draining() {
+                return;
+            }
+        }
     }
 
     pub fn set_healthy(&self, healthy: bool) {
