@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::control::PredecessorStatus;
 use crate::control::{
     Control, ControlMsg, Lifecycle, ReloadRecord, StartError, StatusBoard, Trigger, UpgradeState,
 };
@@ -18,7 +19,7 @@ use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
 use crate::sockets::{Slot, SocketRegistry};
 use crate::table::{Table, TableHandle};
-use crate::upgrade::{Relaunch, UpgradeError, Upgraded};
+use crate::upgrade::{Predecessor, Relaunch, UpgradeError, Upgraded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -70,6 +71,7 @@ pub struct App {
     table: TableHandle,
     admin_stop: CancellationToken,
     retired: CancellationToken,
+    predecessor_connections: prometheus::IntGauge,
 }
 
 impl App {
@@ -116,6 +118,7 @@ impl App {
         sockets.close_unclaimed();
         let admin_addr = admin_listener.local_addr().unwrap_or(admin_bind);
         let (tx, rx) = mpsc::channel(16);
+        let predecessor_connections = metrics.upgrade_predecessor_connections.clone();
         tokio::spawn(admin::run(
             admin_listener,
             AdminState {
@@ -135,6 +138,7 @@ impl App {
             table,
             admin_stop,
             retired,
+            predecessor_connections,
         })
     }
 
@@ -143,6 +147,51 @@ impl App {
     /// [`retired`](Self::retired) completes.
     pub async fn upgrade(&self) -> Result<Upgraded, UpgradeError> {
         request_upgrade(&self.board, &self.control).await
+    }
+
+    /// Follows the drain of the process this one replaced: `/status`
+    /// `predecessor` and `switchyard_upgrade_predecessor_connections`
+    /// show what it still serves until it exits.
+    pub fn follow_predecessor(&self, predecessor: Predecessor) {
+        let board = self.board.clone();
+        let gauge = self.predecessor_connections.clone();
+        let pid = predecessor.pid;
+        let since = crate::control::now();
+        {
+            let mut b = board.lock();
+            b.predecessor = Some(PredecessorStatus {
+                pid,
+                draining_connections: 0,
+                since: since.clone(),
+            });
+            b.predecessor_link = Some(predecessor.clone());
+        }
+        let spawned = std::thread::Builder::new()
+            .name("predecessor".into())
+            .spawn(move || {
+                predecessor.follow(|report| {
+                    let mut b = board.lock();
+                    match report {
+                        Some(connections) => {
+                            gauge.set(i64::try_from(connections).unwrap_or(i64::MAX));
+                            b.predecessor = Some(PredecessorStatus {
+                                pid,
+                                draining_connections: connections,
+                                since: since.clone(),
+                            });
+                        }
+                        None => {
+                            gauge.set(0);
+                            b.predecessor = None;
+                            b.predecessor_link = None;
+                            tracing::info!(pid, "The replaced process has exited");
+                        }
+                    }
+                });
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "Cannot follow the replaced process's drain");
+        }
     }
 
     /// Completes once this process has been replaced and has drained.

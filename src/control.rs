@@ -38,7 +38,7 @@ use crate::table::diff::ConfigDiff;
 use crate::table::gateway::Gateway;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
-use crate::upgrade::{self, Relaunch, UpgradeError, Upgraded};
+use crate::upgrade::{self, Predecessor, Relaunch, UpgradeError, Upgraded};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::state::EndpointState;
 use gateway::{CATALOG, GatewayControl, watch_catalog};
@@ -51,6 +51,8 @@ use watch::ConfigWatcher;
 const FILE_DEBOUNCE: Duration = Duration::from_millis(150);
 /// How often drained endpoints are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a replaced process tells its successor what it still serves.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -192,6 +194,18 @@ pub struct BoardState {
     pub shutting_down: bool,
     pub upgrade: UpgradeState,
     pub last_upgrade: Option<UpgradeRecord>,
+    /// The process this one replaced, while it drains.
+    pub predecessor: Option<PredecessorStatus>,
+    pub predecessor_link: Option<Predecessor>,
+}
+
+/// The replaced process's drain, as it reports it (`/status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PredecessorStatus {
+    pub pid: u32,
+    /// Connections it still serves.
+    pub draining_connections: usize,
+    pub since: String,
 }
 
 impl BoardState {
@@ -435,7 +449,7 @@ impl Control {
                     }
                     Some(ControlMsg::Upgrade { reply }) => {
                         let result = self.upgrade().await;
-                        let upgraded = result.as_ref().ok().copied();
+                        let upgraded = result.as_ref().ok().cloned();
                         let _ = reply.send(result);
                         if let Some(upgraded) = upgraded {
                             self.hand_off_and_drain(upgraded).await;
@@ -583,9 +597,43 @@ impl Control {
         self.lifecycle.admin_stop.cancel();
         self.watcher = None;
         let grace = self.table.current().config.shutdown_grace;
-        self.board.lock().shutting_down = true;
+        let predecessor = {
+            let mut board = self.board.lock();
+            board.shutting_down = true;
+            board.predecessor_link.take()
+        };
+        // One old process drains at a time: the one this process replaced
+        // closes what it still has now, so upgrades in a row never pile up
+        // processes.
+        if let Some(predecessor) = predecessor {
+            tracing::info!(
+                pid = predecessor.pid,
+                "Upgrade: asking the process still draining from the last upgrade to finish now"
+            );
+            predecessor.finish();
+        }
         self.lifecycle.sockets.release_all();
+        // The successor hears how many connections are left, and may ask
+        // for the rest to be closed at once.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (wire, done, tasks, cut) = (
+                upgraded.wire.clone(),
+                done.clone(),
+                self.listeners.tasks(),
+                self.listeners.cut_handle(),
+            );
+            std::thread::spawn(move || {
+                if upgrade::report_drain(&wire, DRAIN_REPORT_EVERY, || tasks.len(), &done) {
+                    tracing::info!(
+                        "Upgrade: the new process asks this one to finish now; closing what is left"
+                    );
+                    cut.set();
+                }
+            });
+        }
         let drained = self.listeners.shutdown(grace).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
         if drained {
             tracing::info!(
                 pid = std::process::id(),
@@ -853,6 +901,6 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

@@ -392,8 +392,11 @@ fn run(path: &Path, options: AppOptions, upgrade_from: Option<&Path>) -> anyhow:
         if let Some(handover) = handover {
             // If the old process is gone, it cannot stop accepting either:
             // both serve until it exits, which loses nothing.
-            if let Err(error) = handover.ready() {
-                tracing::warn!(%error, "Cannot tell the old process this one is ready");
+            match handover.ready() {
+                Ok(predecessor) => app.follow_predecessor(predecessor),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot tell the old process this one is ready")
+                }
             }
         }
         upgrade::notify_systemd_ready(upgraded);

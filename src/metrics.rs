@@ -40,6 +40,8 @@ pub struct Metrics {
     pub config_version: IntGauge,
     config_reloads: IntCounterVec,
     upgrades: IntCounterVec,
+    /// Connections the process this one replaced still serves.
+    pub upgrade_predecessor_connections: IntGauge,
     /// DNS lookups by name and result; incremented by the resolver tasks
     /// (a few per TTL, so resolving the label set each time is fine).
     pub dns_lookups: IntCounterVec,
@@ -198,6 +200,10 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let upgrade_predecessor_connections = IntGauge::new(
+            "switchyard_upgrade_predecessor_connections",
+            "Connections the process this one replaced by a binary upgrade still serves while it drains (0 when none)",
+        )?;
         let dns_lookups = IntCounterVec::new(
             Opts::new(
                 "switchyard_dns_lookups_total",
@@ -336,6 +342,7 @@ impl Metrics {
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["failure"]);
         registry.register(Box::new(upgrades.clone()))?;
+        registry.register(Box::new(upgrade_predecessor_connections.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -348,6 +355,7 @@ impl Metrics {
             config_version,
             config_reloads,
             upgrades,
+            upgrade_predecessor_connections,
             dns_lookups,
             discovery_updates,
             template_renders,

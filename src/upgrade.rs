@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::sockets::{Slot, SocketRegistry};
 use wire::{MAX_FDS, Message, Wire, WireListener};
 
@@ -70,10 +72,21 @@ impl Relaunch {
 }
 
 /// The new process serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Upgraded {
     pub new_pid: u32,
     pub took: Duration,
+    /// Still open to the new process: the drain reports over it.
+    pub wire: Arc<Wire>,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("new_pid", &self.new_pid)
+            .field("took", &self.took)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,9 +193,10 @@ pub fn hand_over(
     tracing::info!(pid, exe = %relaunch.exe.display(), "Upgrade: started the new process");
     let result = drive(&listener, &mut child, sockets, deadline, relaunch.timeout);
     match result {
-        Ok(()) => Ok(Upgraded {
+        Ok(wire) => Ok(Upgraded {
             new_pid: pid,
             took: started.elapsed(),
+            wire: Arc::new(wire),
         }),
         Err(error) => {
             let error = finish_failed(&mut child, error);
@@ -199,7 +213,7 @@ fn drive(
     sockets: Vec<(Slot, Vec<OwnedFd>)>,
     deadline: Instant,
     timeout: Duration,
-) -> Result<(), UpgradeError> {
+) -> Result<Wire, UpgradeError> {
     let wire = loop {
         if let Some(wire) = listener.accept().map_err(UpgradeError::Handover)? {
             break wire;
@@ -221,10 +235,11 @@ fn drive(
                 .map_err(UpgradeError::Handover)?;
         }
     }
-    wire.send(&Message::Handed { slots }, &[])
+    let pid = std::process::id();
+    wire.send(&Message::Handed { slots, pid }, &[])
         .map_err(UpgradeError::Handover)?;
     match receive(&wire, child, deadline, timeout)? {
-        Message::Ready { .. } => Ok(()),
+        Message::Ready { .. } => Ok(wire),
         Message::Failed { reason } => Err(UpgradeError::Failed {
             status: None,
             reason: Some(reason),
@@ -311,6 +326,8 @@ fn finish_failed(child: &mut Child, error: UpgradeError) -> UpgradeError {
 /// sockets it was given until it reports ready or failed.
 pub struct Handover {
     wire: Wire,
+    /// The old process's.
+    pub pid: u32,
 }
 
 impl Handover {
@@ -333,9 +350,13 @@ impl Handover {
                         fds.into_iter().map(std::net::TcpListener::from).collect(),
                     );
                 }
-                Message::Handed { slots } => {
-                    tracing::info!(slots, "Upgrade: received the listening sockets");
-                    return Ok(Self { wire });
+                Message::Handed { slots, pid } => {
+                    tracing::info!(
+                        slots,
+                        old_pid = pid,
+                        "Upgrade: received the listening sockets"
+                    );
+                    return Ok(Self { wire, pid });
                 }
                 other => {
                     return Err(io::Error::new(
@@ -347,14 +368,19 @@ impl Handover {
         }
     }
 
-    /// Tells the old process this one serves; it stops accepting.
-    pub fn ready(self) -> io::Result<()> {
+    /// Tells the old process this one serves; it stops accepting. The
+    /// wire stays open: the old process reports its drain over it.
+    pub fn ready(self) -> io::Result<Predecessor> {
         self.wire.send(
             &Message::Ready {
                 pid: std::process::id(),
             },
             &[],
-        )
+        )?;
+        Ok(Predecessor {
+            wire: Arc::new(self.wire),
+            pid: self.pid,
+        })
     }
 
     /// Tells the old process why this one is exiting instead.
@@ -392,4 +418,73 @@ pub fn notify_systemd_ready(upgraded: bool) {
     if let Err(error) = result {
         tracing::warn!(%error, "Cannot notify systemd");
     }
+}
+
+/// The old process, seen from its successor while it drains.
+#[derive(Clone)]
+pub struct Predecessor {
+    wire: Arc<Wire>,
+    pub pid: u32,
+}
+
+impl Predecessor {
+    /// Follows the old process's drain reports until it exits (its end
+    /// of the wire closes); `report` gets the connections it still
+    /// serves, and `None` once it has gone. Blocking: run on a thread.
+    pub fn follow(&self, report: impl Fn(Option<usize>)) {
+        loop {
+            match self.wire.recv(Duration::from_secs(3600)) {
+                Ok((Message::Draining { connections }, _)) => report(Some(connections)),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        report(None);
+    }
+
+    /// Asks the old process to close what it still has, now.
+    pub fn finish(&self) {
+        let _ = self.wire.send(&Message::Finish, &[]);
+    }
+}
+
+/// The old process's side of the wire while it drains: reports how many
+/// connections it still serves every `every`, and returns when its
+/// successor asks it to finish now (or has gone, or `done` is set).
+pub fn report_drain(
+    wire: &Wire,
+    every: Duration,
+    connections: impl Fn() -> usize,
+    done: &std::sync::atomic::AtomicBool,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    while !done.load(Ordering::Relaxed) {
+        if wire
+            .send(
+                &Message::Draining {
+                    connections: connections(),
+                },
+                &[],
+            )
+            .is_err()
+        {
+            return false;
+        }
+        match wire.recv(every) {
+            Ok((Message::Finish, _)) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }

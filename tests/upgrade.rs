@@ -507,3 +507,78 @@ async fn a_websocket_open_across_an_upgrade_runs_until_the_drain_timeout() {
     fresh.send(Message::text("hello")).await.unwrap();
     assert_eq!(fresh.next().await.unwrap().unwrap(), Message::text("hello"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replaced_process_s_drain_shows_and_only_one_drains_at_a_time() {
+    let (echo_addr, _echo) = tcp_echo().await;
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A TCP listener and a long grace: without the rule, each upgrade
+    // would leave one more process behind for 60 s.
+    let config = config(echo_addr)
+        .replace("grace = \"10s\"", "grace = \"60s\"")
+        .replace(
+            "default_backend = \"app\"",
+            "mode = \"tcp\"\ndefault_backend = \"app\"",
+        );
+    let mut sy = SwitchyardProcess::start_exe_in(dir, &bin.path(), &config, &[]);
+    let processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let first = sy.pid();
+    let admin = sy.admin;
+    let mut long_lived = tokio::net::TcpStream::connect(sy.addr("web"))
+        .await
+        .unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        long_lived.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        long_lived.read_exact(&mut buf).await.unwrap();
+    }
+
+    bin.install(1);
+    let (code, body) = post(admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let second: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let second = second["new_pid"].as_i64().unwrap() as i32;
+    processes.add(second);
+    eventually(
+        "the new process shows the old one draining",
+        Duration::from_secs(10),
+        || async {
+            let st = status(admin).await;
+            st["pid"] == second
+                && st["predecessor"]["pid"] == first
+                && st["predecessor"]["draining_connections"].as_u64() >= Some(1)
+        },
+    )
+    .await;
+    let metrics = get(admin, "/metrics", None).await.1;
+    assert!(
+        metrics.contains("switchyard_upgrade_predecessor_connections 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("predecessor"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // The next upgrade asks the first process to finish now.
+    bin.install(2);
+    let (code, body) = post(admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let third: serde_json::Value = serde_json::from_str(&body).unwrap();
+    processes.add(third["new_pid"].as_i64().unwrap() as i32);
+    assert_eq!(
+        sy.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "the first process exits long before its grace period"
+    );
+    closed_by_peer(&mut long_lived, "the first process's last connection").await;
+    eventually(
+        "the second process has gone too",
+        Duration::from_secs(10),
+        || async { status(admin).await["predecessor"].is_null() },
+    )
+    .await;
+}

@@ -18,6 +18,8 @@ pub struct Status<'a> {
     pub pid: u32,
     pub upgrade: &'a super::UpgradeState,
     pub last_upgrade: Option<&'a super::UpgradeRecord>,
+    /// The process this one replaced, while it drains.
+    pub predecessor: Option<&'a super::PredecessorStatus>,
     pub last_reload: Option<&'a ReloadRecord>,
     pub last_failure: Option<&'a ReloadRecord>,
     pub listeners: Vec<ListenerStatus>,
@@ -223,6 +225,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
         pid: std::process::id(),
         upgrade: &board.upgrade,
         last_upgrade: board.last_upgrade.as_ref(),
+        predecessor: board.predecessor.as_ref(),
         last_reload: board.last_reload.as_ref(),
         last_failure: board.last_failure.as_ref(),
         listeners,

@@ -254,6 +254,17 @@ impl ListenerSet {
         });
     }
 
+    /// Every connection (and tunnel) task: `len()` counts what is open.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+
+    /// Setting it closes every connection at once (the end of the grace
+    /// period, brought forward).
+    pub fn cut_handle(&self) -> Arc<Latch> {
+        self.hard_stop.clone()
+    }
+
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
         self.running

@@ -33,12 +33,18 @@ pub enum Message {
     /// Old → successor: the listening sockets of one slot, attached.
     Sockets { slot: Slot },
     /// Old → successor: every socket has been sent.
-    Handed { slots: usize },
+    Handed { slots: usize, pid: u32 },
     /// Successor → old: serving on the sockets; the old one may stop
     /// accepting.
     Ready { pid: u32 },
     /// Successor → old: it could not start, and exits.
     Failed { reason: String },
+    /// Old → successor, while it drains: connections it still serves.
+    Draining { connections: usize },
+    /// Successor → old: close what is left now (an upgrade of the
+    /// successor itself began draining, and one old process at a time
+    /// may drain).
+    Finish,
 }
 
 /// One end of the wire.
@@ -189,14 +195,16 @@ mod tests {
                 &[socket.as_raw_fd()],
             )
             .unwrap();
-        server.send(&Message::Handed { slots: 1 }, &[]).unwrap();
+        server
+            .send(&Message::Handed { slots: 1, pid: 7 }, &[])
+            .unwrap();
         let (first, fds) = client.recv(Duration::from_secs(5)).unwrap();
         assert_eq!(first, Message::Sockets { slot });
         assert_eq!(fds.len(), 1);
         let received = std::net::TcpListener::from(fds.into_iter().next().unwrap());
         assert_eq!(received.local_addr().unwrap(), addr);
         let (second, fds) = client.recv(Duration::from_secs(5)).unwrap();
-        assert_eq!(second, Message::Handed { slots: 1 });
+        assert_eq!(second, Message::Handed { slots: 1, pid: 7 });
         assert!(fds.is_empty());
         let silent = client.recv(Duration::from_millis(50)).unwrap_err();
         assert!(matches!(
