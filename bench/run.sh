@@ -8,6 +8,7 @@
 #   bench/run.sh --only consul        # only the Consul convergence figure
 #   bench/run.sh --only templates     # only the template (KV to route) figure
 #   bench/run.sh --only tls           # only TLS: HTTPS, handshakes, idle memory, certificate swap
+#   bench/run.sh --only upgrade       # only binary upgrades under load, beside HAProxy -W and nginx reloads
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -59,6 +60,11 @@ if [ "${1:-}" = "--only" ] && [ "${2:-}" = "consul" ]; then
 fi
 
 cargo build --release --bin switchyard
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "upgrade" ]; then
+  shift 2
+  python3 bench/upgrade_bench.py "$@"
+  exit 0
+fi
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "tls" ]; then
   shift 2
   python3 bench/tls_bench.py "$@"

@@ -19,7 +19,7 @@ use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
 use crate::sockets::{Slot, SocketRegistry};
 use crate::table::{Table, TableHandle};
-use crate::upgrade::{Predecessor, Relaunch, UpgradeError, Upgraded};
+use crate::upgrade::{HandedState, Predecessor, Relaunch, UpgradeError, Upgraded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -50,6 +50,9 @@ pub struct AppOptions {
     /// How to start this process again for a binary upgrade; `None`: no
     /// upgrades (in-process tests, embedding).
     pub relaunch: Option<Relaunch>,
+    /// What the process this one replaces knew (DNS answers, endpoints
+    /// down), to start from.
+    pub handed: HandedState,
 }
 
 impl Default for AppOptions {
@@ -59,6 +62,7 @@ impl Default for AppOptions {
             workers: 0,
             sockets: SocketRegistry::default(),
             relaunch: None,
+            handed: HandedState::default(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl App {
                 relaunch: options.relaunch,
                 admin_stop: admin_stop.clone(),
                 retired: retired.clone(),
+                handed: options.handed,
             },
         )
         .await?;

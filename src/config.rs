@@ -590,7 +590,9 @@ pub struct DnsQuery {
     pub kind: QueryKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum QueryKind {
     /// A and AAAA records; the port comes from the server entry.
     #[serde(rename = "A/AAAA")]

@@ -38,7 +38,7 @@ use crate::table::diff::ConfigDiff;
 use crate::table::gateway::Gateway;
 use crate::table::{self, Backend, CompileContext, CompileError, Table, TableHandle};
 use crate::template::{Dep, TemplateStatus};
-use crate::upgrade::{self, Predecessor, Relaunch, UpgradeError, Upgraded};
+use crate::upgrade::{self, HandedState, Predecessor, Relaunch, UpgradeError, Upgraded};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::state::EndpointState;
 use gateway::{CATALOG, GatewayControl, watch_catalog};
@@ -168,6 +168,8 @@ pub struct Lifecycle {
     pub admin_stop: CancellationToken,
     /// Set when this process has been replaced and has drained.
     pub retired: CancellationToken,
+    /// What the process this one replaces knew, to start from.
+    pub handed: HandedState,
 }
 
 /// State the admin API reads; written only by the control task.
@@ -322,7 +324,7 @@ impl Control {
         placement: Placement,
         metrics: Metrics,
         board: Arc<StatusBoard>,
-        lifecycle: Lifecycle,
+        mut lifecycle: Lifecycle,
     ) -> Result<(Self, TableHandle), StartError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut config = config::load(&path)?;
@@ -332,6 +334,8 @@ impl Control {
             dns: DnsWatcher::new(dns_tx, metrics.dns_lookups.clone()),
             consul: ConsulWatcher::new(consul_tx),
         };
+        let handed = std::mem::take(&mut lifecycle.handed);
+        sources.dns.seed(handed.dns);
         // Templates render before the first compile, so that the routes
         // they produce are there from the first request.
         let mut templating = Templating::new(metrics.clone(), board.clone());
@@ -366,6 +370,18 @@ impl Control {
         };
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
         sources.commit(plan, &config, &board);
+        // Endpoints the old process's checks hold down start down here too
+        // (they need `rise` good checks to come back), not up for `fall`
+        // failed checks' time.
+        for (state, _, _) in table.checked_endpoints() {
+            if handed
+                .unhealthy
+                .iter()
+                .any(|(backend, addr)| **backend == *state.backend && *addr == state.addr)
+            {
+                state.set_healthy(false);
+            }
+        }
         let mut health = HealthChecks::new(metrics.clone());
         health.sync(table.checked_endpoints());
         let mut registrations = Registrations::default();
@@ -558,13 +574,16 @@ impl Control {
             Some(relaunch) => match self.lifecycle.sockets.live() {
                 Err(error) => Err(UpgradeError::Socket(error)),
                 Ok(sockets) => {
-                    tokio::task::spawn_blocking(move || upgrade::hand_over(&relaunch, sockets))
-                        .await
-                        .unwrap_or_else(|join| {
-                            Err(UpgradeError::Handover(std::io::Error::other(
-                                join.to_string(),
-                            )))
-                        })
+                    let state = self.handed_state();
+                    tokio::task::spawn_blocking(move || {
+                        upgrade::hand_over(&relaunch, sockets, state)
+                    })
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(UpgradeError::Handover(std::io::Error::other(
+                            join.to_string(),
+                        )))
+                    })
                 }
             },
         };
@@ -586,6 +605,20 @@ impl Control {
             Err(_) => UpgradeState::Idle,
         };
         result
+    }
+
+    /// What a successor should start from: the DNS answers held now and
+    /// the endpoints health checks hold down.
+    fn handed_state(&self) -> HandedState {
+        let table = self.table.current();
+        HandedState {
+            dns: self.sources.dns.seeds(),
+            unhealthy: table
+                .checked_endpoints()
+                .filter(|(state, _, _)| !state.is_healthy())
+                .map(|(state, _, _)| (state.backend.to_string(), state.addr))
+                .collect(),
+        }
     }
 
     /// After a successful upgrade: stop accepting (the successor accepts

@@ -126,11 +126,12 @@ fn main() -> ExitCode {
                 // per request), as HAProxy with `nbthread 1` does.
                 workers: if workers <= 1 { 0 } else { workers },
                 sockets: SocketRegistry::default(),
-                // The path as it is now: once a package replaces the file,
-                // the same path names the new version.
-                relaunch: std::env::current_exe()
-                    .ok()
+                // The path as started: once a package replaces the file (or
+                // re-points the symlink), the same path names the new
+                // version.
+                relaunch: Relaunch::started_as()
                     .map(|exe| Relaunch::from_current(exe, upgrade_timeout)),
+                ..AppOptions::default()
             };
             match run(&config, options, upgrade_from.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -350,7 +351,7 @@ fn raise_file_limit() {
     }
 }
 
-fn run(path: &Path, options: AppOptions, upgrade_from: Option<&Path>) -> anyhow::Result<()> {
+fn run(path: &Path, mut options: AppOptions, upgrade_from: Option<&Path>) -> anyhow::Result<()> {
     raise_file_limit();
     let passed = options.sockets.inherit_systemd();
     if passed > 0 {
@@ -361,12 +362,15 @@ fn run(path: &Path, options: AppOptions, upgrade_from: Option<&Path>) -> anyhow:
     }
     // Before the runtime starts: the old process waits for us, and the
     // sockets must be filed before any listener binds.
-    let handover = upgrade_from
+    let mut handover = upgrade_from
         .map(|socket| {
             Handover::receive(socket, &options.sockets)
                 .with_context(|| format!("taking the listening sockets over {}", socket.display()))
         })
         .transpose()?;
+    if let Some(handover) = handover.as_mut() {
+        options.handed = std::mem::take(&mut handover.state);
+    }
     // The control plane (reloads, discovery, templates, admin) on this
     // thread; the data plane on `options.workers` threads of its own.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use crate::sockets::{Slot, SocketRegistry};
+pub use wire::HandedState;
 use wire::{MAX_FDS, Message, Wire, WireListener};
 
 /// The command-line flag a successor is started with.
@@ -45,6 +46,24 @@ pub struct Relaunch {
 }
 
 impl Relaunch {
+    /// The path this process was started by, as written (a symlink stays
+    /// a symlink, so re-pointing it to a new version is an upgrade too):
+    /// `argv[0]` made absolute, or looked up in `PATH` when it has no
+    /// slash; the resolved executable when neither works.
+    pub fn started_as() -> Option<PathBuf> {
+        let argv0 = PathBuf::from(std::env::args_os().next()?);
+        if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
+            return std::path::absolute(&argv0).ok();
+        }
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(&argv0))
+                    .find(|candidate| candidate.is_file())
+            })
+            .or_else(|| std::env::current_exe().ok())
+    }
+
     /// This process's own command line, without an earlier
     /// `--upgrade-from` (every upgrade gets its own socket).
     pub fn from_current(exe: PathBuf, timeout: Duration) -> Self {
@@ -170,6 +189,7 @@ impl Drop for HandoverDir {
 pub fn hand_over(
     relaunch: &Relaunch,
     sockets: Vec<(Slot, Vec<OwnedFd>)>,
+    state: HandedState,
 ) -> Result<Upgraded, UpgradeError> {
     let started = Instant::now();
     let deadline = started + relaunch.timeout;
@@ -191,7 +211,14 @@ pub fn hand_over(
         })?;
     let pid = child.id();
     tracing::info!(pid, exe = %relaunch.exe.display(), "Upgrade: started the new process");
-    let result = drive(&listener, &mut child, sockets, deadline, relaunch.timeout);
+    let result = drive(
+        &listener,
+        &mut child,
+        sockets,
+        state,
+        deadline,
+        relaunch.timeout,
+    );
     match result {
         Ok(wire) => Ok(Upgraded {
             new_pid: pid,
@@ -211,6 +238,7 @@ fn drive(
     listener: &WireListener,
     child: &mut Child,
     sockets: Vec<(Slot, Vec<OwnedFd>)>,
+    state: HandedState,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Wire, UpgradeError> {
@@ -235,6 +263,8 @@ fn drive(
                 .map_err(UpgradeError::Handover)?;
         }
     }
+    wire.send(&Message::State { state }, &[])
+        .map_err(UpgradeError::Handover)?;
     let pid = std::process::id();
     wire.send(&Message::Handed { slots, pid }, &[])
         .map_err(UpgradeError::Handover)?;
@@ -328,6 +358,8 @@ pub struct Handover {
     wire: Wire,
     /// The old process's.
     pub pid: u32,
+    /// What the old process knew (DNS answers, endpoints down).
+    pub state: HandedState,
 }
 
 impl Handover {
@@ -341,9 +373,11 @@ impl Handover {
             },
             &[],
         )?;
+        let mut state = HandedState::default();
         loop {
             let (message, fds) = wire.recv(HANDOVER_TIMEOUT)?;
             match message {
+                Message::State { state: handed } => state = handed,
                 Message::Sockets { slot } => {
                     registry.inherit(
                         slot,
@@ -356,7 +390,7 @@ impl Handover {
                         old_pid = pid,
                         "Upgrade: received the listening sockets"
                     );
-                    return Ok(Self { wire, pid });
+                    return Ok(Self { wire, pid, state });
                 }
                 other => {
                     return Err(io::Error::new(

@@ -582,3 +582,76 @@ async fn the_replaced_process_s_drain_shows_and_only_one_drains_at_a_time() {
     )
     .await;
 }
+
+/// The nameserver stops answering just before an upgrade: the new process
+/// starts from the old one's answers and holds them as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_survive_an_upgrade_while_the_nameserver_is_silent() {
+    let dns = support::dns::DnsServer::start().await;
+    let backend = Backend::start("app").await;
+    dns.set_addresses("app.test", &["127.0.0.1".parse().unwrap()], 1);
+    let bin = Binaries::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        r#"
+[resolver]
+nameservers = ["{dns}"]
+timeout = "500ms"
+attempts = 1
+hold_valid = "60s"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = ["app.test:{port}"]
+"#,
+        dns = dns.addr,
+        port = backend.addr.port()
+    );
+    let sy = SwitchyardProcess::start_exe_in(dir, &bin.path(), &config, &[]);
+    let processes = Processes(std::sync::Mutex::new(vec![sy.pid()]));
+    let (addr, admin) = (sy.addr("web"), sy.admin);
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+
+    dns.set_silent("app.test");
+    eventually(
+        "the old process holds its answer",
+        Duration::from_secs(10),
+        || async { status(admin).await["watches"][0]["state"] == "holding" },
+    )
+    .await;
+    bin.install(1);
+    let (code, body) = post(admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pid = answer["new_pid"].as_i64().unwrap() as i32;
+    processes.add(pid);
+    eventually(
+        "the new process serves",
+        Duration::from_secs(10),
+        || async { status(admin).await["pid"] == pid },
+    )
+    .await;
+    // Its own lookups time out; the handed-over answer is held.
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+    }
+    let st = status(admin).await;
+    assert_eq!(
+        st["backends"][0]["endpoints"].as_array().map(Vec::len),
+        Some(1),
+        "{st}"
+    );
+    assert!(
+        matches!(
+            st["watches"][0]["state"].as_str(),
+            Some("holding" | "resolved")
+        ),
+        "{}",
+        st["watches"][0]
+    );
+}

@@ -97,6 +97,7 @@ fn config(n: usize, generation: usize) -> Config {
             default_backend: Some("svc-0".into()),
             max_connections: None,
             queue_timeout: Duration::from_secs(1),
+            drain_timeout: None,
             consul_tag_routes: false,
             forwarded_headers: true,
             tls: None,

@@ -55,7 +55,7 @@ const OVERDUE_GRACE: Duration = Duration::from_millis(500);
 
 /// One address of an answer. SRV answers carry their own port and weight;
 /// A/AAAA answers take both from the server entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct DnsRecord {
     pub ip: IpAddr,
     pub port: Option<u16>,
@@ -70,6 +70,16 @@ impl DnsRecord {
             _ => self.ip.to_string(),
         }
     }
+}
+
+/// A name's answer as handed to a successor process.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DnsSeed {
+    pub name: String,
+    pub kind: crate::config::QueryKind,
+    pub records: Vec<DnsRecord>,
+    /// How long its TTL had left.
+    pub ttl_left_ms: u64,
 }
 
 /// A usable answer: sorted, never empty.
@@ -256,6 +266,20 @@ impl DnsName {
             lookups_done: watch::Sender::new(0),
             status: Mutex::new(NameStatus::default()),
         }
+    }
+
+    /// Holds a handed-over answer as if a lookup had brought it, with the
+    /// TTL it had left.
+    fn seed(&self, seed: DnsSeed, settings: &ResolverSpec) {
+        let now = Instant::now();
+        self.answer.store(Some(Arc::new(DnsAnswer {
+            records: seed.records,
+        })));
+        let mut s = self.lock();
+        s.state = NameState::Resolved;
+        s.confirmed_until = Some(now + Duration::from_millis(seed.ttl_left_ms));
+        s.last_change = Some((SystemTime::now(), now));
+        s.rehold(settings);
     }
 
     /// The addresses to use now; `None` before the first answer and after a
@@ -627,6 +651,8 @@ fn build_resolver(settings: &ResolverSpec) -> Result<TokioResolver, ResolverErro
 
 /// The names the running config watches, each with its task.
 pub struct DnsWatcher {
+    /// Answers handed over by an upgrade, used once each.
+    seeds: HashMap<DnsQuery, DnsSeed>,
     settings: ResolverSpec,
     resolver: Option<Arc<TokioResolver>>,
     names: HashMap<DnsQuery, Watched<DnsName>>,
@@ -645,6 +671,7 @@ impl DnsWatcher {
     /// `changed` receives a name each time its addresses change.
     pub fn new(changed: mpsc::UnboundedSender<DnsQuery>, lookups: IntCounterVec) -> Self {
         Self {
+            seeds: HashMap::new(),
             settings: ResolverSpec::default(),
             resolver: None,
             names: HashMap::new(),
@@ -656,6 +683,45 @@ impl DnsWatcher {
     /// The watched name for `query`, if the running or prepared config has it.
     pub fn get(&self, query: &DnsQuery) -> Option<Arc<DnsName>> {
         self.names.get(query).map(|w| w.item.clone())
+    }
+
+    /// The answers held now, to seed a successor (binary upgrade) with.
+    pub fn seeds(&self) -> Vec<DnsSeed> {
+        let now = Instant::now();
+        self.names
+            .values()
+            .filter_map(|w| {
+                let answer = w.item.answer()?;
+                let confirmed_until = w.item.lock().confirmed_until?;
+                Some(DnsSeed {
+                    name: w.item.query.name.to_string(),
+                    kind: w.item.query.kind,
+                    records: answer.records.clone(),
+                    ttl_left_ms: u64::try_from(
+                        confirmed_until.saturating_duration_since(now).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Answers from the process this one replaces: a name started later
+    /// holds its seed as that process held it (the same TTL left, then
+    /// the same hold), so a nameserver that fails during an upgrade loses
+    /// no address.
+    pub fn seed(&mut self, seeds: Vec<DnsSeed>) {
+        self.seeds = seeds
+            .into_iter()
+            .filter(|s| !s.records.is_empty())
+            .map(|s| {
+                let query = DnsQuery {
+                    name: Arc::from(s.name.as_str()),
+                    kind: s.kind,
+                };
+                (query, s)
+            })
+            .collect();
     }
 
     /// Every watched name, sorted, for `/status` and metrics.
@@ -691,6 +757,9 @@ impl DnsWatcher {
         for query in wanted.keys() {
             if !self.names.contains_key(query) {
                 let name = Arc::new(DnsName::new(query.clone()));
+                if let Some(seed) = self.seeds.remove(query) {
+                    name.seed(seed, &plan.settings);
+                }
                 self.names.insert(
                     query.clone(),
                     self.spawn(name, resolver.clone(), &plan.settings),

@@ -18,7 +18,18 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use serde::{Deserialize, Serialize};
 
+use crate::discovery::dns::DnsSeed;
 use crate::sockets::Slot;
+
+/// Discovery and health state a successor starts from, so an upgrade
+/// loses no DNS answer (a nameserver may be failing just then) and marks
+/// no endpoint the old process knew to be down as up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandedState {
+    pub dns: Vec<DnsSeed>,
+    /// Endpoints (backend, address) whose health check said down.
+    pub unhealthy: Vec<(String, std::net::SocketAddr)>,
+}
 
 /// The most descriptors one message carries (the kernel's limit is 253).
 pub const MAX_FDS: usize = 200;
@@ -32,6 +43,9 @@ pub enum Message {
     Hello { pid: u32 },
     /// Old → successor: the listening sockets of one slot, attached.
     Sockets { slot: Slot },
+    /// Old → successor: what it knows that a fresh start would have to
+    /// learn again.
+    State { state: HandedState },
     /// Old → successor: every socket has been sent.
     Handed { slots: usize, pid: u32 },
     /// Successor → old: serving on the sockets; the old one may stop
