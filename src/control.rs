@@ -555,6 +555,9 @@ impl Control {
         // Out of Consul first, so clients stop being sent here.
         self.registrations.deregister_all().await;
         tracing::info!(grace = ?grace, "Shutting down: draining connections");
+        // The registry's duplicates would keep the sockets listening (and
+        // queueing connections nobody accepts) after the accept loops stop.
+        self.lifecycle.sockets.release_all();
         let drained = self.listeners.shutdown(grace).await;
         if drained {
             tracing::info!("All connections finished");
