@@ -655,3 +655,70 @@ servers = ["app.test:{port}"]
         st["watches"][0]
     );
 }
+
+/// systemd socket activation: the listener serves on the socket passed as
+/// fd 3 (`LISTEN_FDS=1`, `LISTEN_PID` = its own PID). The test keeps that
+/// port bound while Switchyard starts, so binding it anew would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_take_sockets_from_listen_fds() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let backend = Backend::start("app").await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = passed.local_addr().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("switchyard.toml");
+    let config = config(backend.addr).replace("127.0.0.1:0", &addr.to_string());
+    std::fs::write(&config_path, with_admin(&config)).expect("write config");
+    let fd = passed.as_raw_fd();
+    let mut command = std::process::Command::new("/bin/sh");
+    // `exec` keeps the shell's PID, which is what LISTEN_PID must name.
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .env("LISTEN_FDS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2 to
+    // put the socket at fd 3 (which also clears close-on-exec).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = std::sync::Mutex::new(command.spawn().expect("spawn"));
+    let _processes = Processes(std::sync::Mutex::new(vec![
+        child.lock().unwrap().id() as i32
+    ]));
+    eventually(
+        "it serves on the passed socket",
+        Duration::from_secs(20),
+        || async {
+            if let Ok(Some(status)) = child.lock().unwrap().try_wait() {
+                panic!("switchyard exited: {status}");
+            }
+            // The test's own copy of the socket queues connections too: one
+            // that nobody accepts gets no answer, hence the timeout.
+            let ask = async {
+                let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let mut client = HttpClient::over(stream).await;
+                client.get("/", None).await.ok()
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), ask).await,
+                Ok(Some((StatusCode::OK, _, body))) if body == "app"
+            )
+        },
+    )
+    .await;
+    // Ours is a copy: closing it leaves Switchyard's open.
+    drop(passed);
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
+}

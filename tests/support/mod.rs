@@ -535,7 +535,7 @@ impl Switchyard {
     }
 }
 
-fn with_admin(config: &str) -> String {
+pub fn with_admin(config: &str) -> String {
     if config.contains("[admin]") {
         config.to_string()
     } else {
