@@ -76,10 +76,19 @@ def main():
     rows = {}
     try:
         for run in range(args.runs):
-            # Switchyard: the control run, then an upgrade a second.
+            # The control run and the run with reloads alternate in order
+            # from run to run, so a drift of the machine hits both alike.
+            def pair(port, action):
+                if run % 2 == 0:
+                    _, control = under_load(port, args.seconds, args.reloads, None)
+                    count, loaded = under_load(port, args.seconds, args.reloads, action)
+                else:
+                    count, loaded = under_load(port, args.seconds, args.reloads, action)
+                    _, control = under_load(port, args.seconds, args.reloads, None)
+                return count, loaded, control
+
             sy = B.start_switchyard(workdir, 1)
-            _, control = under_load(B.PORTS["switchyard"]["http"], args.seconds, args.reloads, None)
-            count, loaded = under_load(B.PORTS["switchyard"]["http"], args.seconds, args.reloads, lambda i: upgrade(admin))
+            count, loaded, control = pair(B.PORTS["switchyard"]["http"], lambda i: upgrade(admin))
             last = switchyard_pid(admin)
             rows.setdefault("Switchyard binary upgrade (POST /upgrade)", []).append((count, loaded, control))
             sy.stop()
@@ -92,13 +101,11 @@ def main():
                         break
                     time.sleep(0.1)
             hp = B.start_haproxy(workdir, 1, master_worker=True, expose_fd=True)
-            _, control = under_load(B.PORTS["haproxy"]["http"], args.seconds, args.reloads, None)
-            count, loaded = under_load(B.PORTS["haproxy"]["http"], args.seconds, args.reloads, lambda i: hp.signal(signal.SIGUSR2))
+            count, loaded, control = pair(B.PORTS["haproxy"]["http"], lambda i: hp.signal(signal.SIGUSR2))
             rows.setdefault("HAProxy -W reload (expose-fd listeners)", []).append((count, loaded, control))
             hp.stop()
             ng = B.start_nginx(workdir, 1)
-            _, control = under_load(B.PORTS["nginx"]["http"], args.seconds, args.reloads, None)
-            count, loaded = under_load(B.PORTS["nginx"]["http"], args.seconds, args.reloads, lambda i: ng.signal(signal.SIGHUP))
+            count, loaded, control = pair(B.PORTS["nginx"]["http"], lambda i: ng.signal(signal.SIGHUP))
             rows.setdefault("nginx -s reload", []).append((count, loaded, control))
             ng.stop()
             for name, runs in rows.items():
@@ -113,13 +120,16 @@ def main():
              f"Command: `python3 bench/upgrade_bench.py --runs {args.runs} --seconds {args.seconds} --reloads {args.reloads}`", "",
              f"One worker each, 64 keep-alive connections (wrk), {args.seconds} s per run, {args.reloads} upgrades or "
              "reloads at a fixed rate; the control is the same run without any.", "",
-             "| proxy | reloads per run | failed requests, each run | req/s with reloads / control (median) |",
-             "|---|---:|---|---:|"]
+             "| proxy | reloads per run | failed requests, each run | req/s with reloads / control, each run | median req/s with reloads / median control |",
+             "|---|---:|---|---|---:|"]
     for name, runs in rows.items():
         failed = ", ".join(str(l.get("errors", 0) + l.get("non2xx", 0)) for _, l, _ in runs)
-        ratio = statistics.median(l.get("rps", 0) / c["rps"] if c.get("rps") else float("nan") for _, l, c in runs)
+        ratios = ", ".join(f"{l.get('rps', 0) / c['rps']:.2f}" if c.get("rps") else "-" for _, l, c in runs)
+        loaded_rps = statistics.median(l.get("rps", 0) for _, l, _ in runs)
+        control_rps = statistics.median(c.get("rps", 0) for _, _, c in runs)
+        ratio = loaded_rps / control_rps if control_rps else float("nan")
         counts = "/".join(str(c) for c, _, _ in runs)
-        lines.append(f"| {name} | {counts} | {failed} | {ratio:.2f} |")
+        lines.append(f"| {name} | {counts} | {failed} | {ratios} | {ratio:.2f} ({loaded_rps:.0f} / {control_rps:.0f}) |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -632,6 +632,10 @@ impl Control {
         tracing::info!(new_pid = upgraded.new_pid, took = ?upgraded.took, "Upgrade: the new process serves; this one stops accepting and drains");
         self.lifecycle.admin_stop.cancel();
         self.watcher = None;
+        // The successor registered the same services; dropping the tasks
+        // (without deregistering) leaves the registrations to it. Templates
+        // render only in the control loop, which ends here.
+        self.registrations = Registrations::default();
         let grace = self.table.current().config.shutdown_grace;
         let predecessor = {
             let mut board = self.board.lock();
