@@ -291,12 +291,7 @@ fn receive(
     loop {
         match wire.recv(POLL) {
             Ok((message, _)) => return Ok(message),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if wire::timed_out(&e) => {
                 wait_a_moment(child, deadline, timeout)?;
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -470,11 +465,7 @@ impl Predecessor {
             match self.wire.recv(Duration::from_secs(3600)) {
                 Ok((Message::Draining { connections }, _)) => report(Some(connections)),
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if wire::timed_out(&e) => {}
                 Err(_) => break,
             }
         }
@@ -512,11 +503,7 @@ pub fn report_drain(
         match wire.recv(every) {
             Ok((Message::Finish, _)) => return true,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if wire::timed_out(&e) => {}
             Err(_) => return false,
         }
     }

@@ -61,6 +61,14 @@ pub enum Message {
     Finish,
 }
 
+/// Whether `error` is [`Wire::recv`]'s "nothing came in time".
+pub fn timed_out(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// One end of the wire.
 pub struct Wire(OwnedFd);
 
@@ -221,10 +229,7 @@ mod tests {
         assert_eq!(second, Message::Handed { slots: 1, pid: 7 });
         assert!(fds.is_empty());
         let silent = client.recv(Duration::from_millis(50)).unwrap_err();
-        assert!(matches!(
-            silent.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ));
+        assert!(timed_out(&silent));
         drop(server);
         let closed = client.recv(Duration::from_secs(5)).unwrap_err();
         assert_eq!(closed.kind(), io::ErrorKind::UnexpectedEof);
