@@ -362,11 +362,8 @@ async fn one_upgrade_at_a_time_and_a_silent_new_process_times_out() {
 
     // And the next upgrade, to a real binary, goes through.
     bin.install(1);
-    let (code, body) = post(admin, "/upgrade").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let pid = answer["new_pid"].as_i64().expect("new pid") as i32;
-    let _new = Processes(std::sync::Mutex::new(vec![pid]));
+    let new = Processes(std::sync::Mutex::new(Vec::new()));
+    let pid = upgrade_ok(admin, &new).await;
     eventually(
         "the new process serves",
         Duration::from_secs(10),
@@ -395,6 +392,17 @@ async fn sigusr2_upgrades() {
         get(sy.addr("web"), "/", None).await,
         (StatusCode::OK, "app".into())
     );
+}
+
+/// `POST /upgrade`, which must succeed; the new process's PID, added to
+/// `processes`.
+async fn upgrade_ok(admin: SocketAddr, processes: &Processes) -> i32 {
+    let (code, body) = post(admin, "/upgrade").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let pid = answer["new_pid"].as_i64().expect("new pid") as i32;
+    processes.add(pid);
+    pid
 }
 
 async fn post(addr: SocketAddr, path: &str) -> (StatusCode, String) {
@@ -438,10 +446,7 @@ async fn a_websocket_open_across_an_upgrade_runs_until_the_drain_timeout() {
     round_trip(0).await.expect("echo before the upgrade");
 
     bin.install(1);
-    let (code, body) = post(sy.admin, "/upgrade").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
-    processes.add(answer["new_pid"].as_i64().expect("new pid") as i32);
+    upgrade_ok(sy.admin, &processes).await;
     let upgraded = std::time::Instant::now();
 
     // The old process still carries the WebSocket, message after message,
@@ -516,11 +521,7 @@ async fn the_replaced_process_s_drain_shows_and_only_one_drains_at_a_time() {
     }
 
     bin.install(1);
-    let (code, body) = post(admin, "/upgrade").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let second: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let second = second["new_pid"].as_i64().unwrap() as i32;
-    processes.add(second);
+    let second = upgrade_ok(admin, &processes).await;
     eventually(
         "the new process shows the old one draining",
         Duration::from_secs(10),
@@ -545,10 +546,7 @@ async fn the_replaced_process_s_drain_shows_and_only_one_drains_at_a_time() {
 
     // The next upgrade asks the first process to finish now.
     bin.install(2);
-    let (code, body) = post(admin, "/upgrade").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let third: serde_json::Value = serde_json::from_str(&body).unwrap();
-    processes.add(third["new_pid"].as_i64().unwrap() as i32);
+    upgrade_ok(admin, &processes).await;
     assert_eq!(
         sy.wait_exit(Duration::from_secs(10)).await,
         Some(0),
@@ -602,11 +600,7 @@ servers = ["app.test:{port}"]
     )
     .await;
     bin.install(1);
-    let (code, body) = post(admin, "/upgrade").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let pid = answer["new_pid"].as_i64().unwrap() as i32;
-    processes.add(pid);
+    let pid = upgrade_ok(admin, &processes).await;
     eventually(
         "the new process serves",
         Duration::from_secs(10),
