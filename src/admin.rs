@@ -23,7 +23,6 @@ use crate::control::{ControlMsg, ReloadResult, StatusBoard, Trigger, status};
 use crate::error_chain::ErrorChain;
 use crate::metrics::Metrics;
 use crate::table::TableHandle;
-use crate::upgrade::UpgradeError;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -152,11 +151,10 @@ async fn upgrade(state: &AdminState) -> Response<Full<Bytes>> {
             },
         ),
         Err(error) => {
-            let status = match error {
-                UpgradeError::InProgress
-                | UpgradeError::Replaced(_)
-                | UpgradeError::ShuttingDown => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            let status = if error.is_refusal() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
             };
             json(
                 status,

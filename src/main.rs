@@ -413,8 +413,13 @@ fn run(path: &Path, mut options: AppOptions, upgrade_from: Option<&Path>) -> any
                     }
                 }
                 _ = usr2.recv() => {
-                    // Outcomes are logged by the upgrade itself.
-                    let _ = app.upgrade().await;
+                    // A failed upgrade is logged where it fails; a refused
+                    // one only here.
+                    if let Err(error) = app.upgrade().await
+                        && error.is_refusal()
+                    {
+                        tracing::warn!(%error, "SIGUSR2: no upgrade");
+                    }
                 }
                 () = app.retired() => return Ok(()),
                 _ = term.recv() => break,

@@ -148,6 +148,15 @@ fn exit_text(status: Option<ExitStatus>) -> String {
 }
 
 impl UpgradeError {
+    /// Turned away before anything was started (one runs already, this
+    /// process was replaced or is stopping, or cannot start itself).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::InProgress | Self::Replaced(_) | Self::ShuttingDown | Self::NotRelaunchable
+        )
+    }
+
     /// The exit status of a successor that failed, if it exited.
     pub fn exit_code(&self) -> Option<i32> {
         match self {
