@@ -665,3 +665,28 @@ async fn upstream_connections_outlive_the_clients_that_opened_them() {
         "one upstream connection served them all"
     );
 }
+
+/// An HTTP/1.0 client may send no Host header; the request goes upstream
+/// as HTTP/1.1, which requires one, so the proxy names the server (as
+/// nginx's default `$proxy_host` does). Without it a strict server answers
+/// 400 and closes, and the pooled connection is lost with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_without_host_reaches_the_server_with_one() {
+    let b = Backend::start("b").await;
+    let sy = Switchyard::start(&single_backend(b.addr, "", "")).await;
+    let mut stream = TcpStream::connect(sy.addr("web")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&format!("x-seen-host: {}\r\n", b.addr)),
+        "the server saw Host: {}: {answer}",
+        b.addr
+    );
+}

@@ -902,9 +902,15 @@ fn finish_target(
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match protocol {
         Protocol::Http1 => {
-            // HTTP/2 clients send the authority instead of a Host header.
-            if let (false, Some(host)) = (has_host_header, host) {
-                req.headers_mut().insert(header::HOST, host);
+            // HTTP/2 clients send the authority instead of a Host header;
+            // an HTTP/1.0 client may send neither, and HTTP/1.1 requires
+            // one (servers answer 400 without it): name the server itself,
+            // as nginx's default `$proxy_host` does.
+            if !has_host_header {
+                let host = host.or_else(|| HeaderValue::from_str(&endpoint.to_string()).ok());
+                if let Some(host) = host {
+                    req.headers_mut().insert(header::HOST, host);
+                }
             }
             *req.version_mut() = Version::HTTP_11;
             // Origin-form: the upstream connection already names the server.
