@@ -37,6 +37,17 @@ async fn start(config: &str, files: &[(&str, &str)]) -> Switchyard {
     Switchyard::start_in(dir, config).await
 }
 
+/// One request through a Switchyard whose backend `server` has the upstream
+/// `tls` settings (with `files` beside its config).
+async fn answer_via(
+    server: std::net::SocketAddr,
+    tls: &str,
+    files: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let sy = start(&config(server, tls, ""), files).await;
+    get(sy.addr("web"), "/", None).await
+}
+
 #[tokio::test]
 async fn a_private_ca_verifies_servers_by_dns_name_or_ip_address_and_connections_are_reused() {
     let ca = Ca::new();
@@ -86,38 +97,27 @@ async fn an_unverifiable_server_gets_502_with_the_reason_unless_verify_is_off() 
     let ca = Ca::new();
     let stranger = Ca::new();
     let (server, _, _s) = tls_http_backend(&stranger.leaf(&["app.internal"]), "app", None).await;
-    let sy = start(
-        &config(
-            server,
-            r#"{ ca_file = "ca.pem", server_name = "app.internal" }"#,
-            "",
-        ),
+    let (status, body) = answer_via(
+        server,
+        r#"{ ca_file = "ca.pem", server_name = "app.internal" }"#,
         &[("ca.pem", &ca.pem())],
     )
     .await;
-    let (status, body) = get(sy.addr("web"), "/", None).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("TLS handshake"), "{body}");
 
     // The right CA, the wrong name.
     let (named, _, _n) = tls_http_backend(&ca.leaf(&["app.internal"]), "app", None).await;
-    let sy = start(
-        &config(
-            named,
-            r#"{ ca_file = "ca.pem", server_name = "other.internal" }"#,
-            "",
-        ),
+    let wrong_name = answer_via(
+        named,
+        r#"{ ca_file = "ca.pem", server_name = "other.internal" }"#,
         &[("ca.pem", &ca.pem())],
     )
     .await;
-    assert_eq!(
-        get(sy.addr("web"), "/", None).await.0,
-        StatusCode::BAD_GATEWAY
-    );
+    assert_eq!(wrong_name.0, StatusCode::BAD_GATEWAY);
 
-    let sy = start(&config(server, "{ verify = false }", ""), &[]).await;
     assert_eq!(
-        get(sy.addr("web"), "/", None).await,
+        answer_via(server, "{ verify = false }", &[]).await,
         (StatusCode::OK, "app".into())
     );
 }
@@ -129,32 +129,20 @@ async fn mutual_tls_presents_the_client_certificate() {
     let (server, _, _s) =
         tls_http_backend(&ca.leaf(&["app.internal"]), "app", Some(&clients)).await;
     let client = clients.leaf(&["switchyard.internal"]);
-    let with = start(
-        &config(
-            server,
-            r#"{ ca_file = "ca.pem", server_name = "app.internal", client_cert = "client.pem", client_key = "client.key" }"#,
-            "",
-        ),
+    let with = answer_via(
+        server,
+        r#"{ ca_file = "ca.pem", server_name = "app.internal", client_cert = "client.pem", client_key = "client.key" }"#,
         &[("ca.pem", &ca.pem()), ("client.pem", &client.cert_pem), ("client.key", &client.key_pem)],
     )
     .await;
-    assert_eq!(
-        get(with.addr("web"), "/", None).await,
-        (StatusCode::OK, "app".into())
-    );
-    let without = start(
-        &config(
-            server,
-            r#"{ ca_file = "ca.pem", server_name = "app.internal" }"#,
-            "",
-        ),
+    assert_eq!(with, (StatusCode::OK, "app".into()));
+    let without = answer_via(
+        server,
+        r#"{ ca_file = "ca.pem", server_name = "app.internal" }"#,
         &[("ca.pem", &ca.pem())],
     )
     .await;
-    assert_eq!(
-        get(without.addr("web"), "/", None).await.0,
-        StatusCode::BAD_GATEWAY
-    );
+    assert_eq!(without.0, StatusCode::BAD_GATEWAY);
 }
 
 #[tokio::test]
