@@ -693,3 +693,54 @@ async fn listeners_take_sockets_from_listen_fds() {
     drop(passed);
     assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "app".into()));
 }
+
+/// A server the old process's health checks hold down starts down in the
+/// new process too (it needs `rise` good checks, as it would have in the
+/// old one), instead of up until `fall` checks fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_held_down_stay_down_across_an_upgrade() {
+    let live = Backend::start("live").await;
+    // A port with nothing behind it yet.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = spare.local_addr().unwrap();
+    drop(spare);
+    let config = format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "app"
+
+[[backends]]
+name = "app"
+servers = ["{live}", "{down_addr}"]
+health_check = {{ type = "tcp", interval = "100ms", timeout = "100ms", fall = 1, rise = 50 }}
+"#,
+        live = live.addr
+    );
+    let (bin, sy, processes) = start(&config, &[]);
+    let admin = sy.admin;
+    let healthy = |st: &serde_json::Value| endpoint(st, down_addr)["healthy"].as_bool();
+    eventually(
+        "the old process holds it down",
+        Duration::from_secs(10),
+        || async { healthy(&status(admin).await) == Some(false) },
+    )
+    .await;
+    // It comes back; the old process would need 50 good checks (5 s).
+    let _back = Backend::start_bound(down_addr, "back")
+        .await
+        .expect("rebind");
+    bin.install(1);
+    let pid = upgrade_ok(admin, &processes).await;
+    let st = status(admin).await;
+    assert_eq!(st["pid"], pid);
+    assert_eq!(healthy(&st), Some(false), "{}", endpoint(&st, down_addr));
+    // And the checks bring it back in their own time.
+    eventually(
+        "rise good checks bring it back",
+        Duration::from_secs(20),
+        || async { healthy(&status(admin).await) == Some(true) },
+    )
+    .await;
+}
