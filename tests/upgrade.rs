@@ -186,22 +186,19 @@ impl Load {
     }
 }
 
-fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-[shutdown]
-grace = "10s"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "app"
-
-[[backends]]
-name = "app"
-servers = ["{backend}"]
-"#
+/// One HTTP listener `web` in front of `backend`, a grace of `grace`, and
+/// `listener_extra` in the listener.
+fn config_with(backend: SocketAddr, grace: &str, listener_extra: &str) -> String {
+    single_backend_with(
+        backend,
+        &format!("[shutdown]\ngrace = \"{grace}\"\n"),
+        listener_extra,
+        "",
     )
+}
+
+fn config(backend: SocketAddr) -> String {
+    config_with(backend, "10s", "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -421,10 +418,7 @@ async fn a_websocket_open_across_an_upgrade_runs_until_the_drain_timeout() {
     use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
     let (ws_addr, _ws) = websocket_echo().await;
-    let config = config(ws_addr).replace(
-        "default_backend = \"app\"",
-        "default_backend = \"app\"\ndrain_timeout = \"1500ms\"",
-    );
+    let config = config_with(ws_addr, "10s", "drain_timeout = \"1500ms\"");
     let (bin, mut sy, processes) = start(&config, &[]);
     let old = sy.pid();
     let stream = tokio::net::TcpStream::connect(sy.addr("web"))
@@ -501,12 +495,7 @@ async fn the_replaced_process_s_drain_shows_and_only_one_drains_at_a_time() {
     let (echo_addr, _echo) = tcp_echo().await;
     // A TCP listener and a long grace: without the rule, each upgrade
     // would leave one more process behind for 60 s.
-    let config = config(echo_addr)
-        .replace("grace = \"10s\"", "grace = \"60s\"")
-        .replace(
-            "default_backend = \"app\"",
-            "mode = \"tcp\"\ndefault_backend = \"app\"",
-        );
+    let config = config_with(echo_addr, "60s", "mode = \"tcp\"");
     let (bin, mut sy, processes) = start(&config, &[]);
     let first = sy.pid();
     let admin = sy.admin;
@@ -568,25 +557,13 @@ async fn dns_answers_survive_an_upgrade_while_the_nameserver_is_silent() {
     let dns = support::dns::DnsServer::start().await;
     let backend = Backend::start("app").await;
     dns.set_addresses("app.test", &["127.0.0.1".parse().unwrap()], 1);
-    let config = format!(
-        r#"
-[resolver]
-nameservers = ["{dns}"]
-timeout = "500ms"
-attempts = 1
-hold_valid = "60s"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "app"
-
-[[backends]]
-name = "app"
-servers = ["app.test:{port}"]
-"#,
-        dns = dns.addr,
-        port = backend.addr.port()
+    let config = web_config(
+        &format!(
+            "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\nhold_valid = \"60s\"\n",
+            dns.addr
+        ),
+        "",
+        &format!("servers = [\"app.test:{}\"]", backend.addr.port()),
     );
     let (bin, sy, processes) = start(&config, &[]);
     let (addr, admin) = (sy.addr("web"), sy.admin);
@@ -704,19 +681,14 @@ async fn endpoints_held_down_stay_down_across_an_upgrade() {
     let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down_addr = spare.local_addr().unwrap();
     drop(spare);
-    let config = format!(
-        r#"
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "app"
-
-[[backends]]
-name = "app"
-servers = ["{live}", "{down_addr}"]
-health_check = {{ type = "tcp", interval = "100ms", timeout = "100ms", fall = 1, rise = 50 }}
-"#,
-        live = live.addr
+    let config = web_config(
+        "",
+        "",
+        &format!(
+            "servers = [\"{}\", \"{down_addr}\"]\n\
+             health_check = {{ type = \"tcp\", interval = \"100ms\", timeout = \"100ms\", fall = 1, rise = 50 }}",
+            live.addr
+        ),
     );
     let (bin, sy, processes) = start(&config, &[]);
     let admin = sy.admin;
