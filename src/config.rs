@@ -337,6 +337,12 @@ pub struct ListenerSpec {
     /// Set when connections start with a PROXY protocol header: the
     /// networks allowed to send one.
     pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
+    /// One line per request or connection, when set.
+    pub access_log: Option<crate::access_log::AccessLogSpec>,
+    /// The request ID header (HTTP), when request IDs are on.
+    pub request_id: Option<http::HeaderName>,
+    /// Start a W3C trace for requests without one (HTTP).
+    pub start_traces: bool,
 }
 
 impl ListenerSpec {

@@ -55,6 +55,7 @@
 //! replaces only that backend's endpoint set, with no recompile. Either
 //! way, requests under way finish on what they loaded.
 
+pub mod access_log;
 pub mod admin;
 pub mod allocator;
 pub mod app;

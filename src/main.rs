@@ -382,6 +382,7 @@ fn run(path: &Path, mut options: AppOptions, upgrade_from: Option<&Path>) -> any
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+        let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
         let app = match App::start(path, options).await {
             Ok(app) => app,
             Err(error) => {
@@ -421,12 +422,21 @@ fn run(path: &Path, mut options: AppOptions, upgrade_from: Option<&Path>) -> any
                         tracing::warn!(%error, "SIGUSR2: no upgrade");
                     }
                 }
-                () = app.retired() => return Ok(()),
+                // logrotate's `postrotate`: reopen the access log files.
+                _ = usr1.recv() => switchyard::access_log::reopen(),
+                () = app.retired() => {
+                    switchyard::access_log::flush(ACCESS_LOG_FLUSH);
+                    return Ok(());
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
         app.shutdown().await;
+        switchyard::access_log::flush(ACCESS_LOG_FLUSH);
         Ok(())
     })
 }
+
+/// The longest an exiting process waits to write its last access log lines.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);

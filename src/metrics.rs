@@ -69,6 +69,8 @@ pub struct Metrics {
     tls_sni_fallbacks: IntCounterVec,
     tls_certificate_expiry: IntGaugeVec,
     proxy_protocol_failures: IntCounterVec,
+    access_log_lines: IntCounterVec,
+    access_log_dropped: IntCounterVec,
 }
 
 /// A listener's PROXY header refusals, by reason.
@@ -329,6 +331,22 @@ impl Metrics {
             &["listener", "reason"],
         )?;
         registry.register(Box::new(proxy_protocol_failures.clone()))?;
+        let access_log_lines = IntCounterVec::new(
+            Opts::new(
+                "switchyard_access_log_lines_total",
+                "Access log lines written",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(access_log_lines.clone()))?;
+        let access_log_dropped = IntCounterVec::new(
+            Opts::new(
+                "switchyard_access_log_dropped_total",
+                "Access log lines dropped: queue_full (the writer could not keep up) or write_error (full disk, closed pipe, file that cannot be opened)",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
@@ -372,6 +390,8 @@ impl Metrics {
             tls_sni_fallbacks,
             tls_certificate_expiry,
             proxy_protocol_failures,
+            access_log_lines,
+            access_log_dropped,
         })
     }
 
@@ -417,6 +437,18 @@ impl Metrics {
                 self.tls_handshake_failures
                     .with_label_values(&[listener, reason])
             }),
+        }
+    }
+
+    pub fn access_log(&self, listener: &str) -> crate::access_log::AccessLogCounters {
+        crate::access_log::AccessLogCounters {
+            lines: self.access_log_lines.with_label_values(&[listener]),
+            dropped_queue_full: self
+                .access_log_dropped
+                .with_label_values(&[listener, "queue_full"]),
+            dropped_write_error: self
+                .access_log_dropped
+                .with_label_values(&[listener, "write_error"]),
         }
     }
 

@@ -23,4 +23,5 @@ pub mod listener;
 pub mod proxy_protocol;
 pub mod rewind;
 pub mod tcp;
+pub mod trace;
 pub mod workers;

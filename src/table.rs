@@ -270,6 +270,8 @@ pub struct ListenerEntry {
     pub sni_routes: Option<SniRoutes>,
     /// For listeners that read PROXY headers: refusals by reason.
     pub proxy_protocol_failures: Option<crate::metrics::ProxyProtocolFailures>,
+    /// Where this listener's requests and connections are logged.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// A `tcp` listener's routes on the SNI name of passed-through handshakes.
@@ -449,6 +451,13 @@ pub fn compile(
                 .proxy_protocol
                 .as_ref()
                 .map(|_| metrics.proxy_protocol_failures(&spec.name)),
+            access_log: spec.access_log.as_ref().map(|log| {
+                Arc::new(crate::access_log::AccessLog::new(
+                    spec.name.clone(),
+                    log.clone(),
+                    metrics.access_log(&spec.name),
+                ))
+            }),
             sni_routes: if spec.sni_routes.is_empty() {
                 None
             } else {

@@ -150,7 +150,8 @@ async fn https_requests_reach_the_backend_with_forwarded_proto_https_over_http1_
     let ca = Ca::new();
     let leaf = ca.leaf(&["a.test"]);
     let app = Backend::start("app").await;
-    let sy = start_with_certs(&https_config(&app, &["site"], ""), &[("site", &leaf)]).await;
+    let logged = r#"access_log = { path = "access.log" }"#;
+    let sy = start_with_certs(&https_config(&app, &["site"], logged), &[("site", &leaf)]).await;
     let addr = sy.addr("web");
 
     let stream = connect(addr, Some("a.test"), verifying_client(&ca, &[b"http/1.1"]))
@@ -193,6 +194,24 @@ async fn https_requests_reach_the_backend_with_forwarded_proto_https_over_http1_
         .await,
         Some(2.0)
     );
+    // The access log names the TLS version and SNI name of each request.
+    let log = sy.dir.path().join("access.log");
+    let mut lines = Vec::new();
+    eventually("two access log lines", Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .collect();
+        let done = lines.len() == 2;
+        async move { done }
+    })
+    .await;
+    for (line, protocol) in lines.iter().zip(["HTTP/1.1", "HTTP/2.0"]) {
+        assert_eq!(line["tls_version"], "1.3", "{line}");
+        assert_eq!(line["tls_sni"], "a.test", "{line}");
+        assert_eq!(line["protocol"], protocol, "{line}");
+    }
 }
 
 #[tokio::test]

@@ -284,6 +284,52 @@ pub struct RawListener {
     /// Networks (CIDR, or single addresses) allowed to send PROXY headers.
     #[serde(default)]
     pub trusted: Vec<String>,
+    /// One line per request (HTTP) or connection (TCP); none by default.
+    pub access_log: Option<RawAccessLog>,
+    /// `http` and `https`: the request ID header (on by default, as
+    /// `X-Request-Id`).
+    pub request_id: Option<RawRequestId>,
+    /// `http` and `https`: W3C trace context; passed through untouched,
+    /// and started when absent with `start = true`.
+    pub trace_context: Option<RawTraceContext>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// "json" (default), "haproxy", "combined", or a template of `%field`s.
+    pub format: Option<String>,
+    /// A file, or "-" for standard output (default).
+    pub path: Option<String>,
+    /// The share of lines written, 0.0 to 1.0 (default 1.0); errors are
+    /// always written.
+    pub sample: Option<f64>,
+    /// "all" (default) or "errors".
+    pub only: Option<RawOnly>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOnly {
+    All,
+    Errors,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    /// Default true for `http` and `https` listeners.
+    pub enabled: Option<bool>,
+    /// Default "x-request-id".
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraceContext {
+    /// Start a trace (a new `traceparent`) for requests without a valid
+    /// one (default false).
+    pub start: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

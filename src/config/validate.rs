@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
     RawBackend, RawBalance, RawCheckKind, RawClientAuth, RawConfig, RawConsul, RawFragment,
-    RawHealthCheck, RawListener, RawMode, RawOutlier, RawPerms, RawProtocol, RawRegister,
+    RawHealthCheck, RawListener, RawMode, RawOnly, RawOutlier, RawPerms, RawProtocol, RawRegister,
     RawRegisterCheckKind, RawResolver, RawRespond, RawRetryBudget, RawRoute, RawSendProxy,
     RawServer, RawTemplate, RawTlsVersion, RawUnknownSni,
 };
@@ -267,6 +267,8 @@ pub(super) fn validate(
         }
         let tls = check_tls(f, &key, l, read, &mut p, &mut tls_files);
         let proxy_protocol = check_proxy_protocol(f, &key, l, &mut p);
+        let access_log = check_access_log(f, &key, l, &mut p);
+        let (request_id, start_traces) = check_request_ids(f, &key, l, &mut p);
         if let (Some(bind), true) = (bind, p.0.len() == before) {
             listener_specs.push(ListenerSpec {
                 location: Location {
@@ -285,6 +287,9 @@ pub(super) fn validate(
                 drain_timeout: l.drain_timeout.map(|d| d.0),
                 consul_tag_routes: l.consul_tag_routes,
                 forwarded_headers: l.forwarded_headers.unwrap_or(true),
+                access_log,
+                request_id,
+                start_traces,
             });
         }
     }
@@ -1762,4 +1767,118 @@ fn parse_host(s: &str) -> Result<HostPattern, String> {
     Err(format!(
         "{s:?} is not a host pattern; expected \"example.com\" or \"*.example.com\" (no port)"
     ))
+}
+
+/// A listener's `access_log`: its format, where it goes, how much of it.
+fn check_access_log(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    p: &mut Problems,
+) -> Option<crate::access_log::AccessLogSpec> {
+    use crate::access_log::{AccessLogSpec, Format, Only, Sink};
+    let raw = l.access_log.as_ref()?;
+    let before = p.0.len();
+    let format = match Format::parse(raw.format.as_deref().unwrap_or("json")) {
+        Ok(format) => Some(format),
+        Err(e) => {
+            p.at(f, format!("{key}.access_log.format"), e.to_string());
+            None
+        }
+    };
+    let sink = match raw.path.as_deref() {
+        None | Some("-") => Sink::Stdout,
+        Some("") => {
+            p.at(
+                f,
+                format!("{key}.access_log.path"),
+                "empty path; \"-\" is standard output",
+            );
+            Sink::Stdout
+        }
+        Some(path) => {
+            let file = super::absolute(&relative_to(f, path));
+            if let Err(e) = crate::access_log::writer::check_path(&file) {
+                p.at(f, format!("{key}.access_log.path"), e);
+            }
+            Sink::File(file)
+        }
+    };
+    let sample = raw.sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        p.at(
+            f,
+            format!("{key}.access_log.sample"),
+            "must be from 0.0 to 1.0",
+        );
+    }
+    let only = match raw.only {
+        None | Some(RawOnly::All) => Only::All,
+        Some(RawOnly::Errors) => Only::Errors,
+    };
+    (p.0.len() == before).then_some(AccessLogSpec {
+        format: format?,
+        sink,
+        sample,
+        only,
+    })
+}
+
+/// A listener's request ID header (on by default for HTTP) and whether it
+/// starts traces.
+fn check_request_ids(
+    f: &Arc<Path>,
+    key: &str,
+    l: &RawListener,
+    p: &mut Problems,
+) -> (Option<http::HeaderName>, bool) {
+    let http = l.mode.inner() == Mode::Http;
+    if !http {
+        if l.request_id.is_some() {
+            p.at(
+                f,
+                format!("{key}.request_id"),
+                "request IDs are for http listeners",
+            );
+        }
+        if l.trace_context.is_some() {
+            p.at(
+                f,
+                format!("{key}.trace_context"),
+                "trace context is for http listeners",
+            );
+        }
+        return (None, false);
+    }
+    let start = l
+        .trace_context
+        .as_ref()
+        .and_then(|t| t.start)
+        .unwrap_or(false);
+    let raw = l.request_id.as_ref();
+    if raw.and_then(|r| r.enabled) == Some(false) {
+        return (None, start);
+    }
+    let name = raw
+        .and_then(|r| r.header.as_deref())
+        .unwrap_or("x-request-id");
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(header) if !crate::headers::is_hop_by_hop(&header) => (Some(header), start),
+        Ok(_) => {
+            p.at(
+                f,
+                format!("{key}.request_id.header"),
+                "a hop-by-hop header cannot carry it",
+            );
+            (None, start)
+        }
+        Err(_) => {
+            p.at(
+                f,
+                format!("{key}.request_id.header"),
+                format!("`{name}` is not a header name"),
+            );
+            (None, start)
+        }
+    }
 }

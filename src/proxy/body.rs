@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::io::InflightGuard;
+use crate::access_log::{AccessLog, Record, Termination};
 use crate::metrics::RequestMetrics;
 use crate::stall::StallTimer;
 use crate::upstream::connect::H1Sender;
@@ -37,6 +38,9 @@ pub struct Completion {
     upstream: Option<ActiveGuard>,
     /// Where the upstream connection goes when the body ends cleanly.
     reuse: Reuse,
+    /// The access log entry, when the listener keeps a log; written when
+    /// the response ends, or when the request is dropped unanswered.
+    log: Option<Box<Record>>,
 }
 
 /// What to do with an upstream connection after a clean end of body. Its
@@ -60,13 +64,58 @@ fn millis(d: Duration) -> u32 {
 }
 
 impl Completion {
-    pub fn new(started: Instant, metrics: Arc<RequestMetrics>, inflight: InflightGuard) -> Self {
+    pub fn new(
+        started: Instant,
+        metrics: Arc<RequestMetrics>,
+        inflight: InflightGuard,
+        log: Option<Box<Record>>,
+    ) -> Self {
         Self {
             started,
             metrics,
             _inflight: inflight,
             upstream: None,
             reuse: Reuse::Nothing,
+            log,
+        }
+    }
+
+    /// The access log entry, to fill in as the request goes on.
+    #[inline]
+    pub fn log(&mut self) -> Option<&mut Record> {
+        self.log.as_deref_mut()
+    }
+
+    /// Takes the access log entry out, for a tunnel that logs at its end.
+    pub fn take_log(&mut self) -> Option<Box<Record>> {
+        self.log.take()
+    }
+
+    /// Notes how the request ended, for the access log.
+    #[inline]
+    pub fn terminated(&mut self, termination: Termination) {
+        if let Some(log) = self.log() {
+            log.termination = termination;
+        }
+    }
+
+    /// Notes an upstream attempt to `endpoint`, for the access log.
+    #[inline]
+    pub fn attempt(&mut self, endpoint: std::net::SocketAddr) {
+        if let Some(log) = self.log() {
+            log.attempts += 1;
+            log.endpoint = Some(endpoint);
+        }
+    }
+
+    /// Notes the upstream's response head: when it came, and how long the
+    /// connect took (`None` on a reused connection).
+    #[inline]
+    pub fn answered(&mut self, connect: Option<Duration>) {
+        let started = self.started;
+        if let Some(log) = self.log() {
+            log.first_byte = Some(started.elapsed());
+            log.connect = connect;
         }
     }
 
@@ -98,9 +147,22 @@ impl Completion {
         self
     }
 
-    fn finish(mut self, body_complete: bool, h1: Option<&mut H1Body>) {
+    fn finish(mut self, end: End, h1: Option<&mut H1Body>) {
         let now = Instant::now();
         let ms = |ms: u32| Duration::from_millis(u64::from(ms));
+        if let Some(mut log) = self.log.take() {
+            log.duration = now.saturating_duration_since(self.started);
+            if log.termination == Termination::Ok {
+                log.termination = match end {
+                    End::Complete => Termination::Ok,
+                    End::Dropped => Termination::ClientClosed,
+                    End::UpstreamFailed => Termination::UpstreamResetBody,
+                    End::UpstreamStalled => Termination::UpstreamStalled,
+                };
+            }
+            AccessLog::submit(log);
+        }
+        let body_complete = end == End::Complete;
         if body_complete && let Some(active) = &self.upstream {
             let pool = &active.endpoint().pool;
             match std::mem::replace(&mut self.reuse, Reuse::Nothing) {
@@ -119,6 +181,31 @@ impl Completion {
         self.metrics
             .duration
             .observe(now.saturating_duration_since(self.started).as_secs_f64());
+    }
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Complete,
+    /// Dropped before its end: the client went away.
+    Dropped,
+    UpstreamFailed,
+    UpstreamStalled,
+}
+
+impl Drop for Completion {
+    /// A request dropped before it had a response (the client went away
+    /// while it waited) is logged here.
+    fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            log.duration = self.started.elapsed();
+            log.status = Some(499);
+            if log.termination == Termination::Ok {
+                log.termination = Termination::ClientClosedEarly;
+            }
+            AccessLog::submit(log);
+        }
     }
 }
 
@@ -172,14 +259,19 @@ impl ProxyBody {
         }
     }
 
-    fn complete(&mut self, body_complete: bool) {
+    fn complete(&mut self, end: End) {
         if let Some(c) = self.completion.take() {
             let h1 = match &mut self.kind {
                 Kind::H1(body) => Some(body),
                 _ => None,
             };
-            c.finish(body_complete, h1);
+            c.finish(end, h1);
         }
+    }
+
+    /// The access log entry of the request this body answers.
+    pub fn log(&mut self) -> Option<&mut Record> {
+        self.completion.as_mut().and_then(Completion::log)
     }
 }
 
@@ -211,18 +303,29 @@ impl Body for ProxyBody {
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
-            Poll::Ready(None) => this.complete(true),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(log) = this.log()
+                    && let Some(data) = frame.data_ref()
+                {
+                    log.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete(End::Complete),
             Poll::Ready(Some(Err(error))) => {
-                if matches!(
+                let stalled = matches!(
                     error,
                     BodyError::Stalled(_) | BodyError::H1(H1Error::Stalled(_))
-                ) && let Some(c) = &this.completion
-                {
+                );
+                if stalled && let Some(c) = &this.completion {
                     c.metrics.upstream_stalls.inc();
                 }
-                this.complete(false);
+                this.complete(if stalled {
+                    End::UpstreamStalled
+                } else {
+                    End::UpstreamFailed
+                });
             }
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }
@@ -247,8 +350,12 @@ impl Body for ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may drop a body it knows is empty without polling it.
-        let complete = self.is_end_stream();
-        self.complete(complete);
+        let end = if self.is_end_stream() {
+            End::Complete
+        } else {
+            End::Dropped
+        };
+        self.complete(end);
     }
 }
 
@@ -260,7 +367,8 @@ mod tests {
     /// request). Grow it only on purpose.
     #[test]
     fn a_response_body_stays_small() {
-        assert!(std::mem::size_of::<super::ProxyBody>() <= 112);
-        assert!(std::mem::size_of::<super::Completion>() <= 72);
+        // 8 bytes of each are the access log entry's pointer (issue 20).
+        assert!(std::mem::size_of::<super::ProxyBody>() <= 120);
+        assert!(std::mem::size_of::<super::Completion>() <= 80);
     }
 }

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,9 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{Completion, ProxyBody};
 use super::gateway;
-use super::io::ConnActivity;
+use super::io::{ByteCounts, ConnActivity, Counted};
 use super::listener::Drain;
 use super::proxy_protocol;
+use super::trace;
+use crate::access_log::{self, AccessLog, Record, Termination, Text, Texts};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::error_chain::ErrorChain;
 use crate::headers::{connection_has, strip_hop_by_hop};
@@ -73,6 +76,8 @@ pub struct ConnCtx {
 
 /// What a request needs to know of its connection's TLS session.
 pub struct ConnTls {
+    /// "1.2" or "1.3".
+    pub version: &'static str,
     /// The name the client asked for in the handshake, if any.
     pub sni: Option<Box<str>>,
     /// The listener's `sni_host_check` when the connection was accepted.
@@ -129,6 +134,19 @@ enum ProxyError {
 }
 
 impl ProxyError {
+    fn termination(&self) -> Termination {
+        match self {
+            Self::NoRoute | Self::UnknownService => Termination::NoRoute,
+            Self::NoEndpoint(_) => Termination::NoEndpoint,
+            Self::Connect(_) => Termination::ConnectFailed,
+            Self::Upstream(_) => Termination::UpstreamReset,
+            Self::Timeout => Termination::UpstreamTimeout,
+            Self::BodyTooLarge => Termination::BodyTooLarge,
+            Self::ClientStalled => Termination::ClientTimeout,
+            Self::Misdirected => Termination::Misdirected,
+        }
+    }
+
     fn status_and_body(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route for this request\n"),
@@ -175,44 +193,132 @@ pub async fn handle(
     let inflight = ctx.activity.begin();
     let table = ctx.table.current();
     let listener: &ListenerEntry = table.listener(&ctx.key).unwrap_or(&ctx.accept_listener);
+    let request_id = listener
+        .spec
+        .request_id
+        .as_ref()
+        .map(|name| (name, trace::request_id(req.headers_mut(), name)));
+    if listener.spec.start_traces {
+        trace::start_trace(req.headers_mut());
+    }
+    let log = listener
+        .access_log
+        .as_ref()
+        .map(|log| log_record(log, &req, &ctx, request_id.as_ref().map(|(_, id)| id)));
+    let mut response = route(req, &ctx, listener, started, inflight, log).await;
+    if let Some((name, id)) = request_id {
+        response.headers_mut().insert(name.clone(), id);
+    }
+    let status = response.status();
+    if let Some(log) = response.body_mut().log() {
+        log.status = Some(status.as_u16());
+    }
+    Ok(response)
+}
+
+/// Routes a request and forwards it, or answers it here.
+async fn route(
+    req: Request<Incoming>,
+    ctx: &Arc<ConnCtx>,
+    listener: &ListenerEntry,
+    started: Instant,
+    inflight: super::io::InflightGuard,
+    log: Option<Box<Record>>,
+) -> Response<ProxyBody> {
     let host = request_host(&req);
     if let Some(tls) = &ctx.tls
         && !tls.allows(host)
     {
-        let completion = Completion::new(started, listener.unrouted.clone(), inflight);
-        let response = error_response(&ctx, ProxyError::Misdirected, completion);
+        let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
+        let response = error_response(ctx, ProxyError::Misdirected, completion);
         listener.unrouted.count(response.status());
-        return Ok(response);
+        return response;
     }
     let Some(target) = listener.route(host, req.uri().path()) else {
-        let completion = Completion::new(started, listener.unrouted.clone(), inflight);
-        let response = error_response(&ctx, ProxyError::NoRoute, completion);
+        let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
+        let response = error_response(ctx, ProxyError::NoRoute, completion);
         listener.unrouted.count(response.status());
-        return Ok(response);
+        return response;
     };
-    let completion = Completion::new(started, target.metrics.clone(), inflight);
+    let mut completion = Completion::new(started, target.metrics.clone(), inflight, log);
+    if let Some(log) = completion.log() {
+        log.backend = Some(target.backend.name().clone());
+    }
     let response = match &target.backend.spec.target {
-        BackendTarget::Respond(spec) => respond(&ctx, spec, completion),
+        BackendTarget::Respond(spec) => respond(ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
         // state would be copied with it; one allocation is cheaper.
         BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
             // Not a `match` around the await: its scrutinee (the size of a
             // response) would then be kept in this future while it waits.
-            let outbound = match prepare(req, target, &ctx, started, completion) {
+            let outbound = match prepare(req, target, ctx, started, completion) {
                 Ok(outbound) => outbound,
                 Err(response) => {
                     target.metrics.count(response.status());
-                    return Ok(response);
+                    return response;
                 }
             };
             Box::pin(forward(outbound)).await
         }
         BackendTarget::Gateway(spec) => {
-            Box::pin(via_gateway(req, target, spec, &ctx, started, completion)).await
+            Box::pin(via_gateway(req, target, spec, ctx, started, completion)).await
         }
     };
     target.metrics.count(response.status());
-    Ok(response)
+    response
+}
+
+/// The access log entry for a request, with what its head says.
+fn log_record(
+    log: &Arc<AccessLog>,
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    request_id: Option<&HeaderValue>,
+) -> Box<Record> {
+    let mut record = log.record(ctx.peer, access_log::Protocol::of(req.version()));
+    fn text(v: Option<&HeaderValue>) -> &str {
+        v.and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    let headers = req.headers();
+    let path = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    let (user_agent, referer) = (
+        headers.get(header::USER_AGENT),
+        headers.get(header::REFERER),
+    );
+    let mut texts = Texts::with_capacity(
+        req.method().as_str().len()
+            + request_host(req).map_or(0, str::len)
+            + path.len()
+            + request_id.map_or(0, HeaderValue::len)
+            + 32
+            + user_agent.map_or(0, HeaderValue::len)
+            + referer.map_or(0, HeaderValue::len),
+    );
+    texts.push(Text::Method, req.method().as_str());
+    if let Some(host) = request_host(req) {
+        texts.push(Text::Host, host);
+    }
+    texts.push(Text::Path, path);
+    if let Some(id) = request_id {
+        texts.push(Text::RequestId, text(Some(id)));
+    }
+    if let Some(trace) = trace::trace_id(headers) {
+        texts.push(Text::TraceId, trace);
+    }
+    if user_agent.is_some() {
+        texts.push(Text::UserAgent, text(user_agent));
+    }
+    if referer.is_some() {
+        texts.push(Text::Referer, text(referer));
+    }
+    if let Some(tls) = &ctx.tls {
+        record.tls_version = Some(tls.version);
+        if let Some(sni) = &tls.sni {
+            texts.push(Text::Sni, sni);
+        }
+    }
+    record.texts = texts;
+    record
 }
 
 /// A gateway route: the request names a Consul service; its on-demand
@@ -304,8 +410,13 @@ fn local_response(
     resp
 }
 
-fn error_response(ctx: &ConnCtx, error: ProxyError, completion: Completion) -> Response<ProxyBody> {
+fn error_response(
+    ctx: &ConnCtx,
+    error: ProxyError,
+    mut completion: Completion,
+) -> Response<ProxyBody> {
     let (status, body) = error.status_and_body();
+    completion.terminated(error.termination());
     tracing::debug!(error = %ErrorChain(&error), %status, peer = %ctx.peer, "Request failed");
     local_response(
         ctx,
@@ -355,7 +466,7 @@ fn prepare<'a>(
     target: &'a RouteTarget,
     ctx: &'a Arc<ConnCtx>,
     started: Instant,
-    completion: Completion,
+    mut completion: Completion,
 ) -> Result<Outbound<'a>, Response<ProxyBody>> {
     let backend = &target.backend;
     let spec = &backend.spec;
@@ -389,6 +500,7 @@ fn prepare<'a>(
         Ok(forwarded) => forwarded,
         Err(e) => {
             tracing::debug!(error = %e, "Request cannot be forwarded");
+            completion.terminated(Termination::BadRequest);
             let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
             return Err(local_response(
                 ctx,
@@ -436,7 +548,8 @@ fn prepare<'a>(
 #[allow(clippy::manual_async_fn)]
 fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> + '_ {
     async move {
-        let (ctx, hash_key, completion) = (outbound.ctx, &outbound.hash_key, outbound.completion);
+        let (ctx, hash_key, mut completion) =
+            (outbound.ctx, &outbound.hash_key, outbound.completion);
         let backend = &outbound.target.backend;
         let spec = &backend.spec;
         let mut req = outbound.req;
@@ -458,6 +571,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 tls: spec.tls.as_deref(),
                 proxy_header: proxy_header.as_deref(),
             };
+            completion.attempt(active.endpoint().addr);
             let sent = send(req, &active, spec, forwarded, attempt_started, dial).await;
             let failed = match sent {
                 Ok(sent) => {
@@ -509,14 +623,20 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             attempt_started = Instant::now();
         };
         tracing::trace!(endpoint.addr = %active.endpoint().addr, status = %answer.status(), "Upstream answered");
+        completion.answered(answer.connect());
 
         let (mut parts, body) = match answer {
-            Answer::Pooled(mut resp, sender) => {
+            Answer::Pooled(mut resp, sender, _) => {
                 if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
                     (outbound.upgrade, resp.status())
                 {
                     let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                    spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active);
+                    // The tunnel's line is written when it closes.
+                    let log = completion.take_log().map(|mut log| {
+                        log.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+                        log
+                    });
+                    spawn_tunnel(ctx, client_upgrade, upstream_upgrade, active, log);
                     let (parts, _) = resp.into_parts();
                     return Response::from_parts(parts, ProxyBody::local(Bytes::new(), completion));
                 }
@@ -532,7 +652,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                     ProxyBody::upstream(body, spec.timeouts.stall, completion),
                 )
             }
-            Answer::H1(head, body) => {
+            Answer::H1(head, body, _) => {
                 let completion = match proxy_header {
                     None => completion.with_h1(active, spec.timeouts.idle),
                     Some(_) => completion.with_upstream(active, None, spec.timeouts.idle, None),
@@ -624,20 +744,27 @@ async fn send_pooled(
 }
 
 /// A response head, and where its body comes from.
+/// Each carries how long connecting took, `None` on a reused connection.
 enum Answer {
     /// Over hyper's client: an HTTP/1.1 sender to return to the pool when
     /// the body ends, or nothing (HTTP/2).
-    Pooled(Response<Incoming>, Option<H1Sender>),
+    Pooled(Response<Incoming>, Option<H1Sender>, Option<Duration>),
     /// From our HTTP/1.1 client: the head, and the body that reads the
     /// rest from the connection.
-    H1(Response<()>, H1Body),
+    H1(Response<()>, H1Body, Option<Duration>),
 }
 
 impl Answer {
     fn status(&self) -> StatusCode {
         match self {
-            Self::Pooled(resp, _) => resp.status(),
-            Self::H1(head, _) => head.status(),
+            Self::Pooled(resp, _, _) => resp.status(),
+            Self::H1(head, _, _) => head.status(),
+        }
+    }
+
+    fn connect(&self) -> Option<Duration> {
+        match self {
+            Self::Pooled(_, _, connect) | Self::H1(_, _, connect) => *connect,
         }
     }
 }
@@ -675,7 +802,7 @@ async fn send_own_h1(
     };
     let exchange = H1Conn::exchange(cached, endpoint.addr, exchange_timeouts, &req, &extra, dial);
     match exchange.await {
-        Ok(response) => Ok(Answer::H1(response.head, response.body)),
+        Ok(response) => Ok(Answer::H1(response.head, response.body, response.connect)),
         Err(ExchangeError::Connect(e)) => Err(Failed {
             error: ProxyError::Connect(e),
             unsent: Some(req),
@@ -693,6 +820,7 @@ async fn send_hyper_h1(
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
     loop {
+        let checkout_started = Instant::now();
         let checkout = endpoint
             .pool
             .checkout_h1(endpoint.addr, spec.timeouts.connect, dial)
@@ -706,8 +834,9 @@ async fn send_hyper_h1(
                 });
             }
         };
+        let connect = (!conn.reused).then(|| checkout_started.elapsed());
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok(Answer::Pooled(resp, Some(conn.sender))),
+            Ok(resp) => return Ok(Answer::Pooled(resp, Some(conn.sender), connect)),
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before our request went out:
                 // nothing reached the server, so sending it again is safe.
@@ -745,7 +874,8 @@ async fn send_h2(
         .send_request(req)
         .await
         .map_err(|e| Failed::from(ProxyError::Upstream(Box::new(e))))?;
-    Ok(Answer::Pooled(resp, None))
+    // HTTP/2 connections are shared: no request waits for one's connect.
+    Ok(Answer::Pooled(resp, None, None))
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and others).
@@ -943,28 +1073,42 @@ fn spawn_tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     active: ActiveGuard,
+    log: Option<Box<Record>>,
 ) {
     let hard_stop = ctx.hard_stop.clone();
     let drain_timeout = ctx.accept_listener.spec.drain_timeout;
     ctx.tasks.spawn(async move {
+        let started = std::time::Instant::now();
+        let (counts, upstream_counts) = (ByteCounts::default(), ByteCounts::default());
         let tunnel = async {
             let (client, upstream) = tokio::try_join!(client, upstream)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            let mut client = Counted::new(TokioIo::new(client), &counts);
+            let mut upstream = Counted::new(TokioIo::new(upstream), &upstream_counts);
             tokio::io::copy_bidirectional(&mut client, &mut upstream)
                 .await
                 .map(drop)
         };
-        tokio::select! {
-            result = tunnel => if let Err(error) = result {
-                tracing::debug!(%error, endpoint.addr = %active.endpoint().addr, "Tunnel ended");
-            },
-            () = hard_stop.wait() => {}
+        let termination = tokio::select! {
+            result = tunnel => {
+                if let Err(error) = &result {
+                    tracing::debug!(%error, endpoint.addr = %active.endpoint().addr, "Tunnel ended");
+                }
+                ByteCounts::termination(&counts, &upstream_counts)
+            }
+            () = hard_stop.wait() => Termination::DrainTimeout,
             () = super::tcp::endpoint_removed(&active, drain_timeout) => {
                 tracing::debug!(endpoint.addr = %active.endpoint().addr, "Endpoint removed and drain timeout over; closing the tunnel");
+                Termination::DrainTimeout
             }
-        }
+        };
         drop(active);
+        if let Some(mut log) = log {
+            log.duration = log.first_byte.unwrap_or_default() + started.elapsed();
+            (log.bytes_in, log.bytes_out) = counts.get();
+            log.termination = termination;
+            AccessLog::submit(log);
+        }
     });
 }
 

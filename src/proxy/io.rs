@@ -385,3 +385,119 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
+
+/// Bytes a [`Counted`] stream moved: read from it, written to it; and
+/// whether it failed.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    read: AtomicU64,
+    written: AtomicU64,
+    /// Its peer closed its side (a read returned end of stream).
+    eof: AtomicBool,
+    /// An I/O error other than a write or shutdown after the peer closed
+    /// (which only says the peer is gone, as it said it would be).
+    failed: AtomicBool,
+}
+
+impl ByteCounts {
+    /// (read, written) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+
+    /// This side broke the exchange (reset, a read error).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// How a relay between a client and an upstream ended, for the access
+    /// log: by whichever side failed, else normally.
+    pub fn termination(client: &Self, upstream: &Self) -> crate::access_log::Termination {
+        use crate::access_log::Termination;
+        if client.failed() {
+            Termination::ClientClosed
+        } else if upstream.failed() {
+            Termination::UpstreamResetBody
+        } else {
+            Termination::Ok
+        }
+    }
+
+    fn error<T>(&self, error: io::Error, writing: bool) -> Poll<io::Result<T>> {
+        if !(writing && self.eof.load(Ordering::Relaxed)) {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Err(error))
+    }
+}
+
+/// A stream that counts the bytes it moves into [`ByteCounts`], which
+/// outlive it: the counts of a copy that failed half-way are still known
+/// (tokio's `copy_bidirectional` reports them only on success).
+pub struct Counted<'a, T> {
+    inner: T,
+    counts: &'a ByteCounts,
+}
+
+impl<'a, T> Counted<'a, T> {
+    pub fn new(inner: T, counts: &'a ByteCounts) -> Self {
+        Self { inner, counts }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        if let Err(e) = ready!(Pin::new(&mut this.inner).poll_read(cx, buf)) {
+            return this.counts.error(e, false);
+        }
+        let n = (buf.filled().len() - before) as u64;
+        if n == 0 && room {
+            this.counts.eof.store(true, Ordering::Relaxed);
+        }
+        this.counts.read.fetch_add(n, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_write(cx, buf)) {
+            Ok(n) => {
+                this.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => this.counts.error(e, true),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_flush(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => this.counts.error(e, true),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_shutdown(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => this.counts.error(e, true),
+        }
+    }
+}

@@ -449,6 +449,7 @@ impl AcceptLoop {
                             }
                             None => {
                                 rejected.inc();
+                                conn.log_rejection(peer, mode);
                                 reject(stream, mode).await;
                             }
                         }
@@ -628,6 +629,26 @@ impl Connection {
         ))
     }
 
+    /// The access log line of a connection turned away at the limit.
+    fn log_rejection(&self, peer: SocketAddr, answered_as: Mode) {
+        use crate::access_log::{AccessLog, Protocol, Termination};
+        let table = self.table.current();
+        let Some(log) = table
+            .listener(&self.key)
+            .and_then(|l| l.access_log.as_ref())
+        else {
+            return;
+        };
+        let protocol = match answered_as {
+            Mode::Http => Protocol::Http11,
+            Mode::Tcp => Protocol::Tcp,
+        };
+        let mut record = log.record(peer, protocol);
+        record.status = (answered_as == Mode::Http).then_some(503);
+        record.termination = Termination::QueueTimeout;
+        AccessLog::submit(record);
+    }
+
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         // Only the listener entry is kept for the connection's life; holding
         // the whole table would pin every old snapshot under idle clients.
@@ -733,6 +754,7 @@ impl Connection {
                     .and_then(|t| t.client_auth.as_ref())
                     .and_then(|a| a.subject_header.clone());
                 let info = ConnTls {
+                    version: if version == 1 { "1.3" } else { "1.2" },
                     sni: state.server_name().map(Box::from),
                     sni_host_check: spec.is_some_and(|t| t.sni_host_check),
                     client_subject: subject_header.map(|header| {
@@ -792,12 +814,7 @@ impl Connection {
             },
         );
         match mode {
-            Mode::Tcp => {
-                tokio::select! {
-                    () = serve_tcp(io, addrs, listener, learned) => {}
-                    () = self.hard_stop.wait() => {}
-                }
-            }
+            Mode::Tcp => serve_tcp(io, addrs, listener, learned, &self.hard_stop).await,
             Mode::Http => {
                 let ctx = Arc::new(ConnCtx {
                     key: self.key,
@@ -832,6 +849,7 @@ async fn serve_tcp<S>(
     addrs: ConnAddrs,
     listener: &crate::table::ListenerEntry,
     learned: Learned,
+    hard_stop: &Latch,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -840,10 +858,32 @@ async fn serve_tcp<S>(
         (Some(routes), Learned::Hello(sni)) => routes.target(sni.as_deref(), default),
         _ => default,
     };
+    let log = listener.access_log.as_ref().map(|log| {
+        let mut record = log.record(addrs.peer, crate::access_log::Protocol::Tcp);
+        let sni = match &learned {
+            Learned::Hello(sni) => sni.as_deref(),
+            Learned::Tls(tls) => {
+                record.tls_version = Some(tls.version);
+                tls.sni.as_deref()
+            }
+            Learned::Nothing => None,
+        };
+        if let Some(sni) = sni {
+            record.texts.push(crate::access_log::Text::Sni, sni);
+        }
+        record
+    });
     match target {
-        Some(target) => tcp::serve(io, addrs, target, listener.spec.drain_timeout).await,
+        Some(target) => {
+            let drain_timeout = listener.spec.drain_timeout;
+            tcp::serve(io, addrs, target, drain_timeout, hard_stop, log).await;
+        }
         None => {
             tracing::debug!(peer = %addrs.peer, "No SNI route and no default backend");
+            if let Some(mut log) = log {
+                log.termination = crate::access_log::Termination::NoRoute;
+                crate::access_log::AccessLog::submit(log);
+            }
         }
     }
 }
@@ -881,12 +921,13 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
+    let conn_ctx = ctx.clone();
     let service = service_fn(move |req| http::handle(req, ctx.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
-            log_conn_end(result);
+            log_conn_end(result, &conn_ctx);
             return;
         }
         signal = signalled(&drain, &hard_stop) => match signal {
@@ -900,13 +941,38 @@ where
         conn.as_mut().graceful_shutdown();
     }
     tokio::select! {
-        result = conn.as_mut() => log_conn_end(result),
+        result = conn.as_mut() => log_conn_end(result, &conn_ctx),
         () = hard_stop.wait() => {}
     }
 }
 
-fn log_conn_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(error) = result {
-        tracing::debug!(error = %error, "Client connection ended with an error");
+/// Logs how a client connection ended; a request hyper refused before our
+/// service saw it (a head too large: 431; unparseable: 400) gets its
+/// access log line here.
+fn log_conn_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, ctx: &ConnCtx) {
+    let Err(error) = result else {
+        return;
+    };
+    tracing::debug!(error = %error, "Client connection ended with an error");
+    let Some(log) = &ctx.accept_listener.access_log else {
+        return;
+    };
+    let Some(refused) = error.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    use crate::access_log::{AccessLog, Protocol, Termination};
+    let (status, termination) = if refused.is_parse_too_large() {
+        (431, Termination::HeadTooLarge)
+    } else if refused.is_parse() {
+        (400, Termination::BadRequest)
+    } else {
+        return;
+    };
+    let mut record = log.record(ctx.peer, Protocol::Http11);
+    record.status = Some(status);
+    record.termination = termination;
+    if let Some(tls) = &ctx.tls {
+        record.tls_version = Some(tls.version);
     }
+    AccessLog::submit(record);
 }

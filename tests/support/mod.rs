@@ -304,6 +304,9 @@ async fn backend_answer(name: &'static str, req: Request<Incoming>) -> Response<
         ("host", "x-seen-host"),
         ("x-hop", "x-seen-hop"),
         ("x-client-subject", "x-seen-client-subject"),
+        ("x-request-id", "x-seen-request-id"),
+        ("traceparent", "x-seen-traceparent"),
+        ("tracestate", "x-seen-tracestate"),
     ] {
         if let Ok(v) = http::HeaderValue::from_str(&seen(theirs)) {
             resp.headers_mut().insert(ours, v);
@@ -692,6 +695,7 @@ pub struct SwitchyardProcess {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     log: Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 use std::collections::HashMap;
@@ -724,10 +728,19 @@ impl SwitchyardProcess {
             .arg(&path)
             .args(args)
             .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn switchyard");
         let stderr = child.stderr.take().expect("stderr");
+        let stdout_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let keep_stdout = stdout_lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                keep_stdout.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let keep = log.clone();
@@ -762,11 +775,25 @@ impl SwitchyardProcess {
             dir,
             config: path,
             log,
+            stdout: stdout_lines,
         }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.listeners[listener]
+    }
+
+    /// What the process wrote to standard output (access logs), by line.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The value of one metric series in `/metrics` (exact label text).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let mut c = HttpClient::connect(self.admin).await;
+        let (_, _, body) = c.get("/metrics", None).await.expect("admin answers");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     pub fn pid(&self) -> i32 {

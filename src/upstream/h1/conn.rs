@@ -132,6 +132,8 @@ pub struct H1Conn<S = UpstreamStream> {
 pub struct H1Response<S = UpstreamStream> {
     pub head: Response<()>,
     pub body: H1Body<S>,
+    /// How long connecting took; `None` on a pooled connection.
+    pub connect: Option<Duration>,
 }
 
 /// The body of a response, read from the connection it owns until the
@@ -186,13 +188,19 @@ impl H1Conn<UpstreamStream> {
         let is_head = req.method() == Method::HEAD;
         loop {
             let reused = cached.is_some();
+            let mut connect = None;
             let mut conn = match cached.take() {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future would otherwise
                 // enlarge every request's.
-                None => Box::pin(Self::connect(addr, timeouts.connect, dial))
-                    .await
-                    .map_err(ExchangeError::Connect)?,
+                None => {
+                    let started = Instant::now();
+                    let conn = Box::pin(Self::connect(addr, timeouts.connect, dial))
+                        .await
+                        .map_err(ExchangeError::Connect)?;
+                    connect = Some(started.elapsed());
+                    conn
+                }
             };
             codec::encode_request_head(&mut conn.head, req, extra);
             conn.arm(timeouts.deadline);
@@ -207,6 +215,7 @@ impl H1Conn<UpstreamStream> {
                             framing: head.framing,
                             keep_alive: head.keep_alive,
                         },
+                        connect,
                     });
                 }
                 Err(e) if reused && e.no_response() && req.method().is_idempotent() => {
