@@ -9,6 +9,7 @@
 #   bench/run.sh --only templates     # only the template (KV to route) figure
 #   bench/run.sh --only tls           # only TLS: HTTPS, handshakes, idle memory, certificate swap
 #   bench/run.sh --only upgrade       # only binary upgrades under load, beside HAProxy -W and nginx reloads
+#   bench/run.sh --only access_log    # only access logs on vs off, beside HAProxy's and nginx's, and the writer's ceiling
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -63,6 +64,12 @@ cargo build --release --bin switchyard
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "upgrade" ]; then
   shift 2
   python3 bench/upgrade_bench.py "$@"
+  exit 0
+fi
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "access_log" ]; then
+  shift 2
+  python3 bench/access_log_bench.py "$@"
+  cargo bench --bench access_log_writer | tee bench/results/access_log_writer.md
   exit 0
 fi
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "tls" ]; then

@@ -45,7 +45,9 @@
 //! [`admin`] serves `/metrics`, `/healthz`, `/status`, `POST /reload` and
 //! `POST /upgrade`; [`metrics`] holds
 //! the Prometheus handles, resolved when a table is compiled; [`logging`]
-//! sets up output. Leaves any module may use: [`atomic_file`], [`backoff`],
+//! sets up output; [`access_log`] writes one line per request or
+//! connection from a thread of its own, off a bounded queue the data path
+//! never waits on. Leaves any module may use: [`atomic_file`], [`backoff`],
 //! [`error_chain`], [`headers`], [`stall`].
 //!
 //! Two levels of swap keep the request path cheap. A config or route change
