@@ -12,6 +12,16 @@
 #   systemd/*           systemd-analyze verify (Debian's systemd; any
 #                       warning fails), then Type=notify, NotifyAccess,
 #                       KillMode, timeouts, socket addresses;
+#   prometheus/         promtool (Debian's prometheus package): check
+#                       config on prometheus.yml (which loads the rules),
+#                       check rules, test rules on the unit tests (every
+#                       alert tested firing and not firing); every metric
+#                       and label the rules use is one Switchyard exports;
+#   grafana/*.json      JSON (python3 -m json.tool), the dashboard's shape
+#                       (datasource variable, instance/listener/backend
+#                       variables, layout), every query's PromQL parsed by
+#                       promtool and its metrics and labels checked against
+#                       the ones src/metrics.rs defines;
 #   every platform      the drain arithmetic, from the Switchyard config
 #                       each one embeds (parsed with tomllib): preStop +
 #                       [shutdown] grace < terminationGracePeriodSeconds,
@@ -27,7 +37,10 @@
 #
 # The first run makes target/examples-venv (pinned versions) and installs
 # Debian's systemd if systemd-analyze is missing (as root, with apt-get);
-# later runs reuse both. Exits non-zero on any failure.
+# promtool is the one on PATH (PROMTOOL=/path to choose), else it is taken
+# out of Debian's prometheus package into target/examples-tools (apt-get
+# download and dpkg-deb: nothing installed, no service started, no root
+# needed). Later runs reuse all three. Exits non-zero on any failure.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,6 +81,37 @@ if ! command -v systemd-analyze >/dev/null; then
     fi
 fi
 
+# promtool: PROMTOOL, the one on PATH (Debian's prometheus package installs
+# it; .ci/run does), or the one extracted earlier. Else it is extracted from
+# Debian's package without installing that: the package would also start a
+# Prometheus server where services may start.
+promtool="${PROMTOOL:-$(command -v promtool || true)}"
+if [[ -z $promtool ]]; then
+    promtool="$root/target/examples-tools/promtool"
+    if [[ ! -x $promtool ]]; then
+        if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+            echo "validate.sh: promtool is missing: install Debian's prometheus package, or set PROMTOOL=/path" >&2
+            exit 1
+        fi
+        echo "== extracting promtool from Debian's prometheus package into ${promtool#"$root"/}"
+        deb=$(mktemp -d)
+        # As root, apt-get warns that its _apt user cannot write here.
+        if ! (cd "$deb" && apt-get download -qq prometheus 2>/dev/null); then
+            if [[ $(id -u) == 0 ]]; then apt-get update -qq; fi
+            (cd "$deb" && apt-get download -qq prometheus 2>&1 | grep -v unsandboxed >&2) || true
+        fi
+        if ! compgen -G "$deb/prometheus_*.deb" >/dev/null; then
+            echo "validate.sh: could not download Debian's prometheus package (for promtool)" >&2
+            rm -rf "$deb"
+            exit 1
+        fi
+        dpkg-deb -x "$deb"/prometheus_*.deb "$deb/tree"
+        mkdir -p "$(dirname "$promtool")"
+        install -m 0755 "$deb/tree/usr/bin/promtool" "$promtool"
+        rm -rf "$deb"
+    fi
+fi
+
 # The project's own validator, if there is a binary to run.
 switchyard="${SWITCHYARD_BIN:-}"
 if [[ -z $switchyard ]]; then
@@ -84,9 +128,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 status=0
-"$venv/bin/python" - "$dir" "$work" "$switchyard" <<'PY' || status=$?
+"$venv/bin/python" - "$dir" "$work" "$switchyard" "$promtool" "$root/src/metrics.rs" <<'PY' || status=$?
 import importlib.metadata as metadata
 import ipaddress
+import json
 import os
 import re
 import shlex
@@ -101,10 +146,13 @@ import yaml
 from hcl2.utils import SerializationOptions
 
 EXAMPLES, WORK, SWITCHYARD = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+PROMTOOL, METRICS_RS = sys.argv[4], Path(sys.argv[5])
 VENV_BIN = Path(sys.executable).parent
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 # Wanted between the end of a drain (grace) and the platform's SIGKILL.
 MARGIN = 5.0
+# [admin] bind when a config does not set it.
+DEFAULT_ADMIN = "127.0.0.1:9900"
 
 counts = {"passed": 0, "failed": 0}
 configs = []  # (origin, file) of every Switchyard config met, for `switchyard check`
@@ -184,7 +232,7 @@ class Config:
         self.origin = origin
         data = tomllib.loads(text)
         self.grace = seconds(data.get("shutdown", {}).get("grace", "30s"))
-        self.admin = data.get("admin", {}).get("bind", "127.0.0.1:9900")
+        self.admin = data.get("admin", {}).get("bind", DEFAULT_ADMIN)
         self.admin_host, self.admin_port = split_bind(self.admin)
         self.listeners = data.get("listeners", [])
         # Ports others reach Switchyard on (loopback listeners are local).
@@ -603,6 +651,239 @@ def systemd():
                       "a listener takes systemd's socket only when its bind is that address")
 
 
+# ---------------------------------------------------------------- Prometheus and Grafana
+
+# Labels Prometheus adds to every scraped series.
+SCRAPE_LABELS = {"job", "instance"}
+# Grafana's own variables, and what stands in for them when promtool parses a query.
+GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "__range_s": "3600",
+                    "__interval_ms": "60000"}
+SELECTOR = re.compile(r'\b(switchyard_\w+|up)\b(?:\s*\{([^}]*)\})?')
+GROUPING = re.compile(r'\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)')
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+COUNTER = re.compile(r'_(total|bucket|sum|count)$')
+
+
+def exported_metrics():
+    """{series name: labels} of every metric src/metrics.rs defines: each
+    "switchyard_..." string, with the first &[labels] after it and before
+    its constructor's `?;` (none for an unlabelled gauge); a histogram is
+    its _bucket (with le), _sum and _count."""
+    print("\n== metrics Switchyard exports (src/metrics.rs)")
+    if not check(METRICS_RS.is_file(), f"{METRICS_RS} found"):
+        return {}
+    text = METRICS_RS.read_text()
+    names = list(re.finditer(r'"(switchyard_\w+)"', text))
+    metrics = {}
+    for i, m in enumerate(names):
+        end = names[i + 1].start() if i + 1 < len(names) else len(text)
+        chunk = text[m.end():end].split("?;")[0]
+        labels = re.search(r"&\[([^\]]*)\]", chunk)
+        metrics.setdefault(m.group(1), set(re.findall(r'"(\w+)"', labels.group(1))) if labels else set())
+    for name in re.findall(r'HistogramOpts::new\(\s*"(switchyard_\w+)"', text):
+        labels = metrics.pop(name, set())
+        metrics.update({name + "_bucket": labels | {"le"}, name + "_sum": labels, name + "_count": labels})
+    check(metrics.get("switchyard_http_requests_total") == {"listener", "backend", "class"}
+          and metrics.get("switchyard_config_version") == set()
+          and metrics.get("switchyard_endpoint_up") == {"backend", "endpoint"}
+          and "le" in metrics.get("switchyard_http_request_duration_seconds_bucket", ()),
+          f"{len(metrics)} series names with their labels read (spot checks: http_requests_total,"
+          " config_version, endpoint_up, the duration histogram)", sorted(metrics))
+    return metrics
+
+
+def promql_problems(expr, metrics):
+    """What is wrong with the metrics and labels `expr` uses: metrics
+    Switchyard does not export, labels they do not have (in selectors, by,
+    on, ...), rate() of a gauge. Returns (problems, labels the expression's
+    metrics have, metric names used)."""
+    problems, used = [], {}
+    for m in SELECTOR.finditer(expr):
+        name = m.group(1)
+        if name == "up":
+            labels = set()
+        elif name not in metrics:
+            problems.append(f"{name}: not a metric Switchyard exports")
+            continue
+        else:
+            labels = metrics[name]
+        used[name] = labels
+        for label, _, _ in MATCHER.findall(m.group(2) or ""):
+            if label not in labels | SCRAPE_LABELS:
+                problems.append(f"{name}{{{label}...}}: {name} has no label {label} (it has {', '.join(sorted(labels)) or 'none'})")
+    known = set().union(SCRAPE_LABELS, *used.values())
+    for group in GROUPING.findall(expr):
+        for label in re.findall(r"\w+", group):
+            if label not in known:
+                problems.append(f"({group}): no metric of this query has the label {label}")
+    for m in re.finditer(r'\b(rate|irate|increase)\(\s*(switchyard_\w+)', expr):
+        if not COUNTER.search(m.group(2)):
+            problems.append(f"{m.group(1)}() of {m.group(2)}, which is not a counter")
+    if not used:
+        problems.append("uses no Switchyard metric")
+    return problems, known, set(used)
+
+
+def promtool_parses(named_exprs, what):
+    """Parses expressions with promtool, as recording rules of a scratch file."""
+    rules = [{"record": f"check:{i}", "expr": expr} for i, (_, expr) in enumerate(named_exprs)]
+    path = WORK / f"{what}-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": what, "rules": rules}]}, sort_keys=False))
+    r = run([PROMTOOL, "check", "rules", path])
+    out = r.stdout + r.stderr
+    # Errors name the rule by its index: show which query that is.
+    out = re.sub(r"rule (\d+)", lambda m: f"rule {m.group(1)} ({named_exprs[int(m.group(1)) - 1][0]})"
+                 if 0 < int(m.group(1)) <= len(named_exprs) else m.group(0), out)
+    check(r.returncode == 0, f"promtool check rules: all {len(named_exprs)} {what} queries parse as PromQL", out)
+
+
+def prometheus(metrics):
+    print("\n== Prometheus config, alerting rules and their tests (prometheus/)")
+    folder = EXAMPLES / "prometheus"
+    config, rules_file, tests_file = (folder / n for n in
+                                      ("prometheus.yml", "switchyard-alerts.yml", "switchyard-alerts.test.yml"))
+    if not all(check(f.is_file(), f"prometheus/{f.name} found") for f in (config, rules_file, tests_file)):
+        return
+
+    r = run([PROMTOOL, "check", "config", config])
+    check(r.returncode == 0, "promtool check config prometheus.yml (with the rule files it loads)", r.stdout + r.stderr)
+    cfg = yaml.safe_load(config.read_text())
+    loaded = [(folder / f).resolve() for f in cfg.get("rule_files", [])]
+    check(rules_file.resolve() in loaded, "prometheus.yml loads switchyard-alerts.yml (relative to itself)")
+    r = run([PROMTOOL, "check", "rules", rules_file])
+    check(r.returncode == 0, "promtool check rules switchyard-alerts.yml", r.stdout + r.stderr)
+
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    alerts = [rule for g in groups for rule in g["rules"] if "alert" in rule]
+    down = next((a for a in alerts if re.search(r'\bup\{', a["expr"])), None)
+    job = re.search(r'job="([^"]+)"', down["expr"]).group(1) if down else None
+    check(down is not None, f"an alert watches the scrape itself (up{{job=\"{job}\"}})")
+    jobs = [j for j in cfg.get("scrape_configs", []) if j.get("job_name") == job]
+    check(len(jobs) == 1 and jobs[0].get("metrics_path", "/metrics") == "/metrics"
+          and any(DEFAULT_ADMIN in sc.get("targets", []) for sc in jobs[0].get("static_configs", [])),
+          f"prometheus.yml: job {job} scrapes /metrics at the default admin address {DEFAULT_ADMIN}")
+
+    for a in alerts:
+        at = f"alert {a['alert']}"
+        problems, known, _ = promql_problems(a["expr"], metrics)
+        for text in a.get("annotations", {}).values():
+            problems += [f"annotation uses $labels.{l}, which no metric of the query has"
+                         for l in re.findall(r"\$labels\.(\w+)", text) if l not in known]
+        check(not problems, f"{at}: metrics and labels Switchyard exports", "\n".join(problems))
+        check("for" in a and a.get("labels", {}).get("severity") in ("critical", "warning", "info")
+              and {"summary", "description"} <= set(a.get("annotations", {})),
+              f"{at}: for {a.get('for')}, severity {a.get('labels', {}).get('severity')}, summary and description")
+
+    r = run([PROMTOOL, "test", "rules", tests_file])
+    check(r.returncode == 0, "promtool test rules switchyard-alerts.test.yml", r.stdout + r.stderr)
+    fired, silent = set(), set()
+    for test in yaml.safe_load(tests_file.read_text()).get("tests", []):
+        for t in test.get("alert_rule_test", []):
+            (fired if t.get("exp_alerts") else silent).add(t["alertname"])
+    names = [a["alert"] for a in alerts]
+    check(all(n in fired for n in names), f"every alert ({len(names)}) is tested firing",
+          "not tested firing: " + ", ".join(n for n in names if n not in fired))
+    check(all(n in silent for n in names), f"every alert ({len(names)}) is tested not firing",
+          "not tested silent: " + ", ".join(n for n in names if n not in silent))
+
+
+def grafana(metrics):
+    print("\n== Grafana dashboards (grafana/)")
+    files = sorted((EXAMPLES / "grafana").glob("*.json"))
+    if not check(bool(files), "dashboards found"):
+        return
+    for f in files:
+        r = run([sys.executable, "-m", "json.tool", f])
+        if not check(r.returncode == 0, f"{f.name}: python3 -m json.tool", r.stderr):
+            continue
+        grafana_dashboard(f.name, json.loads(f.read_text()), metrics)
+
+
+def grafana_dashboard(at, dash, metrics):
+    schema = dash.get("schemaVersion", 0)
+    check(schema >= 36, f"{at}: schemaVersion {schema} (Grafana 9 and later)")
+    variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+    ds = variables.get("DS_PROMETHEUS", {})
+    check(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
+          f"{at}: a Prometheus datasource variable, DS_PROMETHEUS")
+    for name, label in (("instance", "instance"), ("listener", "listener"), ("backend", "backend")):
+        v = variables.get(name, {})
+        query = v.get("definition") or v.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        m = re.fullmatch(r"label_values\((\w+)(\{[^}]*\})?\s*,\s*(\w+)\)", query or "")
+        check(bool(m) and m.group(3) == label and label in metrics.get(m.group(1), ()) | SCRAPE_LABELS
+              and v.get("datasource", {}).get("uid") == "${DS_PROMETHEUS}",
+              f"{at}: variable {name}: {query}")
+    for name, v in variables.items():
+        if v.get("type") == "query" and name not in ("instance", "listener", "backend"):
+            query = v.get("definition") or v.get("query")
+            query = query.get("query") if isinstance(query, dict) else query
+            m = re.fullmatch(r"label_values\((\w+)(\{[^}]*\})?\s*,\s*(\w+)\)", query or "")
+            check(bool(m) and m.group(3) in metrics.get(m.group(1), set()) | SCRAPE_LABELS,
+                  f"{at}: variable {name}: {query}")
+
+    def flat(items):
+        for p in items:
+            yield p
+            yield from flat(p.get("panels", []))
+
+    panels = list(flat(dash.get("panels", [])))
+    ids = [p.get("id") for p in panels]
+    check(len(ids) == len(set(ids)) and None not in ids, f"{at}: {len(panels)} panels, each with its own id")
+    boxes = []
+    for p in panels:
+        g = p.get("gridPos", {})
+        ok = all(isinstance(g.get(k), int) for k in "xywh") and g["x"] >= 0 and g["x"] + g["w"] <= 24
+        if not ok:
+            check(False, f"{at}: panel {p.get('title')!r} has a gridPos within 24 columns", g)
+        elif p.get("type") != "row" or not p.get("collapsed"):
+            boxes.append((p.get("title"), g))
+    overlaps = [f"{a} / {b}" for i, (a, g) in enumerate(boxes) for b, h in boxes[i + 1:]
+                if g["x"] < h["x"] + h["w"] and h["x"] < g["x"] + g["w"] and g["y"] < h["y"] + h["h"] and h["y"] < g["y"] + g["h"]]
+    check(not overlaps, f"{at}: no two panels overlap", "\n".join(overlaps))
+
+    queries, shown = [], set()
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        title = p.get("title")
+        targets = p.get("targets", [])
+        sources = [p.get("datasource")] + [t.get("datasource") for t in targets]
+        problems = [] if targets else ["no query"]
+        if any((s or {}).get("uid") != "${DS_PROMETHEUS}" for s in sources):
+            problems.append("a datasource other than ${DS_PROMETHEUS}")
+        for t in targets:
+            expr = t.get("expr", "")
+            found, known, used = promql_problems(expr, metrics)
+            problems += found
+            shown |= used
+            for var in re.findall(r"\$\{?(\w+)", expr):
+                if var not in variables and var not in GRAFANA_BUILTINS:
+                    problems.append(f"${var}: no such variable")
+            for label, op, value in MATCHER.findall(expr):
+                if re.search(r"\$\{?(?!__)\w", value) and op not in ("=~", "!~"):
+                    problems.append(f'{label}{op}"{value}": a multi-value variable needs =~')
+            for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")):
+                if label not in known:
+                    problems.append(f"legend {{{{{label}}}}}: no metric of the query has that label")
+            text = re.sub(r"\$\{?(\w+)\}?", lambda m: GRAFANA_BUILTINS.get(m.group(1), ".*"), expr)
+            queries.append((f"{title} {t.get('refId')}", text))
+        check(not problems, f"{at}: {title}: {len(targets)} quer{'y' if len(targets) == 1 else 'ies'}"
+              " over Switchyard's metrics and labels", "\n".join(problems))
+    promtool_parses(queries, "grafana")
+    def family(name):
+        """A histogram's name for its _bucket, _sum and _count series."""
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        return base if base != name and base + "_bucket" in metrics else name
+
+    families = {family(n) for n in metrics}
+    missing = sorted(families - {family(n) for n in shown})
+    if missing:
+        note(f"{at}: metrics no panel shows: {', '.join(missing)}")
+    else:
+        check(True, f"{at}: every metric Switchyard exports ({len(families)}) is on a panel")
+
+
 # ---------------------------------------------------------------- switchyard check
 
 def switchyard_check():
@@ -617,13 +898,18 @@ def switchyard_check():
 
 
 systemd_version = run(["systemd-analyze", "--version"]).stdout.splitlines()[0]
+promtool_version = run([PROMTOOL, "--version"]).stdout.split("(")[0].replace(", version", "").strip()
 print(f"validators: kubernetes-validate {metadata.version('kubernetes-validate')}"
       f" (schemas {', '.join(K8S_VERSIONS)}), python-hcl2 {metadata.version('python-hcl2')},"
-      f" PyYAML {metadata.version('PyYAML')}, Python {sys.version.split()[0]} tomllib, {systemd_version}")
+      f" PyYAML {metadata.version('PyYAML')}, Python {sys.version.split()[0]} tomllib, {systemd_version},"
+      f" {promtool_version} ({PROMTOOL})")
 print(f"examples:   {EXAMPLES}")
 kubernetes()
 nomad()
 systemd()
+metrics = exported_metrics()
+prometheus(metrics)
+grafana(metrics)
 switchyard_check()
 print(f"\n{counts['passed']} passed, {counts['failed']} failed")
 sys.exit(1 if counts["failed"] else 0)
