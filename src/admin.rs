@@ -1,9 +1,11 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/status`, `POST /reload`,
-//! `POST /upgrade`.
+//! `POST /upgrade`, and the status page at `/` (files in [`ui`]).
 //!
 //! Bound to loopback by default. It reads the published table and the
 //! control plane's status board, and asks the control task for reloads; it
 //! never touches the data plane's state directly.
+
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,6 +62,13 @@ pub async fn run(listener: TcpListener, state: AdminState, stop: CancellationTok
 }
 
 async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if let Some(asset) = ui::asset(req.uri().path()) {
+        return match *req.method() {
+            // hyper leaves the body out of an answer to HEAD.
+            Method::GET | Method::HEAD => page(asset),
+            _ => not_allowed(),
+        };
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
@@ -111,17 +120,50 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             }
         }
         (&Method::POST, "/upgrade") => upgrade(state).await,
-        (_, "/metrics" | "/healthz" | "/status" | "/reload" | "/upgrade") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
+        (_, "/metrics" | "/healthz" | "/status" | "/reload" | "/upgrade") => not_allowed(),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics /healthz /status, POST /reload or POST /upgrade\n".into(),
+            "not found; try / (status page) /metrics /healthz /status, POST /reload or POST /upgrade\n"
+                .into(),
         ),
     }
+}
+
+fn not_allowed() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        "method not allowed\n".into(),
+    )
+}
+
+/// A file of the status page. `no-cache`: the browser asks again each
+/// time (the files change with the binary), and gets them from memory.
+fn page(asset: &ui::Asset) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(asset.body.as_bytes())));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(asset.content_type),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(ui::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// `POST /upgrade`: answers once the new process serves (200), or with

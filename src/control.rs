@@ -15,7 +15,7 @@ pub mod status;
 pub mod templating;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +53,8 @@ const FILE_DEBOUNCE: Duration = Duration::from_millis(150);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a replaced process tells its successor what it still serves.
 const DRAIN_REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Reload attempts `/status` lists under `reloads`.
+pub const RELOAD_HISTORY: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -180,6 +182,9 @@ pub struct StatusBoard(Mutex<BoardState>);
 pub struct BoardState {
     pub last_reload: Option<ReloadRecord>,
     pub last_failure: Option<ReloadRecord>,
+    /// The latest [`RELOAD_HISTORY`] attempts, oldest first; kept by
+    /// [`BoardState::record_reload`].
+    pub reloads: VecDeque<ReloadRecord>,
     pub listener_addrs: Vec<(Arc<str>, SocketAddr)>,
     /// Endpoints removed by a swap that still have work in flight.
     pub draining: Vec<Arc<EndpointState>>,
@@ -211,6 +216,19 @@ pub struct PredecessorStatus {
 }
 
 impl BoardState {
+    /// Keeps one reload attempt: the last one, the last failure, and the
+    /// bounded history the status page lists.
+    pub fn record_reload(&mut self, record: &ReloadRecord) {
+        if record.result == ReloadResult::Failure {
+            self.last_failure = Some(record.clone());
+        }
+        if self.reloads.len() == RELOAD_HISTORY {
+            self.reloads.pop_front();
+        }
+        self.reloads.push_back(record.clone());
+        self.last_reload = Some(record.clone());
+    }
+
     /// Claims the one upgrade a process may run at a time.
     pub fn begin_upgrade(&mut self) -> Result<(), UpgradeError> {
         match self.upgrade {
@@ -410,7 +428,7 @@ impl Control {
         {
             let mut b = board.lock();
             b.listener_addrs = listeners.local_addrs();
-            b.last_reload = Some(ReloadRecord {
+            b.record_reload(&ReloadRecord {
                 at: now(),
                 trigger: Trigger::Start,
                 result: ReloadResult::Success,
@@ -734,11 +752,7 @@ impl Control {
         if record.result != ReloadResult::Failure {
             self.templating.retry_rejected();
         }
-        let mut board = self.board.lock();
-        board.last_reload = Some(record.clone());
-        if record.result == ReloadResult::Failure {
-            board.last_failure = Some(record.clone());
-        }
+        self.board.lock().record_reload(&record);
         record
     }
 

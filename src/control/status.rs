@@ -1,9 +1,13 @@
 //! The `/status` document: the live table and the control plane's records.
+//!
+//! Built on each request from the published table and the status board;
+//! the status page (`admin/ui`) polls it and renders what it gets, so
+//! every rule the page shows (a backend's `state`, say) is decided here.
 
 use serde::Serialize;
 
 use super::{BoardState, ReloadRecord};
-use crate::config::{BackendTarget, Balance, Protocol};
+use crate::config::{BackendTarget, Balance, Protocol, RouteSpec};
 use crate::table::{Backend, Table};
 use crate::upstream::health::EjectReason;
 use crate::upstream::select::Origin;
@@ -22,6 +26,9 @@ pub struct Status<'a> {
     pub predecessor: Option<&'a super::PredecessorStatus>,
     pub last_reload: Option<&'a ReloadRecord>,
     pub last_failure: Option<&'a ReloadRecord>,
+    /// The latest reload attempts (at most [`super::RELOAD_HISTORY`]),
+    /// newest first, failures included.
+    pub reloads: Vec<&'a ReloadRecord>,
     pub listeners: Vec<ListenerStatus>,
     pub backends: Vec<BackendStatus>,
     /// Endpoints that left their backend and still have work in flight.
@@ -45,11 +52,23 @@ pub struct ListenerStatus {
     /// `http`, `https`, `tcp` or `tls`.
     pub mode: &'static str,
     pub default_backend: Option<String>,
+    /// How many routes the listener has (`route_list` has them).
     pub routes: usize,
+    /// The routes, in the order they are written.
+    pub route_list: Vec<RouteStatus>,
     pub max_connections: Option<usize>,
     pub active_connections: i64,
     /// For `https` and `tls` listeners: the certificates new handshakes get.
     pub tls: Option<TlsStatus>,
+}
+
+/// One route of a listener.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct RouteStatus {
+    /// The host pattern: `*` for any host, `*.example.com` for a suffix.
+    pub host: String,
+    pub path: String,
+    pub backend: String,
 }
 
 #[derive(Serialize)]
@@ -98,7 +117,45 @@ pub struct BackendStatus {
     pub kind: &'static str,
     pub balance: &'static str,
     pub protocol: Protocol,
+    /// `up`, `degraded` or `down`; see [`BackendState`].
+    pub state: BackendState,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+/// What a backend's endpoints add up to, as the status page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Every endpoint in rotation (healthy and not ejected); always for
+    /// `respond` and gateway backends, which have no endpoints of their own.
+    Up,
+    /// Some endpoints in rotation, some unhealthy or ejected.
+    Degraded,
+    /// No endpoint in rotation, or none at all: every request to it fails,
+    /// or goes to an endpoint known to fail.
+    Down,
+}
+
+impl BackendState {
+    /// `in_rotation` says, for each endpoint, whether it is healthy and not
+    /// ejected. An ejected endpoint still gets trial requests (and every
+    /// request when all are ejected), but it is failing: a backend whose
+    /// every endpoint fails is down, never up.
+    pub fn of(in_rotation: impl IntoIterator<Item = bool>) -> Self {
+        let (mut up, mut out) = (0usize, 0usize);
+        for ok in in_rotation {
+            if ok {
+                up += 1;
+            } else {
+                out += 1;
+            }
+        }
+        match (up, out) {
+            (0, _) => Self::Down,
+            (_, 0) => Self::Up,
+            _ => Self::Degraded,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -114,7 +171,14 @@ pub struct EndpointStatus {
     pub ejected: bool,
     pub ejection: Option<EjectionStatus>,
     pub draining: bool,
+    /// Requests (HTTP) or connections (TCP) in flight.
     pub active_connections: usize,
+    /// Attempts sent to this endpoint since it appeared (retries each
+    /// count), kept across reloads; the page's request rate is its change.
+    pub requests_total: u64,
+    /// Of those, the ones that failed: a failed connect, a broken or
+    /// timed-out exchange, a 5xx answer.
+    pub failures_total: u64,
     /// Active health checks, when the backend has them.
     pub health_checks: Option<CheckStatus>,
 }
@@ -151,6 +215,7 @@ impl EndpointStatus {
         let record = state.record();
         let ejected = state.is_ejected();
         let time = |t| humantime::format_rfc3339_millis(t).to_string();
+        let (requests_total, failures_total) = state.attempts();
         Self {
             backend: state.backend.to_string(),
             address: state.addr.to_string(),
@@ -170,6 +235,8 @@ impl EndpointStatus {
                 }),
             draining: state.is_draining(),
             active_connections: state.active(),
+            requests_total,
+            failures_total,
             health_checks: record.checks.as_ref().map(|c| CheckStatus {
                 checks: c.checks,
                 successes_in_a_row: c.successes_in_a_row,
@@ -205,6 +272,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                 .iter()
                 .filter(|r| r.listener == l.spec.name)
                 .count(),
+            route_list: route_list(&table.config.routes, &l.spec.name),
             max_connections: l.spec.max_connections,
             active_connections: l.metrics.active.get(),
             tls: l.spec.tls.as_deref().map(tls_status),
@@ -228,6 +296,7 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
         predecessor: board.predecessor.as_ref(),
         last_reload: board.last_reload.as_ref(),
         last_failure: board.last_failure.as_ref(),
+        reloads: board.reloads.iter().rev().collect(),
         listeners,
         backends,
         draining_endpoints: board
@@ -262,7 +331,33 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
     }
 }
 
+/// The routes of `listener`, as written.
+fn route_list(routes: &[RouteSpec], listener: &str) -> Vec<RouteStatus> {
+    routes
+        .iter()
+        .filter(|r| &*r.listener == listener)
+        .map(|r| RouteStatus {
+            host: r.host.to_string(),
+            path: r.path_prefix.clone(),
+            backend: r.backend.to_string(),
+        })
+        .collect()
+}
+
 fn backend_status(b: &Backend) -> BackendStatus {
+    let endpoints: Vec<EndpointStatus> = b
+        .endpoints
+        .load()
+        .endpoints
+        .iter()
+        .map(|e| EndpointStatus::of(&e.state, Some(e.origin), Some(e.weight)))
+        .collect();
+    let state = match b.spec.target {
+        BackendTarget::Respond(_) | BackendTarget::Gateway(_) => BackendState::Up,
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
+            BackendState::of(endpoints.iter().map(|e| e.healthy && !e.ejected))
+        }
+    };
     BackendStatus {
         name: b.name().to_string(),
         kind: match b.spec.target {
@@ -278,12 +373,10 @@ fn backend_status(b: &Backend) -> BackendStatus {
             Balance::Hash(_) => "hash",
         },
         protocol: b.spec.protocol,
-        endpoints: b
-            .endpoints
-            .load()
-            .endpoints
-            .iter()
-            .map(|e| EndpointStatus::of(&e.state, Some(e.origin), Some(e.weight)))
-            .collect(),
+        state,
+        endpoints,
     }
 }
+
+#[cfg(test)]
+mod tests;

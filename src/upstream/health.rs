@@ -259,6 +259,13 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The attempt worked: an answer below 500, or a connection made.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Answered | Self::Connected)
+    }
+}
+
 /// Why an endpoint was ejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -366,6 +373,11 @@ impl EndpointState {
         outlier: &OutlierSpec,
         set: &ArcSwap<EndpointSet>,
     ) -> Option<Ejection> {
+        // Counted for `/status`: one add per attempt, a second on failure.
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !outcome.is_success() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
         // The usual case: an answer, no streak, no ejection. Three loads.
         if outcome == Outcome::Answered && self.ejected_until.load(Ordering::Relaxed) == 0 {
             self.streaks_end();
@@ -533,6 +545,33 @@ mod tests {
                 .report(Outcome::ConnectFailed, &o, &one)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn every_report_counts_an_attempt_and_failures_apart() {
+        let s = shared(&[1, 1]);
+        let eps = s.load_full();
+        let (e, o) = (&eps.endpoints[0].state, OutlierSpec::default());
+        assert_eq!(e.attempts(), (0, 0));
+        for outcome in [
+            Outcome::Answered,
+            Outcome::Connected,
+            Outcome::Failed,
+            Outcome::ConnectFailed,
+            Outcome::Answered,
+        ] {
+            e.report(outcome, &o, &s);
+        }
+        assert_eq!(e.attempts(), (5, 2));
+        // Counted even while ejected, trial or not.
+        let eject_at_once = outlier(1, 0, Duration::from_secs(60));
+        assert!(
+            e.report(Outcome::ConnectFailed, &eject_at_once, &s)
+                .is_some()
+        );
+        e.report(Outcome::ConnectFailed, &eject_at_once, &s);
+        assert_eq!(e.attempts(), (7, 4));
+        assert_eq!(eps.endpoints[1].state.attempts(), (0, 0));
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub struct EndpointState {
     /// Failed connects in a row, for the `consecutive_connect_failures`
     /// detector.
     pub(super) consecutive_connect_failures: AtomicU32,
+    /// Attempts reported so far (requests in HTTP mode, connects in TCP
+    /// mode), retries included: the status page's request rate is its
+    /// change between two looks. Lives as long as the state, so it survives
+    /// reloads with it.
+    pub(super) requests: AtomicU64,
+    /// The attempts among `requests` that failed: a failed connect, a
+    /// broken or timed-out exchange, a 5xx answer.
+    pub(super) failures: AtomicU64,
     /// Details for `/status`; written on the (rare) state changes and by
     /// the health check task, never on the request path.
     record: Mutex<EndpointRecord>,
@@ -70,6 +78,8 @@ impl EndpointState {
             trial: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             consecutive_connect_failures: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             record: Mutex::default(),
             draining: AtomicBool::new(false),
             removed: tokio::sync::Notify::new(),
@@ -79,6 +89,15 @@ impl EndpointState {
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Attempts reported so far, and how many of them failed. Two relaxed
+    /// loads: a reader may see a failure before its attempt, so the failure
+    /// count is capped at the attempt count.
+    pub fn attempts(&self) -> (u64, u64) {
+        let failures = self.failures.load(Ordering::Relaxed);
+        let requests = self.requests.load(Ordering::Relaxed);
+        (requests, failures.min(requests))
     }
 
     pub fn is_healthy(&self) -> bool {
