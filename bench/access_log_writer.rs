@@ -99,7 +99,9 @@ fn main() {
     println!(
         "Two producer threads submit records for {SECONDS} s each format; one writer thread writes to a file.\n"
     );
-    println!("| format | lines/s written | lines/s submitted | dropped (queue full) | bytes/line |");
+    println!(
+        "| format | lines/s written | lines/s submitted | dropped (queue full) | bytes/line |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for row in rows {
         println!("{row}");
