@@ -78,13 +78,22 @@ impl AccessLog {
         }
     }
 
-    /// A record for a request or connection of this listener.
+    /// A record for a request or connection of this listener: one the
+    /// writer is done with when there is one, so that in steady state the
+    /// data path allocates nothing for its log (and the writer thread
+    /// frees nothing the workers allocated).
     pub fn record(
         self: &Arc<Self>,
         client: std::net::SocketAddr,
         protocol: Protocol,
     ) -> Box<Record> {
-        Box::new(Record::new(self.clone(), client, protocol))
+        match writer::Writer::global().reuse() {
+            Some(mut record) => {
+                record.reset(self.clone(), client, protocol);
+                record
+            }
+            None => Box::new(Record::new(self.clone(), client, protocol)),
+        }
     }
 
     /// Queues `record` for writing when `only` and `sample` keep it.

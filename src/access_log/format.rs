@@ -1,11 +1,8 @@
 //! Access log line formats: JSON, HAProxy's, Apache/nginx "combined", and
 //! templates of `%field`s. Runs on the writer thread, never on the data path.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
-
-use serde::Serialize;
 
 use super::record::{Protocol, Record, Text};
 
@@ -120,24 +117,21 @@ impl Format {
         }
     }
 
-    /// Appends `record`'s line, newline included, to `out`.
-    pub fn write(&self, record: &Record, out: &mut Vec<u8>) {
+    /// Appends `record`'s line, newline included, to `out`. Allocates
+    /// nothing: numbers and addresses are formatted straight into `out`,
+    /// and `clock` formats the time once a second.
+    pub fn write(&self, record: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
         match self {
-            Self::Json => {
-                // Serializing borrowed fields into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, &JsonLine::of(record));
-            }
-            Self::Haproxy => haproxy(record, out),
-            Self::Combined => combined(record, out),
+            Self::Json => json(record, clock, out),
+            Self::Haproxy => haproxy(record, clock, out),
+            Self::Combined => combined(record, clock, out),
             Self::Template(pieces) => {
-                let mut line = String::with_capacity(256);
                 for piece in pieces {
                     match piece {
-                        Piece::Literal(s) => line.push_str(s),
-                        Piece::Field(f) => field(record, *f, &mut line),
+                        Piece::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                        Piece::Field(f) => field(record, *f, clock, out),
                     }
                 }
-                out.extend_from_slice(line.as_bytes());
             }
         }
         out.push(b'\n');
@@ -190,155 +184,234 @@ fn parse_template(template: &str) -> Result<Vec<Piece>, FormatError> {
     Ok(pieces)
 }
 
-fn millis(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
-}
-
-/// A template field's text; "-" when the record has none.
-fn field(r: &Record, f: Field, line: &mut String) {
-    let text = |t| r.text(t).filter(|s| !s.is_empty());
-    let _ = match f {
-        Field::Time => write!(line, "{}", rfc3339(r.time)),
-        Field::Listener => write!(line, "{}", r.log.listener),
-        Field::ClientIp => write!(line, "{}", r.client.ip()),
-        Field::ClientPort => write!(line, "{}", r.client.port()),
-        Field::Method => write!(line, "{}", text(Text::Method).unwrap_or("-")),
-        Field::Host => write!(line, "{}", text(Text::Host).unwrap_or("-")),
-        Field::Path => write!(line, "{}", text(Text::Path).unwrap_or("-")),
-        Field::Protocol => write!(line, "{}", r.protocol.as_str()),
-        Field::Status => match r.status {
-            Some(s) => write!(line, "{s}"),
-            None => write!(line, "-"),
-        },
-        Field::BytesIn => write!(line, "{}", r.bytes_in),
-        Field::BytesOut => write!(line, "{}", r.bytes_out),
-        Field::Backend => write!(line, "{}", r.backend.as_deref().unwrap_or("-")),
-        Field::Endpoint => match r.endpoint {
-            Some(e) => write!(line, "{e}"),
-            None => write!(line, "-"),
-        },
-        Field::Attempts => write!(line, "{}", r.attempts),
-        Field::Retries => write!(line, "{}", r.attempts.saturating_sub(1)),
-        Field::ConnectMs => match r.connect {
-            Some(d) => write!(line, "{:.3}", millis(d)),
-            None => write!(line, "-"),
-        },
-        Field::TtfbMs => match r.first_byte {
-            Some(d) => write!(line, "{:.3}", millis(d)),
-            None => write!(line, "-"),
-        },
-        Field::DurationMs => write!(line, "{:.3}", millis(r.duration)),
-        Field::Termination => write!(line, "{}", r.termination.as_str()),
-        Field::TerminationState => write!(line, "{}", r.termination.haproxy()),
-        Field::RequestId => write!(line, "{}", text(Text::RequestId).unwrap_or("-")),
-        Field::TraceId => write!(line, "{}", text(Text::TraceId).unwrap_or("-")),
-        Field::TlsVersion => write!(line, "{}", r.tls_version.unwrap_or("-")),
-        Field::TlsSni => write!(line, "{}", text(Text::Sni).unwrap_or("-")),
-        Field::UserAgent => write!(line, "{}", text(Text::UserAgent).unwrap_or("-")),
-        Field::Referer => write!(line, "{}", text(Text::Referer).unwrap_or("-")),
-    };
-}
-
-/// The JSON line: every field, `null` when the record has none.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    listener: &'a str,
-    client_ip: String,
-    client_port: u16,
-    method: Option<&'a str>,
-    host: Option<&'a str>,
-    path: Option<&'a str>,
-    protocol: &'static str,
-    status: Option<u16>,
-    bytes_in: u64,
-    bytes_out: u64,
-    backend: Option<&'a str>,
-    endpoint: Option<String>,
-    attempts: u32,
-    retries: u32,
-    connect_ms: Option<f64>,
-    ttfb_ms: Option<f64>,
-    duration_ms: f64,
-    termination: &'static str,
-    termination_state: &'static str,
-    request_id: Option<&'a str>,
-    trace_id: Option<&'a str>,
-    tls_version: Option<&'static str>,
-    tls_sni: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
-}
-
-impl<'a> JsonLine<'a> {
-    fn of(r: &'a Record) -> Self {
-        Self {
-            time: rfc3339(r.time),
-            listener: &r.log.listener,
-            client_ip: r.client.ip().to_string(),
-            client_port: r.client.port(),
-            method: r.text(Text::Method),
-            host: r.text(Text::Host),
-            path: r.text(Text::Path),
-            protocol: r.protocol.as_str(),
-            status: r.status,
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            backend: r.backend.as_deref(),
-            endpoint: r.endpoint.map(|e| e.to_string()),
-            attempts: r.attempts,
-            retries: r.attempts.saturating_sub(1),
-            connect_ms: r.connect.map(millis),
-            ttfb_ms: r.first_byte.map(millis),
-            duration_ms: millis(r.duration),
-            termination: r.termination.as_str(),
-            termination_state: r.termination.haproxy(),
-            request_id: r.text(Text::RequestId),
-            trace_id: r.text(Text::TraceId),
-            tls_version: r.tls_version,
-            tls_sni: r.text(Text::Sni),
-            user_agent: r.text(Text::UserAgent),
-            referer: r.text(Text::Referer),
-        }
-    }
-}
-
-/// `2026-12-04T13:15:05.123Z`.
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// The writer's clock: the current second formatted once, in both forms.
+#[derive(Debug, Default)]
+pub struct Clock {
+    second: Option<u64>,
+    /// `2026-12-04T13:15:05`
+    rfc3339: String,
+    /// `04/Dec/2026:13:15:05`
+    clf: String,
 }
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-/// `04/Dec/2026:13:15:05` and `.123`, in UTC, from the RFC 3339 form.
-fn clf_time(t: SystemTime) -> (String, String) {
-    let s = rfc3339(t);
-    // "YYYY-MM-DDTHH:MM:SS.mmmZ": fixed positions.
-    let (Some(year), Some(month), Some(day), Some(clock), Some(ms)) = (
-        s.get(0..4),
-        s.get(5..7).and_then(|m| m.parse::<usize>().ok()),
-        s.get(8..10),
-        s.get(11..19),
-        s.get(19..23),
-    ) else {
-        return (s, String::new());
-    };
-    let month = MONTHS.get(month.wrapping_sub(1)).copied().unwrap_or("???");
-    (format!("{day}/{month}/{year}:{clock}"), ms.to_string())
-}
+impl Clock {
+    /// Seconds and milliseconds since the epoch, after making sure the
+    /// second's texts are current.
+    fn at(&mut self, t: SystemTime) -> u32 {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            // "YYYY-MM-DDTHH:MM:SSZ": fixed positions.
+            let s = humantime::format_rfc3339_seconds(whole).to_string();
+            self.rfc3339 = s.get(..19).unwrap_or(&s).to_string();
+            let month = s
+                .get(5..7)
+                .and_then(|m| m.parse::<usize>().ok())
+                .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+                .copied()
+                .unwrap_or("???");
+            self.clf = format!(
+                "{}/{month}/{}:{}",
+                s.get(8..10).unwrap_or("??"),
+                s.get(0..4).unwrap_or("????"),
+                s.get(11..19).unwrap_or("??:??:??")
+            );
+        }
+        since.subsec_millis()
+    }
 
-/// `"GET /path HTTP/1.1"`'s inside; `-` for TCP.
-fn request_line(r: &Record) -> String {
-    match (r.protocol, r.text(Text::Method), r.text(Text::Path)) {
-        (Protocol::Tcp, _, _) | (_, None, _) => "-".to_string(),
-        (p, Some(m), path) => format!("{m} {} {}", path.unwrap_or("-"), p.as_str()),
+    /// `2026-12-04T13:15:05.123Z`
+    fn write_rfc3339(&mut self, t: SystemTime, out: &mut Vec<u8>) {
+        let ms = self.at(t);
+        out.extend_from_slice(self.rfc3339.as_bytes());
+        let _ = write!(out, ".{ms:03}Z");
+    }
+
+    /// `04/Dec/2026:13:15:05` and, with `millis`, `.123`.
+    fn write_clf(&mut self, t: SystemTime, millis: bool, out: &mut Vec<u8>) {
+        let ms = self.at(t);
+        out.extend_from_slice(self.clf.as_bytes());
+        if millis {
+            let _ = write!(out, ".{ms:03}");
+        }
     }
 }
 
-fn haproxy(r: &Record, out: &mut Vec<u8>) {
-    let (date, ms) = clf_time(r.time);
+/// Milliseconds with microsecond precision, as `12.345`.
+fn write_ms(d: Duration, out: &mut Vec<u8>) {
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+}
+
+fn write_opt_ms(d: Option<Duration>, none: &[u8], out: &mut Vec<u8>) {
+    match d {
+        Some(d) => write_ms(d, out),
+        None => out.extend_from_slice(none),
+    }
+}
+
+/// A template field's text; "-" when the record has none.
+fn field(r: &Record, f: Field, clock: &mut Clock, out: &mut Vec<u8>) {
+    let text = |t| r.text(t).filter(|s| !s.is_empty()).unwrap_or("-");
+    let _ = match f {
+        Field::Time => {
+            clock.write_rfc3339(r.time, out);
+            Ok(())
+        }
+        Field::Listener => write!(out, "{}", r.log.listener),
+        Field::ClientIp => write!(out, "{}", r.client.ip()),
+        Field::ClientPort => write!(out, "{}", r.client.port()),
+        Field::Method => write!(out, "{}", text(Text::Method)),
+        Field::Host => write!(out, "{}", text(Text::Host)),
+        Field::Path => write!(out, "{}", text(Text::Path)),
+        Field::Protocol => write!(out, "{}", r.protocol.as_str()),
+        Field::Status => match r.status {
+            Some(s) => write!(out, "{s}"),
+            None => write!(out, "-"),
+        },
+        Field::BytesIn => write!(out, "{}", r.bytes_in),
+        Field::BytesOut => write!(out, "{}", r.bytes_out),
+        Field::Backend => write!(out, "{}", r.backend.as_deref().unwrap_or("-")),
+        Field::Endpoint => match r.endpoint {
+            Some(e) => write!(out, "{e}"),
+            None => write!(out, "-"),
+        },
+        Field::Attempts => write!(out, "{}", r.attempts),
+        Field::Retries => write!(out, "{}", r.attempts.saturating_sub(1)),
+        Field::ConnectMs => {
+            write_opt_ms(r.connect, b"-", out);
+            Ok(())
+        }
+        Field::TtfbMs => {
+            write_opt_ms(r.first_byte, b"-", out);
+            Ok(())
+        }
+        Field::DurationMs => {
+            write_ms(r.duration, out);
+            Ok(())
+        }
+        Field::Termination => write!(out, "{}", r.termination.as_str()),
+        Field::TerminationState => write!(out, "{}", r.termination.haproxy()),
+        Field::RequestId => write!(out, "{}", text(Text::RequestId)),
+        Field::TraceId => write!(out, "{}", text(Text::TraceId)),
+        Field::TlsVersion => write!(out, "{}", r.tls_version.unwrap_or("-")),
+        Field::TlsSni => write!(out, "{}", text(Text::Sni)),
+        Field::UserAgent => write!(out, "{}", text(Text::UserAgent)),
+        Field::Referer => write!(out, "{}", text(Text::Referer)),
+    };
+}
+
+/// A JSON string, escaped.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            c => {
+                let _ = write!(out, "\\u{c:04x}");
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+fn json_opt_str(s: Option<&str>, out: &mut Vec<u8>) {
+    match s {
+        Some(s) => json_str(s, out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The JSON line: every field, `null` when the record has none, in the
+/// order of [`FIELDS`].
+fn json(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    clock.write_rfc3339(r.time, out);
+    out.extend_from_slice(b"\",\"listener\":");
+    json_str(&r.log.listener, out);
+    let _ = write!(
+        out,
+        ",\"client_ip\":\"{}\",\"client_port\":{},\"method\":",
+        r.client.ip(),
+        r.client.port()
+    );
+    json_opt_str(r.text(Text::Method), out);
+    out.extend_from_slice(b",\"host\":");
+    json_opt_str(r.text(Text::Host), out);
+    out.extend_from_slice(b",\"path\":");
+    json_opt_str(r.text(Text::Path), out);
+    let _ = write!(out, ",\"protocol\":\"{}\",\"status\":", r.protocol.as_str());
+    let _ = match r.status {
+        Some(s) => write!(out, "{s}"),
+        None => write!(out, "null"),
+    };
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{},\"backend\":",
+        r.bytes_in, r.bytes_out
+    );
+    json_opt_str(r.backend.as_deref(), out);
+    out.extend_from_slice(b",\"endpoint\":");
+    let _ = match r.endpoint {
+        Some(e) => write!(out, "\"{e}\""),
+        None => write!(out, "null"),
+    };
+    let _ = write!(
+        out,
+        ",\"attempts\":{},\"retries\":{},\"connect_ms\":",
+        r.attempts,
+        r.attempts.saturating_sub(1)
+    );
+    write_opt_ms(r.connect, b"null", out);
+    out.extend_from_slice(b",\"ttfb_ms\":");
+    write_opt_ms(r.first_byte, b"null", out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    write_ms(r.duration, out);
+    let _ = write!(
+        out,
+        ",\"termination\":\"{}\",\"termination_state\":\"{}\",\"request_id\":",
+        r.termination.as_str(),
+        r.termination.haproxy()
+    );
+    json_opt_str(r.text(Text::RequestId), out);
+    out.extend_from_slice(b",\"trace_id\":");
+    json_opt_str(r.text(Text::TraceId), out);
+    out.extend_from_slice(b",\"tls_version\":");
+    json_opt_str(r.tls_version, out);
+    out.extend_from_slice(b",\"tls_sni\":");
+    json_opt_str(r.text(Text::Sni), out);
+    out.extend_from_slice(b",\"user_agent\":");
+    json_opt_str(r.text(Text::UserAgent), out);
+    out.extend_from_slice(b",\"referer\":");
+    json_opt_str(r.text(Text::Referer), out);
+    out.push(b'}');
+}
+
+/// `"GET /path HTTP/1.1"`'s inside; `-` for TCP.
+fn request_line(r: &Record, out: &mut Vec<u8>) {
+    match (r.protocol, r.text(Text::Method), r.text(Text::Path)) {
+        (Protocol::Tcp, _, _) | (_, None, _) => out.push(b'-'),
+        (p, Some(m), path) => {
+            let _ = write!(out, "{m} {} {}", path.unwrap_or("-"), p.as_str());
+        }
+    }
+}
+
+fn haproxy(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
     let ms_or_minus = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64);
     let connect = match (r.connect, r.endpoint) {
         (Some(d), _) => d.as_millis() as i64,
@@ -346,37 +419,56 @@ fn haproxy(r: &Record, out: &mut Vec<u8>) {
         (None, Some(_)) if r.first_byte.is_some() || r.protocol == Protocol::Tcp => 0,
         _ => -1,
     };
+    let _ = write!(out, "{}:{} [", r.client.ip(), r.client.port());
+    clock.write_clf(r.time, true, out);
     let _ = write!(
         out,
-        "{}:{} [{date}{ms}] {} {}/{} {connect}/{}/{} {} {} {} {} {} \"{}\"",
-        r.client.ip(),
-        r.client.port(),
+        "] {} {}/",
         r.log.listener,
-        r.backend.as_deref().unwrap_or("-"),
-        r.endpoint
-            .map_or_else(|| "<NOSRV>".to_string(), |e| e.to_string()),
+        r.backend.as_deref().unwrap_or("-")
+    );
+    let _ = match r.endpoint {
+        Some(e) => write!(out, "{e}"),
+        None => write!(out, "<NOSRV>"),
+    };
+    let _ = write!(
+        out,
+        " {connect}/{}/{} ",
         ms_or_minus(r.first_byte),
-        r.duration.as_millis(),
-        r.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+        r.duration.as_millis()
+    );
+    let _ = match r.status {
+        Some(s) => write!(out, "{s}"),
+        None => write!(out, "-"),
+    };
+    let _ = write!(
+        out,
+        " {} {} {} {} \"",
         r.bytes_out,
         r.termination.haproxy(),
         r.attempts.saturating_sub(1),
         r.text(Text::RequestId)
             .filter(|s| !s.is_empty())
             .unwrap_or("-"),
-        request_line(r),
     );
+    request_line(r, out);
+    out.push(b'"');
 }
 
-fn combined(r: &Record, out: &mut Vec<u8>) {
-    let (date, _) = clf_time(r.time);
+fn combined(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
     let quoted = |t| r.text(t).filter(|s| !s.is_empty()).unwrap_or("-");
+    let _ = write!(out, "{} - - [", r.client.ip());
+    clock.write_clf(r.time, false, out);
+    out.extend_from_slice(b" +0000] \"");
+    request_line(r, out);
+    out.extend_from_slice(b"\" ");
+    let _ = match r.status {
+        Some(s) => write!(out, "{s}"),
+        None => write!(out, "-"),
+    };
     let _ = write!(
         out,
-        "{} - - [{date} +0000] \"{}\" {} {} \"{}\" \"{}\"",
-        r.client.ip(),
-        request_line(r),
-        r.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+        " {} \"{}\" \"{}\"",
         r.bytes_out,
         quoted(Text::Referer),
         quoted(Text::UserAgent),
@@ -413,7 +505,7 @@ mod tests {
 
     fn line(format: &Format, r: &Record) -> String {
         let mut out = Vec::new();
-        format.write(r, &mut out);
+        format.write(r, &mut Clock::default(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -433,6 +525,17 @@ mod tests {
         assert_eq!(v["retries"], 0);
         assert_eq!(v["termination"], "ok");
         assert_eq!(v["trace_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut r = record();
+        let mut t = Texts::default();
+        t.push(Text::Method, "GET");
+        t.push(Text::Path, "/a\\b");
+        r.texts = t;
+        let v: serde_json::Value = serde_json::from_str(&line(&Format::Json, &r)).unwrap();
+        assert_eq!(v["path"], "/a\\b");
     }
 
     #[test]

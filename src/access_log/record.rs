@@ -155,6 +155,18 @@ impl Texts {
         }
     }
 
+    /// Room for `n` more bytes of text.
+    pub fn reserve(&mut self, n: usize) {
+        self.buf.reserve(n);
+    }
+
+    /// Empty again, keeping the buffer for the next record.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends = [0; TEXTS];
+        self.set = 0;
+    }
+
     /// Sets `field`; fields must be set in [`Text`] order, each once.
     pub fn push(&mut self, field: Text, value: &str) {
         let i = field as usize;
@@ -235,6 +247,14 @@ impl Record {
             termination: Termination::Ok,
             tls_version: None,
         }
+    }
+
+    /// Makes a used record new again, keeping its text buffer.
+    pub fn reset(&mut self, log: Arc<AccessLog>, client: SocketAddr, protocol: Protocol) {
+        let mut texts = std::mem::take(&mut self.texts);
+        texts.clear();
+        *self = Self::new(log, client, protocol);
+        self.texts = texts;
     }
 
     pub fn text(&self, field: Text) -> Option<&str> {

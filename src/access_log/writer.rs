@@ -31,10 +31,14 @@ const TICK: Duration = Duration::from_millis(50);
 const CHECK_FILES: Duration = Duration::from_secs(1);
 /// A sink's buffer is written out once it holds this much.
 const BUFFER: usize = 64 * 1024;
+/// Written records kept for reuse by the data path.
+const SPARE: usize = 4096;
 
 /// The process's one writer.
 pub struct Writer {
     queue: ArrayQueue<Box<Record>>,
+    /// Records written, for [`Writer::reuse`].
+    spare: ArrayQueue<Box<Record>>,
     thread: OnceLock<Thread>,
     reopen: AtomicBool,
     /// Flushes asked for, and done: a flush waits for `done` to reach its
@@ -50,6 +54,7 @@ impl Writer {
     pub fn global() -> &'static Writer {
         let writer = WRITER.get_or_init(|| Writer {
             queue: ArrayQueue::new(QUEUE),
+            spare: ArrayQueue::new(SPARE),
             thread: OnceLock::new(),
             reopen: AtomicBool::new(false),
             flush_asked: AtomicU64::new(0),
@@ -75,6 +80,11 @@ impl Writer {
     /// The writer if a log ever started it.
     pub fn started() -> Option<&'static Writer> {
         WRITER.get()
+    }
+
+    /// A written record to fill again, if one is spare.
+    pub fn reuse(&self) -> Option<Box<Record>> {
+        self.spare.pop()
     }
 
     pub fn push(&self, record: Box<Record>) {
@@ -218,6 +228,7 @@ impl Out {
 
 fn run(writer: &'static Writer) {
     let mut outs: HashMap<Sink, Out> = HashMap::new();
+    let mut clock = super::format::Clock::default();
     let mut last_check = Instant::now();
     loop {
         // Read before draining: a flush asked after this point waits for
@@ -229,12 +240,18 @@ fn run(writer: &'static Writer) {
                 Some(out) => out,
                 None => outs.entry(sink.clone()).or_insert_with(Out::new),
             };
-            record.log.spec.format.write(&record, &mut out.buf);
+            record
+                .log
+                .spec
+                .format
+                .write(&record, &mut clock, &mut out.buf);
             out.count(&record.log);
             if out.buf.len() >= BUFFER {
                 let sink = record.log.spec.sink.clone();
                 out.write_out(&sink);
             }
+            // A full spare queue means the data path has plenty.
+            let _ = writer.spare.push(record);
         }
         for (sink, out) in &mut outs {
             out.write_out(sink);

@@ -27,7 +27,7 @@ use super::io::{ByteCounts, ConnActivity, Counted};
 use super::listener::Drain;
 use super::proxy_protocol;
 use super::trace;
-use crate::access_log::{self, AccessLog, Record, Termination, Text, Texts};
+use crate::access_log::{self, AccessLog, Record, Termination, Text};
 use crate::config::{BackendTarget, HashOn, Protocol, RespondSpec};
 use crate::error_chain::ErrorChain;
 use crate::headers::{connection_has, strip_hop_by_hop};
@@ -131,6 +131,12 @@ enum ProxyError {
     UnknownService,
     #[error("the request's host is not the name of the connection's TLS handshake")]
     Misdirected,
+    /// Framing or Host fields that RFC 9112 says to refuse (see
+    /// [`check_request`]).
+    #[error("invalid request: {0}")]
+    BadRequest(&'static str),
+    #[error("the request body has a transfer coding other than chunked")]
+    UnknownCoding,
 }
 
 impl ProxyError {
@@ -144,7 +150,14 @@ impl ProxyError {
             Self::BodyTooLarge => Termination::BodyTooLarge,
             Self::ClientStalled => Termination::ClientTimeout,
             Self::Misdirected => Termination::Misdirected,
+            Self::BadRequest(_) | Self::UnknownCoding => Termination::BadRequest,
         }
+    }
+
+    /// The client connection is closed after this answer: the request's
+    /// framing was in doubt, so nothing after it on the connection is.
+    fn closes(&self) -> bool {
+        matches!(self, Self::BadRequest(_) | Self::UnknownCoding)
     }
 
     fn status_and_body(&self) -> (StatusCode, &'static str) {
@@ -167,6 +180,11 @@ impl ProxyError {
             Self::Misdirected => (
                 StatusCode::MISDIRECTED_REQUEST,
                 "misdirected request: this host is not the one the TLS connection was made for\n",
+            ),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request\n"),
+            Self::UnknownCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer coding not implemented\n",
             ),
         }
     }
@@ -225,20 +243,23 @@ async fn route(
     inflight: super::io::InflightGuard,
     log: Option<Box<Record>>,
 ) -> Response<ProxyBody> {
-    let host = request_host(&req);
+    let unrouted = |error, inflight, log| {
+        let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
+        let response = error_response(ctx, error, completion);
+        listener.unrouted.count(response.status());
+        response
+    };
+    let host = match check_request(&req) {
+        Ok(host) => host,
+        Err(error) => return unrouted(error, inflight, log),
+    };
     if let Some(tls) = &ctx.tls
         && !tls.allows(host)
     {
-        let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
-        let response = error_response(ctx, ProxyError::Misdirected, completion);
-        listener.unrouted.count(response.status());
-        return response;
+        return unrouted(ProxyError::Misdirected, inflight, log);
     }
     let Some(target) = listener.route(host, req.uri().path()) else {
-        let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
-        let response = error_response(ctx, ProxyError::NoRoute, completion);
-        listener.unrouted.count(response.status());
-        return response;
+        return unrouted(ProxyError::NoRoute, inflight, log);
     };
     let mut completion = Completion::new(started, target.metrics.clone(), inflight, log);
     if let Some(log) = completion.log() {
@@ -285,7 +306,8 @@ fn log_record(
         headers.get(header::USER_AGENT),
         headers.get(header::REFERER),
     );
-    let mut texts = Texts::with_capacity(
+    let mut texts = std::mem::take(&mut record.texts);
+    texts.reserve(
         req.method().as_str().len()
             + request_host(req).map_or(0, str::len)
             + path.len()
@@ -369,6 +391,96 @@ async fn via_gateway(
     }
 }
 
+/// Refuses what RFC 9112 says a server must refuse and hyper lets
+/// through, and returns the host the request is for (as
+/// [`request_host`]):
+///
+/// - more than one Host field, or a Host value that is no `uri-host
+///   [":" port]` (§3.2): 400. A target with an authority (absolute-form,
+///   HTTP/2) names the host instead of the field (§3.2.2), and
+///   [`prepare_request`] replaces the field with it, so the server sees
+///   the host the request was routed by;
+/// - a body with a transfer coding besides `chunked` (hyper decodes the
+///   chunks and nothing else, so the server would get the body with the
+///   coding silently dropped): 501 (§6.1); `chunked` twice: 400.
+///
+/// hyper itself answers 400 to the rest (CL with different values, TE
+/// without final `chunked`, TE in HTTP/1.0, bad chunk sizes, obs-fold,
+/// whitespace before a colon, NUL/CR/LF in a field) and decodes a body by
+/// Transfer-Encoding alone when both fields came, closing the connection
+/// after it. An HTTP/1.1 request without Host is let through (the server
+/// gets one naming it; see [`finish_target`]), unlike §3.2's 400.
+fn check_request(req: &Request<Incoming>) -> Result<Option<&str>, ProxyError> {
+    // One lookup either way: `get_all` finds what `get` would.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let field = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host field"));
+    }
+    if field.is_some_and(|h| !h.as_bytes().iter().all(|&b| HOST_BYTES[usize::from(b)])) {
+        return Err(ProxyError::BadRequest("invalid Host field"));
+    }
+    // Only a request with a body can have a transfer coding (hyper refuses
+    // Transfer-Encoding without a final `chunked`), so most skip the lookup.
+    if !req.body().is_end_stream() {
+        let mut chunked = 0;
+        for value in req.headers().get_all(header::TRANSFER_ENCODING) {
+            let Ok(value) = value.to_str() else {
+                return Err(ProxyError::UnknownCoding);
+            };
+            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                if !coding.eq_ignore_ascii_case("chunked") {
+                    return Err(ProxyError::UnknownCoding);
+                }
+                chunked += 1;
+            }
+        }
+        if chunked > 1 {
+            return Err(ProxyError::BadRequest("chunked applied twice"));
+        }
+    }
+    Ok(req
+        .uri()
+        .host()
+        .or_else(|| field.and_then(|h| h.to_str().ok())))
+}
+
+/// The bytes of a Host value (RFC 3986 §3.2.2 `reg-name`, an IPv4 address
+/// or a bracketed IP literal, then `:port`); checked by bytes only, enough
+/// that none can mean something else to a server (whitespace, a path,
+/// userinfo, a query).
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            );
+        i += 1;
+    }
+    table
+};
+
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
 /// the Host header.
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
@@ -418,13 +530,18 @@ fn error_response(
     let (status, body) = error.status_and_body();
     completion.terminated(error.termination());
     tracing::debug!(error = %ErrorChain(&error), %status, peer = %ctx.peer, "Request failed");
-    local_response(
+    let mut response = local_response(
         ctx,
         status,
         Bytes::from_static(body.as_bytes()),
         &[],
         completion,
-    )
+    );
+    if error.closes() && !ctx.activity.is_h2() {
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A draining HTTP/1 connection answers its next request and closes, so the
@@ -642,10 +759,12 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 }
                 let (mut parts, body) = resp.into_parts();
                 let hint = codec::idle_hint(&parts.headers);
+                let framed = one_length(&mut parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
                 let idle = spec.timeouts.idle;
-                // A connection that carried a PROXY header is this client's.
-                let sender = sender.filter(|_| proxy_header.is_none());
+                // A connection that carried a PROXY header is this client's;
+                // one whose framing was in doubt is used no more.
+                let sender = sender.filter(|_| proxy_header.is_none() && framed);
                 let completion = completion.with_upstream(active, sender, idle, hint);
                 (
                     parts,
@@ -669,6 +788,44 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         };
         Response::from_parts(parts, body)
     }
+}
+
+/// Leaves a response read by hyper's client with at most one
+/// Content-Length value, as our own client does (`h1::codec`): with
+/// Transfer-Encoding (which hyper decoded, and which is not forwarded)
+/// a Content-Length is removed, and `false` says the connection must not
+/// carry another exchange: both fields may be an attempt at response
+/// splitting (RFC 9112 §6.3 ¶3). A list of equal lengths (`5, 5`, which
+/// hyper accepts) becomes the one value (RFC 9110 §8.6); differing ones,
+/// which hyper lets through only where they frame nothing (HEAD, 304),
+/// are removed.
+fn one_length(headers: &mut HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return headers.remove(header::CONTENT_LENGTH).is_none();
+    }
+    let mut fields = headers.get_all(header::CONTENT_LENGTH).iter();
+    let listed = match (fields.next(), fields.next()) {
+        (Some(first), None) => first.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        (None, _) => false,
+    };
+    if !listed {
+        return true;
+    }
+    let mut values = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|v| v.trim_ascii());
+    let first = values.next().unwrap_or_default();
+    let one = !first.is_empty()
+        && first.iter().all(u8::is_ascii_digit)
+        && values.all(|v| v == first);
+    match one.then(|| HeaderValue::from_bytes(first).ok()).flatten() {
+        Some(value) => headers.insert(header::CONTENT_LENGTH, value),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
+    true
 }
 
 /// The parts of a request head, cloned for a retry.
@@ -936,14 +1093,16 @@ fn prepare_request(
     let upgrade_proto = upgrade
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten();
-    let host_header = req.headers().get(header::HOST).cloned();
-    let has_host_header = host_header.is_some();
-    let host: Option<HeaderValue> = match host_header {
-        Some(h) => Some(h),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // A target's authority (absolute-form, HTTP/2) is the host, not a Host
+    // field beside it (RFC 9112 §3.2.2): routing went by it, and the field
+    // is replaced with it (a proxy must not forward the received one).
+    let (host, has_host_header) = match req.uri().authority() {
+        Some(authority) => (authority_host(authority), false),
+        None => {
+            let field = req.headers().get(header::HOST).cloned();
+            let has = field.is_some();
+            (field, has)
+        }
     };
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -965,6 +1124,14 @@ fn prepare_request(
     };
     finish_target(req, endpoint, protocol, has_host_header, host)?;
     Ok(forwarded)
+}
+
+/// The Host value for a target's authority: without the userinfo
+/// (RFC 9112 §3.2), which the Host syntax has no room for.
+fn authority_host(authority: &Authority) -> Option<HeaderValue> {
+    let text = authority.as_str();
+    let host = text.rsplit_once('@').map_or(text, |(_, host)| host);
+    HeaderValue::from_str(host).ok()
 }
 
 /// Adds `X-Forwarded-For` (after the client's own), `-Proto` and `-Host`,
