@@ -10,6 +10,7 @@
 #   bench/run.sh --only tls           # only TLS: HTTPS, handshakes, idle memory, certificate swap
 #   bench/run.sh --only upgrade       # only binary upgrades under load, beside HAProxy -W and nginx reloads
 #   bench/run.sh --only access_log    # only access logs on vs off, beside HAProxy's and nginx's, and the writer's ceiling
+#   bench/run.sh --only soak          # only the 30-minute soak under load and faults (bench/soak.rs)
 #
 # Installs what it needs with apt-get when missing, builds Switchyard in
 # release mode, and writes the report to bench/results/latest.md. Do not run
@@ -47,6 +48,15 @@ template_convergence() {
   mkdir -p bench/results
   cargo bench --bench template_convergence | tee bench/results/templates.md
 }
+# The soak: the release binary for 30 minutes under mixed load while the
+# config, DNS and Consul change and Consul restarts (bench/soak.rs); exits
+# non-zero when a bound is broken.
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "soak" ]; then
+  mkdir -p bench/results
+  shift 2
+  cargo bench --bench soak -- "$@" | tee bench/results/soak.md
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "templates" ]; then
   template_convergence
   exit 0

@@ -14,7 +14,9 @@ use crate::control::PredecessorStatus;
 use crate::control::{
     Control, ControlMsg, Lifecycle, ReloadRecord, StartError, StatusBoard, Trigger, UpgradeState,
 };
-use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics};
+use crate::metrics::{
+    DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics, RuntimeCollector,
+};
 use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
 use crate::sockets::{Slot, SocketRegistry};
@@ -88,6 +90,13 @@ impl App {
             0 => Placement::Here,
             n => Placement::Workers(Arc::new(Workers::start(n).map_err(AppError::StartWorkers)?)),
         };
+        let mut runtimes = vec![("control".to_string(), tokio::runtime::Handle::current())];
+        if let Placement::Workers(workers) = &placement {
+            runtimes.extend(
+                (workers.handles().iter().enumerate())
+                    .map(|(i, handle)| (format!("worker-{i}"), handle.clone())),
+            );
+        }
         let admin_stop = CancellationToken::new();
         let retired = CancellationToken::new();
         let sockets = options.sockets.clone();
@@ -110,6 +119,11 @@ impl App {
             .register(Box::new(
                 LiveCollector::new(live_sampler(table.clone(), board.clone()))
                     .map_err(StartError::from)?,
+            ))
+            .map_err(StartError::from)?;
+        metrics
+            .register(Box::new(
+                RuntimeCollector::new(runtimes).map_err(StartError::from)?,
             ))
             .map_err(StartError::from)?;
         let admin_bind = table.current().config.admin_bind;

@@ -711,3 +711,95 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
         families
     }
 }
+
+/// Tokio's count of alive tasks on each of the process's runtimes (the
+/// control plane's and each worker's), read at scrape time: under steady
+/// load it stays flat, so a count that climbs with uptime is a task leak
+/// (the soak, bench/soak.rs, watches it).
+pub struct RuntimeCollector {
+    desc: Desc,
+    runtimes: Vec<(String, tokio::runtime::Handle)>,
+}
+
+/// Name and help of the runtime task gauge.
+const RUNTIME_TASKS: (&str, &str) = (
+    "switchyard_runtime_tasks",
+    "Tasks alive on a tokio runtime of the process",
+);
+
+impl RuntimeCollector {
+    /// `runtimes`: a label (`control`, `worker-0`, ...) and a handle each.
+    pub fn new(runtimes: Vec<(String, tokio::runtime::Handle)>) -> Result<Self, MetricsError> {
+        let desc = Desc::new(
+            RUNTIME_TASKS.0.into(),
+            RUNTIME_TASKS.1.into(),
+            vec!["runtime".into()],
+            Default::default(),
+        )?;
+        Ok(Self { desc, runtimes })
+    }
+}
+
+impl Collector for RuntimeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(tasks) = IntGaugeVec::new(Opts::new(RUNTIME_TASKS.0, RUNTIME_TASKS.1), &["runtime"])
+        else {
+            return Vec::new();
+        };
+        for (name, handle) in &self.runtimes {
+            let alive = handle.metrics().num_alive_tasks();
+            tasks
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
+        tasks.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gauge follows the runtime's live tasks: up while tasks wait,
+    /// back down once they end.
+    #[test]
+    fn runtime_tasks_follow_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let runtimes = vec![("worker-0".to_string(), runtime.handle().clone())];
+        metrics
+            .register(Box::new(RuntimeCollector::new(runtimes).unwrap()))
+            .unwrap();
+        let series = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("switchyard_runtime_tasks{runtime=\"worker-0\"} "))
+                .map(|v| v.parse::<i64>().unwrap())
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting: Vec<_> = (0..3)
+            .map(|_| runtime.spawn(std::future::pending::<()>()))
+            .collect();
+        let ender = runtime.spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(series(&metrics.render()), Some(4));
+        for task in &waiting {
+            task.abort();
+        }
+        tx.send(()).unwrap();
+        runtime.block_on(async {
+            let _ = ender.await;
+            for task in waiting {
+                let _ = task.await;
+            }
+        });
+        assert_eq!(series(&metrics.render()), Some(0));
+    }
+}

@@ -44,6 +44,8 @@ pub struct Workers {
     jobs: Vec<mpsc::UnboundedSender<Job>>,
     /// Client connections each worker serves now.
     loads: Arc<[AtomicUsize]>,
+    /// Each worker's runtime, for its task count in the metrics.
+    handles: Vec<tokio::runtime::Handle>,
     /// Detached on drop: a worker ends by itself once its job channel
     /// closes.
     _threads: Vec<JoinHandle<()>>,
@@ -54,12 +56,14 @@ impl Workers {
     pub fn start(count: usize) -> io::Result<Self> {
         let mut jobs = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
         for index in 0..count.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .event_interval(EVENT_INTERVAL)
                 .build()?;
+            handles.push(runtime.handle().clone());
             let thread = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || runtime.block_on(run(rx)))?;
@@ -69,8 +73,14 @@ impl Workers {
         Ok(Self {
             loads: (0..jobs.len()).map(|_| AtomicUsize::new(0)).collect(),
             jobs,
+            handles,
             _threads: threads,
         })
+    }
+
+    /// The workers' runtimes, in worker order.
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.handles
     }
 
     pub fn len(&self) -> usize {
