@@ -405,10 +405,11 @@ async fn via_gateway(
 ///   coding silently dropped): 501 (§6.1); `chunked` twice: 400.
 ///
 /// hyper itself answers 400 to the rest (CL with different values, TE
-/// without final `chunked`, TE in HTTP/1.0, bad chunk sizes, obs-fold,
-/// whitespace before a colon, NUL/CR/LF in a field) and decodes a body by
-/// Transfer-Encoding alone when both fields came, closing the connection
-/// after it. An HTTP/1.1 request without Host is let through (the server
+/// without final `chunked`, TE in HTTP/1.0, obs-fold, whitespace before a
+/// colon, NUL/CR/LF in a field) and decodes a body by Transfer-Encoding
+/// alone when both fields came, closing the connection after it. Bad chunk
+/// lines show only as the body is read; `forward` answers them 400 (see
+/// [`is_malformed`]). An HTTP/1.1 request without Host is let through (the server
 /// gets one naming it; see [`finish_target`]), unlike §3.2's 400.
 fn check_request(req: &Request<Incoming>) -> Result<Option<&str>, ProxyError> {
     // One lookup either way: `get_all` finds what `get` would.
@@ -703,6 +704,17 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 Err(failed) => failed,
             };
             let from = active.endpoint().addr;
+            // A request body the client framed wrong (a bad chunk size or
+            // line end, which hyper refuses as it reads) is the client's
+            // error: 400 as RFC 9112 §7.1 wants, not 502, and nothing
+            // counted against the server.
+            if let ProxyError::Upstream(e) = &failed.error
+                && let Some(RequestBodyError::Client(e)) = RequestBody::failure(e.as_ref())
+                && is_malformed(e)
+            {
+                let error = ProxyError::BadRequest("invalid request body framing");
+                return error_response(ctx, error, completion);
+            }
             let connect_failed = matches!(failed.error, ProxyError::Connect(_));
             let outcome = if connect_failed {
                 Outcome::ConnectFailed
@@ -818,14 +830,26 @@ fn one_length(headers: &mut HeaderMap) -> bool {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|v| v.trim_ascii());
     let first = values.next().unwrap_or_default();
-    let one = !first.is_empty()
-        && first.iter().all(u8::is_ascii_digit)
-        && values.all(|v| v == first);
+    let one =
+        !first.is_empty() && first.iter().all(u8::is_ascii_digit) && values.all(|v| v == first);
     match one.then(|| HeaderValue::from_bytes(first).ok()).flatten() {
         Some(value) => headers.insert(header::CONTENT_LENGTH, value),
         None => headers.remove(header::CONTENT_LENGTH),
     };
     true
+}
+
+/// A client body hyper could not decode (its chunked framing is invalid),
+/// as opposed to a client that went away in the middle of it.
+fn is_malformed(error: &hyper::Error) -> bool {
+    crate::error_chain::sources(error).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
+    })
 }
 
 /// The parts of a request head, cloned for a retry.
@@ -976,6 +1000,9 @@ async fn send_hyper_h1(
     dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     let endpoint = active.endpoint();
+    // Only a request that kept its Upgrade field (see `prepare_request`)
+    // asked to switch protocols.
+    let asked_upgrade = req.headers().contains_key(header::UPGRADE);
     loop {
         let checkout_started = Instant::now();
         let checkout = endpoint
@@ -993,7 +1020,23 @@ async fn send_hyper_h1(
         };
         let connect = (!conn.reused).then(|| checkout_started.elapsed());
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok(Answer::Pooled(resp, Some(conn.sender), connect)),
+            // What `h1::codec` refuses and hyper lets through is the
+            // server's error here too (dropping the sender closes the
+            // connection): a 101 nobody asked for, which hyper hands over
+            // as an upgrade and which would leave the client reading a
+            // foreign protocol (RFC 9110 §15.2.2); a transfer coding the
+            // proxy would drop without decoding (see `TransferCodings`).
+            Ok(resp) => {
+                let error = if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+                    "101 to a request that asked no upgrade"
+                } else if codec::TransferCodings::of(resp.headers()).invalid {
+                    "transfer coding other than chunked"
+                } else {
+                    return Ok(Answer::Pooled(resp, Some(conn.sender), connect));
+                };
+                let error = codec::CodecError::Invalid(error);
+                return Err(ProxyError::Upstream(Box::new(error)).into());
+            }
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before our request went out:
                 // nothing reached the server, so sending it again is safe.

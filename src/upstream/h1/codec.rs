@@ -11,6 +11,9 @@
 //!   lasts until the server closes otherwise; a message with both fields,
 //!   or with `Transfer-Encoding` in an HTTP/1.0 response (faulty framing,
 //!   §6.1), is never followed by another on the same connection;
+//! - in HTTP/1.1, a coding other than `chunked` and the no-op `identity`,
+//!   or `chunked` twice or before another coding, is an error (see
+//!   [`TransferCodings`]);
 //! - else `Content-Length` (several equal values are one; different ones
 //!   are an error);
 //! - else until close.
@@ -167,8 +170,8 @@ pub fn parse_response_head(
         let mut hop = HopByHop::default();
         let mut headers = HeaderMap::with_capacity(count);
         fill_header_map(&mut headers, &head, &fields[..count], Some(&mut hop))?;
-        let (framing, keep_alive) = framing_of(status, version, &headers, &hop, is_head)?;
-        if hop.transfer_encoding.is_some() {
+        let (framing, keep_alive) = framing_of(status, version, &mut headers, &hop, is_head)?;
+        if hop.codings.present {
             // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3);
             // a stale length must not reach the client.
             headers.remove(header::CONTENT_LENGTH);
@@ -218,8 +221,8 @@ fn header_storage<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
 struct HopByHop {
     close: bool,
     keep_alive: bool,
-    /// The last Transfer-Encoding field.
-    transfer_encoding: Option<HeaderValue>,
+    /// The Transfer-Encoding fields, read together.
+    codings: TransferCodings,
     /// `Keep-Alive: timeout=N`.
     idle_hint: Option<Duration>,
     /// Fields the Connection header names (rare; no allocation otherwise).
@@ -239,9 +242,56 @@ impl HopByHop {
             self.named_by_connection
                 .extend(headers::named_by_connection(&value));
         } else if name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = Some(value);
+            self.codings.add(&value);
         } else if name == headers::KEEP_ALIVE {
             self.idle_hint = keep_alive_timeout(&value).or(self.idle_hint);
+        }
+    }
+}
+
+/// What a response's `Transfer-Encoding` fields say, read together (a
+/// coding in an earlier field was applied before those in a later one).
+///
+/// The proxy never forwards the field, so it may only accept codings it
+/// removes: `chunked`, which its own framing replaces, and `identity`,
+/// which codes nothing. Content still in another coding (`gzip`) would
+/// reach the client labelled as plain, and RFC 9112 §6.1 lets an
+/// intermediary drop a coding only by decoding it; `chunked` applied
+/// twice or followed by another coding is invalid there too.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransferCodings {
+    /// At least one Transfer-Encoding field came.
+    pub present: bool,
+    /// `chunked` came, as the last coding so far.
+    pub chunked: bool,
+    /// A coding the proxy cannot pass on (see above).
+    pub invalid: bool,
+}
+
+impl TransferCodings {
+    /// Reads all the Transfer-Encoding fields of `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut codings = Self::default();
+        for value in headers.get_all(header::TRANSFER_ENCODING) {
+            codings.add(value);
+        }
+        codings
+    }
+
+    /// Reads one more Transfer-Encoding field.
+    pub fn add(&mut self, value: &HeaderValue) {
+        self.present = true;
+        // `elements` yields nothing for a value that is not visible ASCII.
+        self.invalid |= value.to_str().is_err();
+        for coding in headers::elements(value) {
+            if self.chunked {
+                self.invalid = true;
+            }
+            if coding.eq_ignore_ascii_case("chunked") {
+                self.chunked = true;
+            } else if !coding.eq_ignore_ascii_case("identity") {
+                self.invalid = true;
+            }
         }
     }
 }
@@ -292,11 +342,12 @@ fn fill_header_map(
 }
 
 /// How the body is delimited (RFC 9112 §6.3) and whether the connection
-/// may carry another request after it.
+/// may carry another request after it. Several equal lengths (`5, 5`, or
+/// the field twice) are left as one value for the client.
 fn framing_of(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
     hop: &HopByHop,
     is_head: bool,
 ) -> Result<(Framing, bool), CodecError> {
@@ -304,14 +355,16 @@ fn framing_of(
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Done, keep_alive));
     }
-    if let Some(codings) = &hop.transfer_encoding {
+    let codings = hop.codings;
+    if codings.present {
         if version == Version::HTTP_10 {
             // Faulty framing (§6.1): read what comes, then close.
             return Ok((Framing::UntilClose, false));
         }
-        let chunked = headers::elements(codings)
-            .next_back()
-            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
+        if codings.invalid {
+            return Err(CodecError::Invalid("transfer coding other than chunked"));
+        }
+        let chunked = codings.chunked;
         // Both fields: a sign of smuggling (§6.1); this message is read by
         // Transfer-Encoding, and nothing more is read on the connection.
         let both = headers.contains_key(header::CONTENT_LENGTH);
@@ -322,8 +375,10 @@ fn framing_of(
         });
     }
     let mut length: Option<u64> = None;
+    let mut values = 0;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            values += 1;
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(CodecError::Invalid("Content-Length"));
             }
@@ -335,6 +390,11 @@ fn framing_of(
             }
             length = Some(n);
         }
+    }
+    if let (2.., Some(n)) = (values, length) {
+        // Forwarded as received, a client could read the list otherwise
+        // (RFC 9110 §8.6 allows the one value in its place).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(match length {
         Some(0) => (Framing::Done, keep_alive),
@@ -442,11 +502,24 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, CodecE
             let line = line.strip_suffix(b"\r\n").ok_or(BAD)?;
             // The size, then optional whitespace and `;extensions`, ignored.
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-            if digits == 0 || digits > 16 {
+            // Leading zeros are valid (1*HEXDIG) and cannot overflow; more
+            // than 16 digits after them would.
+            let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+            if digits == 0 || digits - zeros > 16 {
                 return Err(BAD);
             }
+            // Only whitespace before `;` (RFC 9112 §7.1.1's BWS): a size
+            // followed by anything else ("5 x") is not one. Extensions are
+            // ignored, but a control byte in one (a bare CR, which another
+            // parser may take for a line end) is refused, as hyper does.
             let rest = &line[digits..];
-            if !rest.is_empty() && !matches!(rest[0], b';' | b' ' | b'\t') {
+            let blank = rest
+                .iter()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            if !matches!(rest.get(blank), None | Some(b';'))
+                || rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            {
                 return Err(BAD);
             }
             let size = std::str::from_utf8(&line[..digits])

@@ -75,6 +75,15 @@ fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
     assert_eq!(trailers.unwrap()["x-sum"], "7");
     assert!(head.keep_alive);
     assert!(names(&head).is_empty(), "{:?}", names(&head));
+    // Regression: leading zeros past 16 digits were refused (1*HEXDIG
+    // allows them); whitespace before `;` is allowed (BWS).
+    let (_, data, _) = read(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          000000000000000000003\r\nabc\r\n2 \t;x=\"y\"\r\nde\r\n0\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(data, b"abcde");
 }
 
 #[test]
@@ -89,21 +98,46 @@ fn transfer_encoding_overrides_content_length_and_ends_reuse() {
     assert_eq!(data, b"ok");
     assert!(!head.response.headers().contains_key(header::CONTENT_LENGTH));
     assert!(!head.keep_alive);
-    // A final coding other than chunked: until close, no length, no reuse.
+    // `identity` alone (no coding, chunked not final): until close, no
+    // length, no reuse.
     let (head, data, _) = read(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nraw gzip bytes",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\nuntil the close",
         false,
     )
     .unwrap();
     assert_eq!(head.framing, Framing::Done, "read to the end");
-    assert_eq!(data, b"raw gzip bytes");
+    assert_eq!(data, b"until the close");
     assert!(!head.response.headers().contains_key(header::CONTENT_LENGTH));
     assert!(!head.keep_alive);
-    // `chunked, gzip`: chunked is not the final coding.
-    let mut buf =
-        BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"[..]);
-    let head = parse_response_head(&mut buf, false).unwrap().unwrap();
-    assert_eq!(head.framing, Framing::UntilClose);
+    // `identity, chunked`: chunked.
+    let (_, data, _) = read(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(data, b"ok");
+    // Regression: a coding the proxy would drop without decoding (the
+    // client got gzip bytes labelled as plain), chunked twice (read once)
+    // or before another coding: refused.
+    for codings in [
+        &b"Transfer-Encoding: gzip"[..],
+        b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: chunked, gzip",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: chunked, identity",
+        b"Transfer-Encoding: x\xffchunked",
+    ] {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        buf.extend_from_slice(codings);
+        buf.extend_from_slice(b"\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+        assert_eq!(
+            parse_response_head(&mut buf, false).unwrap_err(),
+            CodecError::Invalid("transfer coding other than chunked"),
+            "{:?}",
+            String::from_utf8_lossy(codings)
+        );
+    }
     // In an HTTP/1.0 response: faulty framing, read until close.
     let (head, data, _) = read(
         b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n2\r\nok\r\n0\r\n\r\n",
@@ -225,6 +259,16 @@ fn malformed_heads_and_bodies_are_errors_not_panics() {
         ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
+            CodecError::Invalid("chunked encoding"),
+        ),
+        // Regressions: a size followed by something other than whitespace
+        // and `;` was read as the size; a control byte in an extension.
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n",
+            CodecError::Invalid("chunked encoding"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\rb\r\nhello\r\n0\r\n\r\n",
             CodecError::Invalid("chunked encoding"),
         ),
         (
