@@ -54,7 +54,7 @@ where
 {
     loop {
         let buffered = stream.buffered();
-        if !buffered.is_empty() {
+        if !buffered.is_empty() && !v1_line_open(buffered) {
             let parsed = HeaderResult::parse(buffered);
             if !parsed.is_incomplete() {
                 let (length, client) = match parsed {
@@ -75,6 +75,19 @@ where
             Ok(Err(_)) => return Err(HeaderRefused::Malformed),
         }
     }
+}
+
+/// The longest v1 header line, CRLF included (the spec's limit, and ppp's).
+const V1_MAX_LENGTH: usize = 107;
+
+/// A v1 header whose line has not ended yet, and still may. ppp takes some
+/// such prefixes of a valid header for broken ones (cut right after the
+/// source port's space: the destination port is "invalid"), so one split
+/// by the network there would be refused; a v1 line is judged once whole.
+fn v1_line_open(buffered: &[u8]) -> bool {
+    buffered.starts_with(b"PROXY")
+        && buffered.len() < V1_MAX_LENGTH
+        && !buffered.windows(2).any(|w| w == b"\r\n")
 }
 
 fn v1_client(header: &v1::Header<'_>) -> Option<SocketAddr> {
@@ -194,5 +207,36 @@ mod tests {
             Err(HeaderRefused::Closed)
         );
         assert_eq!(parse(b"").await.0, Err(HeaderRefused::Closed));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/proxy_protocol/): a v1 header
+    /// arriving in pieces was refused when one ended right after the
+    /// source port's space.
+    #[tokio::test]
+    async fn a_v1_header_split_anywhere_is_read() {
+        /// Hands out one piece per read, as the network may.
+        struct Pieces(Vec<Vec<u8>>);
+        impl AsyncRead for Pieces {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                if !self.0.is_empty() {
+                    let piece = self.0.remove(0);
+                    buf.put_slice(&piece);
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let header = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET";
+        let client: SocketAddr = "192.168.0.1:56324".parse().unwrap();
+        for cut in 1..header.len() {
+            let pieces = Pieces(vec![header[..cut].to_vec(), header[cut..].to_vec()]);
+            let mut r = Rewind::new(pieces);
+            let deadline = Instant::now() + std::time::Duration::from_secs(1);
+            let result = read_header(&mut r, deadline).await;
+            assert_eq!(result, Ok(Some(client)), "cut after {cut} bytes");
+        }
     }
 }

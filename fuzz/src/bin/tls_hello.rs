@@ -1,0 +1,12 @@
+//! AFL++ entry point of the `tls_hello` target
+//! ([`switchyard_fuzz::tls_hello`]): persistent mode, the target set up
+//! once per forked process on its first input.
+
+fn main() {
+    // A panic aborts the process (the `fuzz!` hook): nothing is ever
+    // observed after one, so unwind safety does not matter here.
+    let mut run = std::panic::AssertUnwindSafe(None);
+    afl::fuzz!(|data: &[u8]| {
+        run.get_or_insert_with(|| switchyard_fuzz::start("tls_hello"))(data);
+    });
+}
