@@ -116,7 +116,6 @@ fn check_durations(c: &Config) {
     if let Some(consul) = &c.consul {
         all.push(("consul.wait", consul.wait));
         all.push(("consul.retry_max", consul.retry_max));
-        all.push(("consul.max_stale", consul.max_stale));
     }
     let now = Instant::now();
     for (key, d) in all {

@@ -100,12 +100,15 @@ impl Harness {
     }
 }
 
+/// A client with every `[consul]` default but the address, built the way a
+/// user's config builds it.
 fn client(addr: SocketAddr) -> ConsulClient {
-    let spec = ConsulSpec {
-        address: format!("http://{addr}"),
-        ..ConsulSpec::default()
-    };
-    ConsulClient::new(&spec).expect("consul client")
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, format!("[consul]\naddress = \"http://{addr}\"\n")).expect("config");
+    let config = switchyard::config::load(&path).expect("a [consul] section alone is valid");
+    let spec: &ConsulSpec = config.consul.as_ref().expect("[consul] was given");
+    ConsulClient::new(spec).expect("consul client")
 }
 
 fn key_of(selector: u8) -> WatchKey {
