@@ -54,7 +54,12 @@ where
 {
     loop {
         let buffered = stream.buffered();
-        if !buffered.is_empty() && !v1_line_open(buffered) {
+        let judge = match v1_line(buffered) {
+            V1Line::Broken => return Err(HeaderRefused::Malformed),
+            V1Line::Open => false,
+            V1Line::Whole | V1Line::NotV1 => !buffered.is_empty(),
+        };
+        if judge {
             let parsed = HeaderResult::parse(buffered);
             if !parsed.is_incomplete() {
                 let (length, client) = match parsed {
@@ -79,15 +84,44 @@ where
 
 /// The longest v1 header line, CRLF included (the spec's limit, and ppp's).
 const V1_MAX_LENGTH: usize = 107;
+/// How a v2 header starts.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
-/// A v1 header whose line has not ended yet, and still may. ppp takes some
-/// such prefixes of a valid header for broken ones (cut right after the
-/// source port's space: the destination port is "invalid"), so one split
-/// by the network there would be refused; a v1 line is judged once whole.
-fn v1_line_open(buffered: &[u8]) -> bool {
-    buffered.starts_with(b"PROXY")
-        && buffered.len() < V1_MAX_LENGTH
-        && !buffered.windows(2).any(|w| w == b"\r\n")
+/// Where the v1 line at the start of a connection stands.
+enum V1Line {
+    /// A v2 header (or the start of one), or nothing yet: for ppp.
+    NotV1,
+    /// Neither `PROXY` nor a v2 signature: no header.
+    Broken,
+    /// `PROXY…`, still without the end that ppp looks at.
+    Open,
+    /// `PROXY…` up to the byte after its first CR, or at the length limit.
+    Whole,
+}
+
+/// Judges v1 lines here before ppp, whose answer on a partial buffer
+/// depends on where it was cut: some prefixes of a valid header (cut right
+/// after the source port's space) are "invalid", and some text that is no
+/// header at all is "partial", because ppp looks at the byte after the
+/// first CR. A line handed to ppp only once that byte has arrived gets
+/// the same answer however the network split it.
+fn v1_line(buffered: &[u8]) -> V1Line {
+    let n = buffered.len();
+    if buffered[..n.min(V2_SIGNATURE.len())] == V2_SIGNATURE[..n.min(V2_SIGNATURE.len())] {
+        return V1Line::NotV1;
+    }
+    if buffered[..n.min(5)] != b"PROXY"[..n.min(5)] {
+        return V1Line::Broken;
+    }
+    let ended = buffered
+        .iter()
+        .position(|&b| b == b'\r')
+        .is_some_and(|cr| cr + 1 < n);
+    if ended || n >= V1_MAX_LENGTH {
+        V1Line::Whole
+    } else {
+        V1Line::Open
+    }
 }
 
 fn v1_client(header: &v1::Header<'_>) -> Option<SocketAddr> {
@@ -238,5 +272,11 @@ mod tests {
             let result = read_header(&mut r, deadline).await;
             assert_eq!(result, Ok(Some(client)), "cut after {cut} bytes");
         }
+        // Not a header, whatever comes after its first CR: ppp took the
+        // whole of it for a partial header ("P" after the CR), and waited.
+        assert_eq!(
+            parse(b"P TCP4 192.168\rPROXY UNKNOWN\r\n").await.0,
+            Err(HeaderRefused::Malformed)
+        );
     }
 }
