@@ -6,6 +6,7 @@
 #   bench/run.sh --only storm         # only the reload-under-load comparison
 #   bench/run.sh --only dns           # only the DNS convergence figure
 #   bench/run.sh --only consul        # only the Consul convergence figure
+#   bench/run.sh --only fleet         # only the fleet model: 1,000 sidecars' watches on one Consul (about 2 minutes)
 #   bench/run.sh --only templates     # only the template (KV to route) figure
 #   bench/run.sh --only tls           # only TLS: HTTPS, handshakes, idle memory, certificate swap
 #   bench/run.sh --only upgrade       # only binary upgrades under load, beside HAProxy -W and nginx reloads
@@ -55,6 +56,13 @@ if [ "${1:-}" = "--only" ] && [ "${2:-}" = "soak" ]; then
   mkdir -p bench/results
   shift 2
   cargo bench --bench soak -- "$@" | tee bench/results/soak.md
+  exit "${PIPESTATUS[0]}"
+fi
+# The fleet model: 1,000 in-process sidecars' watches against the test
+# Consul server, reductions off and on (bench/fleet.rs).
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "fleet" ]; then
+  mkdir -p bench/results
+  cargo bench --bench fleet | tee bench/results/fleet.md
   exit "${PIPESTATUS[0]}"
 fi
 if [ "${1:-}" = "--only" ] && [ "${2:-}" = "templates" ]; then

@@ -16,7 +16,9 @@ use support::{
 };
 use switchyard::config::ConsulSpec;
 use switchyard::discovery::consul::watch::WatchTask;
-use switchyard::discovery::consul::{ConsulClient, ConsulWatch, KvPair, WatchData, WatchKey};
+use switchyard::discovery::consul::{
+    ConsulClient, ConsulWatch, KvPair, WatchData, WatchKey, WatchPolicy,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 const SERVICE_PATH: &str = "/v1/health/service/web";
@@ -166,7 +168,9 @@ async fn no_leader_backs_off_keeps_serving_and_recovers() {
     let consul = ConsulServer::start().await;
     let a = Backend::start("a").await;
     consul.register(instance("a", &a));
-    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    // Leader reads only: one request per attempt (a stale read over
+    // `max_stale` would be followed by a leader read, two per attempt).
+    let sy = Switchyard::start(&config(consul.addr(), "stale = false")).await;
     let addr = sy.addr("web");
     eventually("consul up", WAIT, || async {
         sy.metric("switchyard_consul_up").await == Some(1.0)
@@ -401,14 +405,10 @@ fn a_bad_token_is_reported_once_and_never_logged() {
 async fn watch(consul: &ConsulServer, key: WatchKey) -> (Arc<ConsulWatch>, support::AbortOnDrop) {
     let spec = ConsulSpec {
         address: format!("http://{}", consul.addr()),
-        token_file: None,
-        ca_file: None,
-        datacenter: None,
-        stale: false,
         wait: Duration::from_secs(2),
-        state_file: None,
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
+        ..ConsulSpec::default()
     };
     let client = Arc::new(ConsulClient::new(&spec).unwrap());
     let watch = Arc::new(ConsulWatch::new(key));
@@ -418,8 +418,7 @@ async fn watch(consul: &ConsulServer, key: WatchKey) -> (Arc<ConsulWatch>, suppo
             watch: watch.clone(),
             client,
             changed,
-            retry_min: spec.retry_min,
-            retry_max: spec.retry_max,
+            policy: WatchPolicy::new(&spec),
         }
         .run(),
     );

@@ -152,12 +152,19 @@ async fn kv_directory_changes_rerender_and_reroute_without_a_failed_request() {
     assert!(sent > 0);
     assert_eq!(failed, 0, "{failed} of {sent} requests failed during swaps");
 
-    let rendered = read(sy.dir.path(), "out/routes.toml").unwrap();
-    assert!(rendered.contains("backend = \"a\""), "{rendered}");
-    assert!(!rendered.contains("/extra/"), "{rendered}");
+    // The file is written once the reload built from it is applied, just
+    // after routing changed: wait for it.
+    eventually("out/routes.toml holds the applied routes", WAIT, || async {
+        read(sy.dir.path(), "out/routes.toml")
+            .is_some_and(|r| r.contains("backend = \"a\"") && !r.contains("/extra/"))
+    })
+    .await;
+    eventually("the template is rendered", WAIT, || async {
+        template_status(&sy.status().await, 0)["state"] == "rendered"
+    })
+    .await;
     let status = sy.status().await;
     let t = template_status(&status, 0);
-    assert_eq!(t["state"], "rendered");
     assert_eq!(t["included"], true);
     assert_eq!(
         t["dependencies"],
@@ -229,8 +236,12 @@ async fn held_until_the_key_exists(sy: &Switchyard, create: impl FnOnce()) {
         read(sy.dir.path(), "out/value.txt").as_deref() == Some("value=here\n")
     })
     .await;
+    // `/status` is published after the write finished.
+    eventually("the template is rendered in /status", WAIT, || async {
+        template_status(&sy.status().await, 0)["state"] == "rendered"
+    })
+    .await;
     let t = template_status(&sy.status().await, 0);
-    assert_eq!(t["state"], "rendered", "{t}");
     assert_eq!(t["waiting_for"], serde_json::json!([]));
 }
 

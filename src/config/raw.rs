@@ -133,12 +133,21 @@ pub struct RawConsul {
     pub datacenter: Option<String>,
     /// Allow any server to answer reads (`?stale`), as consul-template does.
     pub stale: Option<bool>,
+    /// consul-template's `max_stale`: a stale or cached answer further
+    /// behind than this is read again from the leader.
+    pub max_stale: Option<ConfigDuration>,
+    /// Let the local agent answer from its cache (`?cached`).
+    pub cached: Option<bool>,
     /// How long one blocking query may wait.
     pub wait: Option<ConfigDuration>,
     /// Last known good discovery data, for starting while Consul is down.
     pub state_file: Option<String>,
     pub retry_min: Option<ConfigDuration>,
     pub retry_max: Option<ConfigDuration>,
+    /// Random pause (0 to this) before the next blocking query after a change.
+    pub change_jitter: Option<ConfigDuration>,
+    /// How long the read confirming a suspect empty answer may block.
+    pub empty_confirm_wait: Option<ConfigDuration>,
 }
 
 /// One service Switchyard registers with the local Consul agent.

@@ -389,6 +389,48 @@ consul_tag = "v2"
 }
 
 #[test]
+fn consul_fleet_settings_defaults_and_bounds() {
+    let consul_only = |section: &str| {
+        [
+            section,
+            WEB_LISTENER,
+            "[[backends]]\nname = \"app\"\nconsul_service = \"api\"\n",
+        ]
+        .concat()
+    };
+    let (_dir, result) = load_files(&[("main.toml", &consul_only("[consul]\n"))]);
+    let consul = result.expect("valid").consul.expect("consul section");
+    assert!(consul.stale, "stale reads by default, as consul-template");
+    assert_eq!(consul.max_stale, DEFAULT_CONSUL_MAX_STALE);
+    assert!(!consul.cached);
+    assert_eq!(consul.change_jitter, Duration::ZERO, "off unless asked for");
+    assert_eq!(consul.empty_confirm_wait, DEFAULT_CONSUL_EMPTY_CONFIRM_WAIT);
+
+    let set = "[consul]\nstale = false\nmax_stale = \"0s\"\ncached = true\n\
+               change_jitter = \"500ms\"\nempty_confirm_wait = \"5s\"\n";
+    let (_dir, result) = load_files(&[("main.toml", &consul_only(set))]);
+    let consul = result.expect("valid").consul.expect("consul section");
+    assert!(!consul.stale && consul.cached);
+    assert_eq!(consul.max_stale, Duration::ZERO);
+    assert_eq!(consul.change_jitter, Duration::from_millis(500));
+    assert_eq!(consul.empty_confirm_wait, Duration::from_secs(5));
+
+    let bad = consul_only(
+        "[consul]\nwait = \"1s\"\nchange_jitter = \"2s\"\nempty_confirm_wait = \"0s\"\n",
+    );
+    let errors = errors_of(&bad).join("\n");
+    for expected in [
+        "`consul.change_jitter`: must not exceed `wait`",
+        "`consul.empty_confirm_wait`: must be between 1ms and 10m",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
+}
+
+#[test]
 fn templates_and_the_kv_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("kv")).unwrap();

@@ -1618,11 +1618,15 @@ fn check_consul(
         token_file: r.token_file.as_deref().map(relative),
         ca_file: r.ca_file.as_deref().map(relative),
         datacenter: r.datacenter.clone(),
-        stale: r.stale.unwrap_or(false),
+        stale: r.stale.unwrap_or(true),
+        max_stale: pick(&r.max_stale, DEFAULT_CONSUL_MAX_STALE),
+        cached: r.cached.unwrap_or(false),
         wait: pick(&r.wait, DEFAULT_CONSUL_WAIT),
         state_file: r.state_file.as_deref().map(relative),
         retry_min: pick(&r.retry_min, DEFAULT_CONSUL_RETRY_MIN),
         retry_max: pick(&r.retry_max, DEFAULT_CONSUL_RETRY_MAX),
+        change_jitter: pick(&r.change_jitter, DEFAULT_CONSUL_CHANGE_JITTER),
+        empty_confirm_wait: pick(&r.empty_confirm_wait, DEFAULT_CONSUL_EMPTY_CONFIRM_WAIT),
     };
     if spec.wait.is_zero() || spec.wait > Duration::from_secs(600) {
         p.at(
@@ -1636,6 +1640,20 @@ fn check_consul(
     }
     if spec.retry_max < spec.retry_min {
         p.at(f, "consul.retry_max", "must not be less than `retry_min`");
+    }
+    if spec.change_jitter > spec.wait {
+        p.at(
+            f,
+            "consul.change_jitter",
+            "must not exceed `wait` (it delays the next blocking query, not the change)",
+        );
+    }
+    if spec.empty_confirm_wait.is_zero() || spec.empty_confirm_wait > Duration::from_secs(600) {
+        p.at(
+            f,
+            "consul.empty_confirm_wait",
+            "must be between 1ms and 10m (Consul's cap)",
+        );
     }
     Some(spec)
 }

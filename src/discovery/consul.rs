@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 
 use super::Watched;
 use crate::config::{BackendTarget, Config, ConsulSpec, ConsulTarget};
-pub use client::{ConsulClient, ConsulError};
+pub use client::{ConsulClient, ConsulError, ReadOptions};
 pub use data::{Instance, KvPair, WatchData, WatchKey};
-pub use watch::{ConsulWatch, ConsulWatchStatus};
+pub use watch::{ConsulWatch, ConsulWatchStatus, WatchPolicy};
 
 /// How long a start or reload waits for the first answers of new watches
 /// before going on (with state-file data or none).
@@ -289,8 +289,7 @@ impl ConsulWatcher {
             watch: watch.clone(),
             client,
             changed: self.changed.clone(),
-            retry_min: spec.retry_min,
-            retry_max: spec.retry_max,
+            policy: watch::WatchPolicy::new(spec),
         };
         Watched::spawn(watch, task.run())
     }

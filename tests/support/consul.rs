@@ -17,6 +17,12 @@
 //!                               timers ──┘ (TTL expiry, critical reaping)
 //! ```
 //!
+//! Fleet modelling (issue 21): more agents on the same state
+//! ([`ConsulServer::add_agent`]), each with its own cache and per-client
+//! connection limit; an agent restart; elections whose stale reads come
+//! from an empty follower; arrival times, server reads and open
+//! connections for the load a fleet of sidecars puts on Consul.
+//!
 //! Left out: sessions and locks (`acquire`/`release` answer as if no
 //! session existed), `near`, gzip, the anti-entropy delay, running HTTP/TCP
 //! checks, DNS.
@@ -24,6 +30,7 @@
 mod accounting;
 mod acl;
 mod agent;
+mod agent_cache;
 mod blocking;
 mod catalog;
 mod catalog_store;
@@ -49,9 +56,9 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -71,8 +78,15 @@ use shared::Shared;
 pub struct ConsulServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: Option<JoinHandle<()>>,
+    /// The listeners, one per agent; the first is [`addr`](Self::addr).
+    agents: Mutex<Vec<AgentListener>>,
     timers: JoinHandle<()>,
+}
+
+/// One agent: a listener on the shared state, with its own cache.
+struct AgentListener {
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
 }
 
 fn check_status(text: &str) -> CheckStatus {
@@ -90,14 +104,53 @@ impl ConsulServer {
         let listener = server::bind(options.port).await;
         let addr = listener.local_addr().expect("Consul test server address");
         let shared = Arc::new(Shared::new(options));
-        let server = tokio::spawn(server::run(listener, shared.clone()));
+        let server = tokio::spawn(server::run(listener, shared.clone(), Arc::default()));
         let timers = tokio::spawn(timers::run(shared.clone()));
         Self {
             addr,
             shared,
-            server: Some(server),
+            agents: Mutex::new(vec![AgentListener {
+                addr,
+                task: Some(server),
+            }]),
             timers,
         }
+    }
+
+    /// Another agent on the same cluster state, on a free port: its own
+    /// cache and per-client connection limit. Returns its address.
+    pub async fn add_agent(&self) -> SocketAddr {
+        let listener = server::bind(None).await;
+        let addr = listener.local_addr().expect("Consul test agent address");
+        let task = tokio::spawn(server::run(listener, self.shared.clone(), Arc::default()));
+        self.lock_agents().push(AgentListener {
+            addr,
+            task: Some(task),
+        });
+        addr
+    }
+
+    /// Restarts the first agent: every connection drops, connections are
+    /// refused for `down`, then it listens on the same port again with an
+    /// empty cache, and for `unsynced` answers every read as if nothing
+    /// were registered (an agent that has not synced yet, #1713). The
+    /// cluster's data stays. Use a [`restartable_port`].
+    pub async fn restart_agent(&self, down: Duration, unsynced: Duration) {
+        let task = self.lock_agents()[0].task.take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        tokio::time::sleep(down).await;
+        self.shared
+            .set_unsynced_until(Some(Instant::now() + unsynced));
+        let listener = server::bind(Some(self.addr.port())).await;
+        let task = tokio::spawn(server::run(listener, self.shared.clone(), Arc::default()));
+        self.lock_agents()[0].task = Some(task);
+    }
+
+    fn lock_agents(&self) -> std::sync::MutexGuard<'_, Vec<AgentListener>> {
+        self.agents.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A server on `port` (a [`restartable_port`]), to stop and start
@@ -121,11 +174,16 @@ impl ConsulServer {
 
     /// Releases blocked queries (they answer with current data), closes
     /// every connection and frees the port.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.shared.begin_shutdown();
         self.timers.abort();
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        let tasks: Vec<JoinHandle<()>> = self
+            .lock_agents()
+            .iter_mut()
+            .filter_map(|a| a.task.take())
+            .collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -339,6 +397,21 @@ impl ConsulServer {
         self.shared.set_stale_lag(lag);
     }
 
+    /// The leader is lost and an election runs: leader reads and writes
+    /// fail (`500 No cluster leader`), stale reads answer with
+    /// `X-Consul-KnownLeader: false` and `last_contact`. With
+    /// `follower_empty` they come from a follower that restored an empty
+    /// snapshot: empty results at index 1, every blocked query released
+    /// (consul-template #1131).
+    pub fn begin_election(&self, last_contact: Duration, follower_empty: bool) {
+        self.shared.begin_election(last_contact, follower_empty);
+    }
+
+    /// A leader again.
+    pub fn end_election(&self) {
+        self.shared.end_election();
+    }
+
     /// The next `times` requests fail with `fault`.
     pub fn fail_next(&self, times: usize, fault: Fault) {
         self.shared.faults.push("", times, fault);
@@ -369,6 +442,42 @@ impl ConsulServer {
     /// Requests blocked in a wait right now.
     pub fn open_blocking(&self) -> usize {
         self.shared.open_blocking.load(Ordering::SeqCst)
+    }
+
+    /// When each request under `path_prefix` arrived, at any agent, in order.
+    pub fn arrivals(&self, path_prefix: &str) -> Vec<Instant> {
+        self.shared.log.arrivals(path_prefix)
+    }
+
+    /// When each read at the servers under `path_prefix` happened: every
+    /// read not answered from an agent cache, plus each agent-cache refresh.
+    pub fn server_read_times(&self, path_prefix: &str) -> Vec<Instant> {
+        self.shared.log.server_read_times(path_prefix)
+    }
+
+    /// Server reads that needed the leader (not `?stale`).
+    pub fn leader_reads(&self) -> usize {
+        self.shared.log.leader_reads()
+    }
+
+    /// Client connections open now, at every agent.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most client connections open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.shared.peak_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections one client address held at once on one agent.
+    pub fn peak_connections_per_client(&self) -> usize {
+        self.shared.peak_per_client.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused by the per-client limit (the raw `429`).
+    pub fn refused_connections(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
     }
 }
 

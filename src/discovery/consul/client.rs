@@ -8,6 +8,7 @@
 //! hide the blocking-query index this whole module is built around.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,39 @@ pub struct Reply {
     pub index: u64,
     pub known_leader: bool,
     pub last_contact: Duration,
+    /// `Age` of an answer from the agent's cache: how long the agent has
+    /// not heard from the servers about it (0 while it is connected).
+    pub age: Option<Duration>,
     pub body: Bytes,
+}
+
+impl Reply {
+    /// Further behind the leader than `max_stale` allows (zero: no bound),
+    /// judged by what `sent` allowed: `X-Consul-LastContact` for a stale or
+    /// cached read, `Age` for a cached one. A leader read is never too stale.
+    pub fn too_stale(&self, sent: &ReadOptions, max_stale: Duration) -> bool {
+        if max_stale.is_zero() {
+            return false;
+        }
+        // Cached answers are stale reads too: the agent fetches with `stale`.
+        let behind = (sent.stale || sent.cached) && self.last_contact > max_stale;
+        let old = sent.cached && self.age.is_some_and(|age| age > max_stale);
+        behind || old
+    }
+}
+
+/// How one read is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Blocks at Consul until the result's index exceeds this (0: answer now).
+    pub index: u64,
+    /// How long it may block.
+    pub wait: Duration,
+    /// `?stale`: any server may answer.
+    pub stale: bool,
+    /// `?cached`: the agent may answer from its cache. Only for endpoints
+    /// that support it (health/service, catalog/services).
+    pub cached: bool,
 }
 
 /// Shared by every watch; connections are pooled per Consul address.
@@ -113,6 +146,8 @@ pub struct ConsulClient {
     token: Option<Token>,
     datacenter: Option<String>,
     stale: bool,
+    max_stale: Duration,
+    cached: bool,
     wait: Duration,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -131,6 +166,17 @@ impl ConsulClient {
     /// A client for `spec`. The token comes from `token_file` when set, else
     /// from CONSUL_HTTP_TOKEN.
     pub fn new(spec: &ConsulSpec) -> Result<Self, ConsulSetupError> {
+        Self::build(spec, None)
+    }
+
+    /// A client whose connections leave from `local`: the fleet model
+    /// (bench/fleet.rs) gives each in-process sidecar its own address, as
+    /// Consul's per-client connection limit sees them.
+    pub fn with_local_address(spec: &ConsulSpec, local: IpAddr) -> Result<Self, ConsulSetupError> {
+        Self::build(spec, Some(local))
+    }
+
+    fn build(spec: &ConsulSpec, local: Option<IpAddr>) -> Result<Self, ConsulSetupError> {
         let token = match &spec.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -145,7 +191,7 @@ impl ConsulClient {
         }
         .filter(|t| !t.is_empty())
         .map(Token);
-        let connector = connector(spec.ca_file.as_deref())?;
+        let connector = connector(spec.ca_file.as_deref(), local)?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
@@ -154,6 +200,8 @@ impl ConsulClient {
             token,
             datacenter: spec.datacenter.clone(),
             stale: spec.stale,
+            max_stale: spec.max_stale,
+            cached: spec.cached,
             wait: spec.wait,
             http,
         })
@@ -164,15 +212,43 @@ impl ConsulClient {
         self.wait
     }
 
+    /// The bound on stale and cached answers (zero: none).
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
+    /// A read as the `[consul]` settings ask for: blocking on `index` for
+    /// `wait`, stale when allowed, cached when allowed and `cacheable`.
+    pub fn read_options(&self, index: u64, cacheable: bool) -> ReadOptions {
+        ReadOptions {
+            index,
+            wait: self.wait,
+            stale: self.stale,
+            cached: self.cached && cacheable,
+        }
+    }
+
     /// GET `path` (under /v1/, already escaped by [`escape_path`]) with
-    /// `query`. With `index > 0` the read blocks at Consul for up to `wait`.
-    /// A KV 404 is a reply, not an error: it still carries an index to block
-    /// on.
+    /// `query`, as [`read_options`](Self::read_options) sends it, uncached.
     pub async fn get(
         &self,
         path: &str,
         query: &[(&str, &str)],
         index: u64,
+    ) -> Result<Reply, ConsulError> {
+        self.read(path, query, self.read_options(index, false))
+            .await
+    }
+
+    /// GET `path` (under /v1/, already escaped by [`escape_path`]) with
+    /// `query`. With `index > 0` the read blocks at Consul for up to
+    /// `wait`. A KV 404 is a reply, not an error: it still carries an index
+    /// to block on.
+    pub async fn read(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        sent: ReadOptions,
     ) -> Result<Reply, ConsulError> {
         let mut url = format!("{}/v1/{path}?", self.base);
         let mut first = true;
@@ -195,22 +271,31 @@ impl ConsulClient {
         {
             param("dc", Some(dc));
         }
-        if self.stale {
+        if sent.stale {
             param("stale", None);
         }
-        let wait_ms = self.wait.as_millis().to_string() + "ms";
-        if index > 0 {
-            param("index", Some(&index.to_string()));
+        if sent.cached {
+            param("cached", None);
+        }
+        let wait_ms = sent.wait.as_millis().to_string() + "ms";
+        if sent.index > 0 {
+            param("index", Some(&sent.index.to_string()));
             param("wait", Some(&wait_ms));
         }
         // Consul adds up to wait/16 of jitter; leave room for it and for
         // the network, or every long poll would be cut off.
-        let limit = if index > 0 {
-            self.wait + self.wait / 16 + Duration::from_secs(5)
+        let limit = if sent.index > 0 {
+            sent.wait + sent.wait / 16 + Duration::from_secs(5)
         } else {
             Duration::from_secs(30)
         };
-        self.exchange(Method::GET, &url, Bytes::new(), limit).await
+        // Simple-cache endpoints (catalog/services) refetch an entry older
+        // than max-age; background-refresh ones (health/service) ignore the
+        // header and report `Age`, which `Reply::too_stale` checks.
+        let cache_control = (sent.cached && !self.max_stale.is_zero())
+            .then(|| format!("max-age={}", self.max_stale.as_secs_f64().ceil() as u64));
+        self.exchange(Method::GET, &url, Bytes::new(), limit, cache_control)
+            .await
     }
 
     /// PUT `path` (under /v1/, escaped) with a JSON `body`: the agent's
@@ -219,7 +304,7 @@ impl ConsulClient {
     pub async fn put(&self, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ConsulError> {
         let url = format!("{}/v1/{path}", self.base);
         let body = body.map_or_else(Bytes::new, Bytes::from);
-        self.exchange(Method::PUT, &url, body, Duration::from_secs(10))
+        self.exchange(Method::PUT, &url, body, Duration::from_secs(10), None)
             .await
     }
 
@@ -229,10 +314,14 @@ impl ConsulClient {
         url: &str,
         body: Bytes,
         limit: Duration,
+        cache_control: Option<String>,
     ) -> Result<Reply, ConsulError> {
         let mut req = Request::builder().method(method).uri(url);
         if let Some(token) = &self.token {
             req = req.header("x-consul-token", &token.0);
+        }
+        if let Some(value) = cache_control {
+            req = req.header("cache-control", value);
         }
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
@@ -267,6 +356,7 @@ impl ConsulClient {
                 last_contact: Duration::from_millis(
                     header_u64(&headers, "x-consul-lastcontact").unwrap_or(0),
                 ),
+                age: header_u64(&headers, "age").map(Duration::from_secs),
                 body,
             });
         }
@@ -299,8 +389,12 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Plain HTTP, or HTTPS trusting `ca_file` (else the system's roots).
-fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, ConsulSetupError> {
+/// Plain HTTP, or HTTPS trusting `ca_file` (else the system's roots);
+/// connections leave from `local` when set.
+fn connector(
+    ca_file: Option<&Path>,
+    local: Option<IpAddr>,
+) -> Result<HttpsConnector<HttpConnector>, ConsulSetupError> {
     let provider = Arc::new(crate::tls::provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -336,5 +430,81 @@ fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, Co
                 .with_tls_config(builder.with_root_certificates(roots).with_no_client_auth())
         }
     };
-    Ok(https.https_or_http().enable_http1().build())
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false); // the TLS layer above decides the scheme
+    tcp.set_local_address(local);
+    Ok(https.https_or_http().enable_http1().wrap_connector(tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(last_contact_ms: u64, age_s: Option<u64>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            index: 7,
+            known_leader: true,
+            last_contact: Duration::from_millis(last_contact_ms),
+            age: age_s.map(Duration::from_secs),
+            body: Bytes::new(),
+        }
+    }
+
+    fn sent(stale: bool, cached: bool) -> ReadOptions {
+        ReadOptions {
+            index: 7,
+            wait: Duration::from_secs(60),
+            stale,
+            cached,
+        }
+    }
+
+    #[test]
+    fn too_stale_judges_by_what_the_read_allowed() {
+        let max = Duration::from_secs(2);
+        // A leader read is never too stale, whatever the headers say.
+        assert!(!reply(5_000, Some(60)).too_stale(&sent(false, false), max));
+        // Stale: by X-Consul-LastContact.
+        assert!(reply(2_001, None).too_stale(&sent(true, false), max));
+        assert!(!reply(2_000, None).too_stale(&sent(true, false), max));
+        // Cached: by LastContact, and by Age (only a cached answer has one
+        // that counts).
+        assert!(reply(0, Some(3)).too_stale(&sent(false, true), max));
+        assert!(!reply(0, Some(2)).too_stale(&sent(false, true), max));
+        assert!(!reply(0, Some(3)).too_stale(&sent(true, false), max));
+        // Zero: no bound.
+        assert!(!reply(60_000, Some(600)).too_stale(&sent(true, true), Duration::ZERO));
+    }
+
+    #[test]
+    fn read_options_follow_the_settings() {
+        let spec = ConsulSpec {
+            stale: true,
+            cached: true,
+            wait: Duration::from_secs(5),
+            ..ConsulSpec::default()
+        };
+        let client = ConsulClient::new(&spec).expect("client");
+        let cacheable = client.read_options(3, true);
+        assert_eq!(
+            cacheable,
+            sent(true, true).with_index(3, Duration::from_secs(5))
+        );
+        // KV has no agent cache: never `?cached`.
+        assert!(!client.read_options(3, false).cached);
+        let plain = ConsulClient::new(&ConsulSpec::default()).expect("client");
+        assert!(!plain.read_options(0, true).cached, "cached is opt-in");
+        assert!(plain.read_options(0, true).stale, "stale is the default");
+    }
+
+    impl ReadOptions {
+        fn with_index(self, index: u64, wait: Duration) -> Self {
+            Self {
+                index,
+                wait,
+                ..self
+            }
+        }
+    }
 }

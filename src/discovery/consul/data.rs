@@ -110,6 +110,12 @@ impl WatchKey {
         }
     }
 
+    /// The agent can answer it from its cache (`?cached`): health/service
+    /// (background refresh) and catalog/services (simple); KV cannot.
+    pub fn cacheable(&self) -> bool {
+        matches!(self, Self::Service { .. } | Self::Catalog { .. })
+    }
+
     /// Decodes a reply body (`None` for a KV 404: no such key yet).
     pub fn decode(&self, body: Option<&[u8]>) -> Result<WatchData, String> {
         let json = |body: &[u8]| -> Result<serde_json::Value, String> {

@@ -8,10 +8,19 @@
 //!              └─ write / leader change ◀─ wait (until deadline, shutdown, restore)
 //! ```
 //!
-//! A query is re-evaluated on every wake, never assumed changed. A client
-//! index ahead of the server's blocks the whole wait and gets the lower
-//! index back. A simulated snapshot restore releases every waiter at once.
+//! A query is re-evaluated on every wake, never assumed changed (through a
+//! memo: one evaluation per distinct read per write). A client index ahead
+//! of the server's blocks the whole wait and gets the lower index back. A
+//! simulated snapshot restore releases every waiter at once.
+//!
+//! What a read sees can be a *view* other than the state: an injected
+//! `Fault::Empty`, an agent that restarted and has not synced, or, for a
+//! stale read during an election, a follower that restored an empty
+//! snapshot. `?cached` reads of health/service and catalog/services go
+//! through the agent's cache, which counts one server read per result
+//! change (its background refresh) instead of one per request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -77,6 +86,59 @@ impl Outcome {
     fn is_not_found(&self) -> bool {
         matches!(self.result, ReadResult::NotFound)
     }
+
+    /// The same read finding nothing: `[]`/`{}` for lists and maps, a KV
+    /// `404`.
+    fn emptied(&self, style: MetaStyle, index: u64) -> Self {
+        let result = match (&self.result, style) {
+            (ReadResult::Json(Value::Array(_)), MetaStyle::Catalog) => {
+                ReadResult::Json(Value::Array(Vec::new()))
+            }
+            (ReadResult::Json(Value::Object(_)), MetaStyle::Catalog) => {
+                ReadResult::Json(Value::Object(serde_json::Map::new()))
+            }
+            (ReadResult::Json(other), MetaStyle::Catalog) => ReadResult::Json(other.clone()),
+            _ => ReadResult::NotFound,
+        };
+        Self {
+            index,
+            result,
+            filtered: false,
+        }
+    }
+}
+
+/// What a read sees instead of the state, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    State,
+    /// Nothing found, at `index` (the state's when `None`), with
+    /// `X-Consul-KnownLeader` overridden when `known_leader` is set.
+    Empty {
+        index: Option<u64>,
+        known_leader: Option<bool>,
+    },
+}
+
+/// One evaluation as the client will see it.
+struct Seen {
+    outcome: Arc<Outcome>,
+    view: View,
+}
+
+impl Seen {
+    fn index(&self) -> u64 {
+        match self.view {
+            View::Empty {
+                index: Some(index), ..
+            } => index,
+            _ => self.outcome.index,
+        }
+    }
+
+    fn is_not_found(&self) -> bool {
+        self.outcome.is_not_found() || matches!(self.view, View::Empty { .. })
+    }
 }
 
 /// Which query-meta headers a read carries.
@@ -96,6 +158,8 @@ pub struct ReadRequest<'a> {
     index: u64,
     wait: Duration,
     stale: bool,
+    /// Served through the agent's cache.
+    cached: bool,
     consistency: &'static str,
 }
 
@@ -124,7 +188,10 @@ impl<'a> ReadRequest<'a> {
         }
         // A server lagging more than `max_stale` hands the read to the leader.
         let lag = Duration::from_millis(ctx.shared.last_contact_ms(true));
-        let stale = allows_stale && max_stale.is_none_or(|max| lag <= max);
+        // Only health/service and catalog/services support agent caching;
+        // the cache fetches with `stale` whatever the client asked.
+        let cached = query.has("cached") && ctx.cacheable();
+        let stale = (allows_stale && max_stale.is_none_or(|max| lag <= max)) || cached;
         let wait = match query.non_empty("wait") {
             None => options.default_wait,
             Some(text) => match duration::parse(text) {
@@ -151,6 +218,11 @@ impl<'a> ReadRequest<'a> {
         } else {
             "leader"
         };
+        if !cached {
+            // The agent forwards it: one read at the servers, at the leader
+            // unless stale.
+            ctx.shared.log.server_read(&ctx.path, !stale);
+        }
         Ok(Self {
             ctx,
             authz,
@@ -158,8 +230,42 @@ impl<'a> ReadRequest<'a> {
             index,
             wait,
             stale,
+            cached,
             consistency,
         })
+    }
+
+    /// What the client sees of the state now, and the restore epoch.
+    fn evaluate(&self, eval: &impl Fn(&State, &Authz) -> Outcome) -> (Seen, u64) {
+        let shared = &self.ctx.shared;
+        let (outcome, epoch) = shared.evaluate(&self.ctx.memo_key, |st| eval(st, &self.authz));
+        if self.cached {
+            self.ctx.agent.observe(
+                &self.ctx.memo_key,
+                &self.ctx.path,
+                outcome.index,
+                &shared.log,
+            );
+        }
+        let view = if let Some(known_leader) = self.ctx.empty {
+            View::Empty {
+                index: None,
+                known_leader: Some(known_leader),
+            }
+        } else if shared.unsynced() {
+            View::Empty {
+                index: None,
+                known_leader: None,
+            }
+        } else if self.stale && shared.follower_view_empty() {
+            View::Empty {
+                index: Some(1),
+                known_leader: Some(false),
+            }
+        } else {
+            View::State
+        };
+        (Seen { outcome, view }, epoch)
     }
 
     /// Evaluates `eval` now and, for a blocking request, again after every
@@ -170,40 +276,46 @@ impl<'a> ReadRequest<'a> {
     ) -> Result<Response<Body>, ApiError> {
         let shared = &self.ctx.shared;
         let mut changes = shared.subscribe();
-        let (mut outcome, epoch) = shared.read(|st| (eval(st, &self.authz), st.restore_epoch()));
-        if self.index == 0 || outcome.index > self.index {
-            return Ok(self.respond(outcome));
+        let hit = self.cached && self.ctx.agent.has(&self.ctx.memo_key);
+        let (mut seen, epoch) = self.evaluate(&eval);
+        if self.index == 0 || seen.index() > self.index {
+            return Ok(self.respond(&seen, hit));
         }
         let _open = OpenBlocking::enter(&shared.open_blocking);
         let deadline = Instant::now() + self.wait + self.jitter();
         let mut baseline = self.index;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => break,
-                () = shared.until_shutdown() => break,
-                changed = changes.changed() => if changed.is_err() { break },
+            let ended = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => true,
+                () = shared.until_shutdown() => true,
+                changed = changes.changed() => changed.is_err(),
+            };
+            if ended {
+                // The current result (what it was, unless a view ended).
+                (seen, _) = self.evaluate(&eval);
+                break;
             }
             if !self.stale && !shared.leader() {
                 return Err(ApiError::no_leader());
             }
-            let was_not_found = outcome.is_not_found();
+            let was_not_found = seen.is_not_found();
             let next_epoch;
-            (outcome, next_epoch) = shared.read(|st| (eval(st, &self.authz), st.restore_epoch()));
+            (seen, next_epoch) = self.evaluate(&eval);
             if next_epoch != epoch {
                 break;
             }
             // Consul ≥ 1.11: a result that was and still is "not found" adopts
             // the new index and keeps waiting, so unrelated writes do not
             // release it.
-            if was_not_found && outcome.is_not_found() && !shared.options.wake_while_not_found {
-                baseline = baseline.max(outcome.index);
+            if was_not_found && seen.is_not_found() && !shared.options.wake_while_not_found {
+                baseline = baseline.max(seen.index());
                 continue;
             }
-            if outcome.index > baseline {
+            if seen.index() > baseline {
                 break;
             }
         }
-        Ok(self.respond(outcome))
+        Ok(self.respond(&seen, hit))
     }
 
     fn jitter(&self) -> Duration {
@@ -215,19 +327,27 @@ impl<'a> ReadRequest<'a> {
         Duration::from_nanos(fastrand::u64(0..limit))
     }
 
-    fn respond(&self, outcome: Outcome) -> Response<Body> {
+    fn respond(&self, seen: &Seen, hit: bool) -> Response<Body> {
         let shared = &self.ctx.shared;
-        let mut response = match outcome.result {
-            ReadResult::Json(value) => json_response(&value, self.ctx.pretty()),
+        let (emptied, known_leader) = match seen.view {
+            View::State => (None, None),
+            View::Empty { known_leader, .. } => (
+                Some(seen.outcome.emptied(self.style, seen.index())),
+                known_leader,
+            ),
+        };
+        let outcome = emptied.as_ref().unwrap_or(&seen.outcome);
+        let mut response = match &outcome.result {
+            ReadResult::Json(value) => json_response(value, self.ctx.pretty()),
             ReadResult::Raw(bytes) => {
-                let mut response = text_response(StatusCode::OK, "text/plain", bytes);
+                let mut response = text_response(StatusCode::OK, "text/plain", bytes.clone());
                 set_header(&mut response, "x-content-type-options", "nosniff");
                 set_header(&mut response, "content-security-policy", "sandbox");
                 response
             }
             ReadResult::NotFound => empty_response(StatusCode::NOT_FOUND),
         };
-        let leader = shared.leader();
+        let leader = known_leader.unwrap_or_else(|| shared.leader());
         set_header(
             &mut response,
             "x-consul-index",
@@ -253,7 +373,13 @@ impl<'a> ReadRequest<'a> {
         if outcome.filtered && self.authz.reports_filtering() {
             set_header(&mut response, "x-consul-results-filtered-by-acls", "true");
         }
-        if self.ctx.query.has("cached") {
+        if self.cached {
+            set_header(&mut response, "x-cache", if hit { "HIT" } else { "MISS" });
+            if hit {
+                // The cache is refreshed with every change: never behind.
+                set_header(&mut response, "age", "0");
+            }
+        } else if self.ctx.query.has("cached") {
             set_header(&mut response, "x-cache", "MISS");
         }
         response

@@ -27,6 +27,10 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Disconnect,
+    /// Answer a read as if nothing existed (`[]`, `{}`, KV `404`) at the
+    /// real index, with this `X-Consul-KnownLeader`: the empty answers
+    /// consul-template renders (#1131, #1713).
+    Empty { known_leader: bool },
 }
 
 pub const CONNECTION_LIMIT_BODY: &str =
@@ -63,6 +67,10 @@ pub enum Action {
     ConnectionLimit,
     /// Answer with this Consul error.
     Fail(ApiError),
+    /// Serve the request, showing an empty result.
+    Empty {
+        known_leader: bool,
+    },
 }
 
 impl Fault {
@@ -80,6 +88,9 @@ impl Fault {
             Self::Status500NoLeader => Action::Fail(ApiError::no_leader()),
             Self::Delay(delay) => Action::Delay(*delay),
             Self::Disconnect => Action::Disconnect,
+            Self::Empty { known_leader } => Action::Empty {
+                known_leader: *known_leader,
+            },
         }
     }
 }

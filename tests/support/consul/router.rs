@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use super::acl::{self, Authz};
+use super::agent_cache::AgentCache;
 use super::faults::{self, Action};
 use super::routes::{self, Endpoint, Resolved};
 use super::shared::Shared;
@@ -36,14 +37,29 @@ impl std::error::Error for Disconnect {}
 /// What an endpoint handler gets.
 pub struct Ctx {
     pub shared: Arc<Shared>,
+    /// The agent whose listener took the request (its cache).
+    pub agent: Arc<AgentCache>,
+    /// Percent-decoded.
+    pub path: String,
     pub method: Method,
     pub query: Query,
     pub headers: HeaderMap,
     pub token: Option<String>,
     pub body: Bytes,
+    /// `Fault::Empty`: answer as if nothing existed, with this
+    /// `X-Consul-KnownLeader`.
+    pub empty: Option<bool>,
+    /// What identifies this read's result: path, query without `index` and
+    /// `wait`, token.
+    pub memo_key: String,
 }
 
 impl Ctx {
+    /// The agent can answer it from its cache (§2.4).
+    pub fn cacheable(&self) -> bool {
+        self.path.starts_with("/v1/health/service/") || self.path == "/v1/catalog/services"
+    }
+
     /// Resolves the request's token (`403 ACL not found` when unknown).
     pub fn authz(&self) -> Result<Authz, ApiError> {
         Authz::resolve(self.shared.options.acl.as_ref(), self.token.as_deref())
@@ -75,6 +91,7 @@ impl Ctx {
 
 pub async fn handle(
     shared: Arc<Shared>,
+    agent: Arc<AgentCache>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Disconnect> {
     let (parts, body) = request.into_parts();
@@ -89,9 +106,11 @@ pub async fn handle(
         .is_some_and(|i| i > 0);
     shared.log.record(&path, blocking, token.clone());
 
+    let mut empty = None;
     if let Some(fault) = shared.faults.take(&path) {
         match fault.action() {
             Action::Delay(delay) => tokio::time::sleep(delay).await,
+            Action::Empty { known_leader } => empty = Some(known_leader),
             Action::Disconnect => return Err(Disconnect),
             Action::ConnectionLimit => return Ok(faults::connection_limit_response()),
             Action::Fail(error) => {
@@ -159,13 +178,22 @@ pub async fn handle(
         // The client went away while sending.
         Err(_) => return Err(Disconnect),
     };
+    let memo_key = format!(
+        "{path}?{}#{}",
+        query.encode_sorted_without(&["index", "wait"]),
+        token.as_deref().unwrap_or("")
+    );
     let ctx = Ctx {
         shared: shared.clone(),
+        agent,
+        path,
         method: parts.method,
         query,
         headers: parts.headers,
         token,
         body,
+        empty,
+        memo_key,
     };
     let response = match dispatch(&ctx, endpoint, &rest).await {
         Ok(response) => response,

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::agent_cache::AgentCache;
 use super::faults::raw_connection_limit_bytes;
 use super::router;
 use super::shared::Shared;
@@ -48,8 +49,10 @@ pub async fn bind(port: Option<u16>) -> TcpListener {
 /// Open connections per client IP.
 type ConnectionCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-/// Accepts until shutdown, then drains and closes every connection.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts until shutdown, then drains and closes every connection. One
+/// listener is one agent: its own cache and its own per-client limit.
+/// Aborting the task drops every connection at once (an agent that died).
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, agent: Arc<AgentCache>) {
     let mut connections = JoinSet::new();
     let counts: ConnectionCounts = Arc::default();
     loop {
@@ -57,10 +60,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let Some(slot) = ClientSlot::take(&counts, peer.ip(), shared.options.max_conns_per_client) else {
+                    shared.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     connections.spawn(refuse(stream));
                     continue;
                 };
-                connections.spawn(serve_connection(stream, shared.clone(), slot));
+                connections.spawn(serve_connection(stream, shared.clone(), agent.clone(), slot));
             }
             () = shared.until_shutdown() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -80,9 +84,16 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _slot: ClientSlot) {
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    agent: Arc<AgentCache>,
+    slot: ClientSlot,
+) {
+    let _open = shared.connection_opened(slot.held);
     let handler = shared.clone();
-    let service = service_fn(move |request| router::handle(handler.clone(), request));
+    let service =
+        service_fn(move |request| router::handle(handler.clone(), agent.clone(), request));
     let mut builder = http1::Builder::new();
     builder.keep_alive(true).title_case_headers(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -101,6 +112,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _slot: ClientS
 struct ClientSlot {
     counts: ConnectionCounts,
     ip: IpAddr,
+    /// The client's open connections with this one.
+    held: usize,
 }
 
 impl ClientSlot {
@@ -114,6 +127,7 @@ impl ClientSlot {
         Some(Self {
             counts: counts.clone(),
             ip,
+            held: *count,
         })
     }
 }

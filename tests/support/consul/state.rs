@@ -19,6 +19,9 @@ pub struct State {
     /// Some write since the last [`take_wake`](Self::take_wake) changed
     /// what readers see.
     wake: bool,
+    /// Moves with every write, visible or not: an evaluation made at one
+    /// version holds until the next (the read memo in `blocking`).
+    version: u64,
     pub kv: KvStore,
     pub catalog: Catalog,
 }
@@ -30,6 +33,7 @@ impl State {
             index: initial_index.max(1),
             restore_epoch: 0,
             wake: false,
+            version: 0,
             kv: KvStore::default(),
             catalog: Catalog::default(),
         }
@@ -41,6 +45,22 @@ impl State {
 
     pub fn restore_epoch(&self) -> u64 {
         self.restore_epoch
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Called for every write, before it runs.
+    pub fn touch(&mut self) {
+        self.version += 1;
+    }
+
+    /// Releases every blocked query at once without changing data, as a
+    /// snapshot restore on the answering server does.
+    pub fn release_waiters(&mut self) {
+        self.restore_epoch += 1;
+        self.wake = true;
     }
 
     /// A catalog write at the next index; `apply` returns its result and

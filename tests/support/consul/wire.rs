@@ -72,7 +72,16 @@ impl Query {
 
     /// Go's `url.Values.Encode`: sorted by name, `QueryEscape`d.
     pub fn encode_sorted(&self) -> String {
-        let mut pairs: Vec<&(String, String)> = self.pairs.iter().collect();
+        self.encode_sorted_without(&[])
+    }
+
+    /// [`encode_sorted`](Self::encode_sorted) leaving out `names`.
+    pub fn encode_sorted_without(&self, names: &[&str]) -> String {
+        let mut pairs: Vec<&(String, String)> = self
+            .pairs
+            .iter()
+            .filter(|(n, _)| !names.contains(&n.as_str()))
+            .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         pairs
             .iter()
