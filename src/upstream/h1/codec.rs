@@ -140,6 +140,11 @@ pub fn parse_response_head(
             .parse_response_with_uninit_headers(&mut parsed, buf, &mut storage)
             .map_err(CodecError::Parse)?
         {
+            // The limit holds however the bytes arrived: a head that came
+            // whole in one read is judged as one that came in pieces.
+            httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => {
+                return Err(CodecError::HeadTooLarge);
+            }
             httparse::Status::Complete(len) => len,
             httparse::Status::Partial if buf.len() >= MAX_HEAD_BYTES => {
                 return Err(CodecError::HeadTooLarge);
@@ -498,6 +503,11 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, CodecE
                     Ok(ChunkStep::NeedMore)
                 };
             };
+            // The same limit as while no LF is buffered, so a line that
+            // arrived in one read is not let through.
+            if end > MAX_CHUNK_LINE {
+                return Err(BAD);
+            }
             let line = buf.split_to(end + 1);
             let line = line.strip_suffix(b"\r\n").ok_or(BAD)?;
             // The size, then optional whitespace and `;extensions`, ignored.
@@ -563,6 +573,9 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<ChunkStep, CodecE
             let mut fields = [FieldAt::default(); MAX_HEADERS];
             let (len, count) =
                 match httparse::parse_headers(buf, &mut storage).map_err(CodecError::Parse)? {
+                    httparse::Status::Complete((len, _)) if len > MAX_HEAD_BYTES => {
+                        return Err(CodecError::HeadTooLarge);
+                    }
                     httparse::Status::Complete((len, parsed)) => {
                         let base = buf.as_ptr() as usize;
                         for (at, h) in fields.iter_mut().zip(parsed.iter()) {

@@ -344,3 +344,89 @@ fn keep_alive_timeouts_are_read_from_their_parameter() {
     assert_eq!(t("max=100"), None);
     assert_eq!(t("timeout=soon"), None);
 }
+
+/// Feeds `whole` in reads of `piece` bytes, as a connection would, and
+/// decodes the response (to a GET) to its end.
+fn read_in_pieces(whole: &[u8], piece: usize) -> Result<Vec<u8>, CodecError> {
+    let mut buf = BytesMut::new();
+    let mut head: Option<ResponseHead> = None;
+    let mut data = Vec::new();
+    for part in whole.chunks(piece) {
+        buf.extend_from_slice(part);
+        let h = match head.as_mut() {
+            Some(h) => h,
+            None => match parse_response_head(&mut buf, false)? {
+                Some(h) => head.insert(h),
+                None => continue,
+            },
+        };
+        loop {
+            match h.framing.decode(&mut buf)? {
+                BodyStep::Data(d) => data.extend_from_slice(&d),
+                BodyStep::Trailers(_) | BodyStep::End => return Ok(data),
+                BodyStep::NeedMore => break,
+            }
+        }
+    }
+    panic!("the response did not end")
+}
+
+/// A response whose head is exactly `len` bytes (a padded field).
+fn head_of(len: usize) -> Vec<u8> {
+    let start = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: ";
+    let pad = len - start.len() - "\r\n\r\n".len();
+    format!("{start}{}\r\n\r\nok", "a".repeat(pad)).into_bytes()
+}
+
+/// A chunked response whose first chunk-size line is `len` bytes before
+/// its LF (CR included), made long by an extension.
+fn chunk_line_of(len: usize) -> Vec<u8> {
+    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let ext = "a".repeat(len - "2;x=".len() - 1);
+    format!("{head}2;x={ext}\r\nok\r\n0\r\n\r\n").into_bytes()
+}
+
+/// A chunked response whose trailer section is `len` bytes.
+fn trailers_of(len: usize) -> Vec<u8> {
+    let start = "X-Pad: ";
+    let pad = len - start.len() - "\r\n\r\n".len();
+    format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n{start}{}\r\n\r\n",
+        "a".repeat(pad)
+    )
+    .into_bytes()
+}
+
+// Regressions found by fuzzing (fuzz/regressions/h1_response/): the head,
+// chunk-size line and trailer limits were checked only on a partial parse,
+// so the same bytes were refused in small reads and accepted in one.
+#[test]
+fn size_limits_hold_however_the_bytes_arrive() {
+    const BAD_CHUNK: CodecError = CodecError::Invalid("chunked encoding");
+    let cases: [(&str, fn(usize) -> Vec<u8>, usize, CodecError); 3] = [
+        ("head", head_of, MAX_HEAD_BYTES, CodecError::HeadTooLarge),
+        ("chunk-size line", chunk_line_of, MAX_CHUNK_LINE, BAD_CHUNK),
+        (
+            "trailers",
+            trailers_of,
+            MAX_HEAD_BYTES,
+            CodecError::HeadTooLarge,
+        ),
+    ];
+    for (what, make, limit, error) in cases {
+        for piece in [usize::MAX, 4096, 1000, 61] {
+            let at_limit = make(limit);
+            assert_eq!(
+                read_in_pieces(&at_limit, piece).as_deref(),
+                Ok(&b"ok"[..]),
+                "{what} of exactly {limit} bytes in reads of {piece}"
+            );
+            assert_eq!(
+                read_in_pieces(&make(limit + 1), piece),
+                Err(error.clone()),
+                "{what} of {} bytes in reads of {piece}",
+                limit + 1
+            );
+        }
+    }
+}
