@@ -403,7 +403,8 @@ fn trailers_of(len: usize) -> Vec<u8> {
 #[test]
 fn size_limits_hold_however_the_bytes_arrive() {
     const BAD_CHUNK: CodecError = CodecError::Invalid("chunked encoding");
-    let cases: [(&str, fn(usize) -> Vec<u8>, usize, CodecError); 3] = [
+    type Case = (&'static str, fn(usize) -> Vec<u8>, usize, CodecError);
+    let cases: [Case; 3] = [
         ("head", head_of, MAX_HEAD_BYTES, CodecError::HeadTooLarge),
         ("chunk-size line", chunk_line_of, MAX_CHUNK_LINE, BAD_CHUNK),
         (
