@@ -440,6 +440,14 @@ pub enum CheckKind {
         /// Inclusive range of statuses that pass.
         expect: (u16, u16),
     },
+    /// `grpc.health.v1.Health/Check` over HTTP/2: passes when the answer
+    /// is SERVING.
+    Grpc {
+        /// The service asked about; "" is the server as a whole.
+        service: String,
+        /// The `:authority` (default: the endpoint's address).
+        host: Option<String>,
+    },
 }
 
 /// Passive ejection: an endpoint whose connects fail

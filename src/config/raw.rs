@@ -486,12 +486,16 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    /// `tcp` (connect) or `http` (a GET whose status is in `expect_status`).
+    /// `tcp` (connect), `http` (a GET whose status is in `expect_status`)
+    /// or `grpc` (`grpc.health.v1.Health/Check`, which must say SERVING).
     #[serde(rename = "type")]
     pub kind: RawCheckKind,
     pub path: Option<String>,
-    /// Host header of HTTP checks (default: the endpoint's address).
+    /// Host header of HTTP checks, `:authority` of gRPC checks (default:
+    /// the endpoint's address).
     pub host: Option<String>,
+    /// The service a gRPC check asks about (default "": the whole server).
+    pub service: Option<String>,
     /// `"200-399"` or `"200"`.
     pub expect_status: Option<String>,
     pub interval: Option<ConfigDuration>,
@@ -507,6 +511,7 @@ pub struct RawHealthCheck {
 pub enum RawCheckKind {
     Tcp,
     Http,
+    Grpc,
 }
 
 #[derive(Debug, Deserialize)]

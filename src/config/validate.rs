@@ -626,6 +626,17 @@ fn check_backend(
         None | Some(RawProtocol::Http1) => Protocol::Http1,
         Some(RawProtocol::Http2) => Protocol::Http2,
     };
+    if protocol != Protocol::Http2
+        && health_check
+            .as_ref()
+            .is_some_and(|h| matches!(h.kind, CheckKind::Grpc { .. }))
+    {
+        p.at(
+            f,
+            format!("{key}.health_check"),
+            "type = \"grpc\" needs protocol = \"http2\" (gRPC is HTTP/2)",
+        );
+    }
     let tls = b
         .tls
         .as_ref()
@@ -658,6 +669,13 @@ fn check_health(
 ) -> Option<HealthCheckSpec> {
     let key = format!("{key}.health_check");
     let before = p.0.len();
+    if h.kind != RawCheckKind::Grpc && h.service.is_some() {
+        p.at(
+            f,
+            format!("{key}.service"),
+            "only used with type = \"grpc\"",
+        );
+    }
     let kind = match h.kind {
         RawCheckKind::Tcp => {
             for (name, set) in [
@@ -670,6 +688,29 @@ fn check_health(
                 }
             }
             CheckKind::Tcp
+        }
+        RawCheckKind::Grpc => {
+            for (name, set) in [
+                ("path", h.path.is_some()),
+                ("expect_status", h.expect_status.is_some()),
+            ] {
+                if set {
+                    p.at(
+                        f,
+                        format!("{key}.{name}"),
+                        "only used with type = \"http\" (a gRPC check asks grpc.health.v1.Health/Check)",
+                    );
+                }
+            }
+            if let Some(host) = &h.host
+                && http::uri::Authority::try_from(host.as_str()).is_err()
+            {
+                p.at(f, format!("{key}.host"), format!("{host:?} is not a host"));
+            }
+            CheckKind::Grpc {
+                service: h.service.clone().unwrap_or_default(),
+                host: h.host.clone(),
+            }
         }
         RawCheckKind::Http => {
             let path = h.path.clone().unwrap_or_else(|| "/".into());
