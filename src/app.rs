@@ -14,7 +14,7 @@ use crate::control::PredecessorStatus;
 use crate::control::{
     Control, ControlMsg, Lifecycle, ReloadRecord, StartError, StatusBoard, Trigger, UpgradeState,
 };
-use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics};
+use crate::metrics::{DnsSample, EndpointSample, LiveCollector, LiveSample, MdnsSample, Metrics};
 use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
 use crate::sockets::{Slot, SocketRegistry};
@@ -318,6 +318,16 @@ fn live_sampler(
                 .consul
                 .iter()
                 .map(|w| (w.key.to_string(), w.is_ok(), w.staleness()))
+                .collect(),
+            mdns: board
+                .mdns
+                .iter()
+                .map(|w| MdnsSample {
+                    service: w.target.to_string(),
+                    instances: w.instances().len() as i64,
+                    seconds_since_change: w.seconds_since_change(),
+                    seconds_since_answer: w.staleness(),
+                })
                 .collect(),
         }
     }

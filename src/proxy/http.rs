@@ -269,7 +269,7 @@ async fn route(
         BackendTarget::Respond(spec) => respond(ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
         // state would be copied with it; one allocation is cheaper.
-        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) | BackendTarget::Mdns(_) => {
             // Not a `match` around the await: its scrutinee (the size of a
             // response) would then be kept in this future while it waits.
             let outbound = match prepare(req, target, ctx, started, completion) {
@@ -818,9 +818,8 @@ fn one_length(headers: &mut HeaderMap) -> bool {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|v| v.trim_ascii());
     let first = values.next().unwrap_or_default();
-    let one = !first.is_empty()
-        && first.iter().all(u8::is_ascii_digit)
-        && values.all(|v| v == first);
+    let one =
+        !first.is_empty() && first.iter().all(u8::is_ascii_digit) && values.all(|v| v == first);
     match one.then(|| HeaderValue::from_bytes(first).ok()).flatten() {
         Some(value) => headers.insert(header::CONTENT_LENGTH, value),
         None => headers.remove(header::CONTENT_LENGTH),
