@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub resolver: RawResolver,
     pub consul: Option<RawConsul>,
+    /// Multicast DNS on the local network (go-micro's registry, DNS-SD).
+    pub mdns: Option<RawMdns>,
     pub kv: Option<RawKv>,
     #[serde(default)]
     pub templates: Vec<RawTemplate>,
@@ -141,11 +143,32 @@ pub struct RawConsul {
     pub retry_max: Option<ConfigDuration>,
 }
 
-/// One service Switchyard registers with the local Consul agent.
+/// How Switchyard takes part in multicast DNS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMdns {
+    /// Interface names or IPv4 addresses to use; default every IPv4
+    /// interface that is up and not point-to-point (loopback included).
+    pub interfaces: Option<Vec<String>>,
+    /// go-micro's mDNS domain (`micro`).
+    pub domain: Option<String>,
+    /// How often a watched service is asked for again, besides the
+    /// queries at 80-95 % of an instance's TTL.
+    pub query_interval: Option<ConfigDuration>,
+    /// TTL of the records Switchyard announces for `[[register]]`.
+    pub ttl: Option<ConfigDuration>,
+}
+
+/// One service Switchyard registers with the local Consul agent, or
+/// announces by mDNS.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRegister {
     pub name: String,
+    /// `consul` (default) or `mdns`.
+    pub registry: Option<RawRegistry>,
+    /// The service version go-micro's mDNS TXT record carries (mdns only).
+    pub version: Option<String>,
     /// Default `<name>-<hostname>-<port>`.
     pub id: Option<String>,
     /// The address registered (default: none, Consul uses the node's) and
@@ -162,6 +185,13 @@ pub struct RawRegister {
     /// How often the registration is verified (and redone if the agent lost
     /// it).
     pub interval: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRegistry {
+    Consul,
+    Mdns,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +488,9 @@ pub struct RawBackend {
     pub consul_service: Option<String>,
     pub consul_tag: Option<String>,
     pub consul_datacenter: Option<String>,
+    /// Endpoints from mDNS: the instances of a go-micro service
+    /// (`"greeter"`), or of a DNS-SD service type (`"_http._tcp.local."`).
+    pub mdns_service: Option<String>,
     /// `http1` (default) or `http2` (prior knowledge, h2c) towards the servers.
     pub protocol: Option<RawProtocol>,
     #[serde(default)]

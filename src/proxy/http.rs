@@ -329,7 +329,7 @@ async fn route(
         BackendTarget::Respond(spec) => respond(ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
         // state would be copied with it; one allocation is cheaper.
-        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) | BackendTarget::Mdns(_) => {
             // Not a `match` around the await: its scrutinee (the size of a
             // response) would then be kept in this future while it waits.
             let outbound = match prepare(req, target, ctx, started, grpc, completion) {
