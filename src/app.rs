@@ -15,7 +15,7 @@ use crate::control::{
     Control, ControlMsg, Lifecycle, ReloadRecord, StartError, StatusBoard, Trigger, UpgradeState,
 };
 use crate::metrics::{
-    DnsSample, EndpointSample, LiveCollector, LiveSample, Metrics, RuntimeCollector,
+    DnsSample, EndpointSample, LiveCollector, LiveSample, MdnsSample, Metrics, RuntimeCollector,
 };
 use crate::proxy::listener::Placement;
 use crate::proxy::workers::Workers;
@@ -332,6 +332,16 @@ fn live_sampler(
                 .consul
                 .iter()
                 .map(|w| (w.key.to_string(), w.is_ok(), w.staleness()))
+                .collect(),
+            mdns: board
+                .mdns
+                .iter()
+                .map(|w| MdnsSample {
+                    service: w.target.to_string(),
+                    instances: w.instances().len() as i64,
+                    seconds_since_change: w.seconds_since_change(),
+                    seconds_since_answer: w.staleness(),
+                })
                 .collect(),
         }
     }

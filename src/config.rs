@@ -69,6 +69,13 @@ pub const DEFAULT_CONSUL_MAX_STALE: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONSUL_CHANGE_JITTER: Duration = Duration::ZERO;
 /// How long the read that confirms a suspect empty answer may block.
 pub const DEFAULT_CONSUL_EMPTY_CONFIRM_WAIT: Duration = Duration::from_secs(2);
+/// mDNS defaults: go-micro's domain and record TTL; a watched service is
+/// asked for again every minute besides the refreshes its TTLs ask for.
+pub const DEFAULT_MDNS_DOMAIN: &str = "micro";
+pub const DEFAULT_MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MDNS_TTL: Duration = Duration::from_secs(120);
+/// The version go-micro gives a service that sets none.
+pub const DEFAULT_MDNS_VERSION: &str = "latest";
 /// Upper bound of a server weight, as HAProxy's (1..=256).
 pub const MAX_WEIGHT: u32 = 256;
 /// Template defaults: consul-template's file mode and command timeout.
@@ -116,6 +123,9 @@ pub struct Config {
     pub resolver: ResolverSpec,
     /// Set when the file has `[consul]` or a backend uses Consul.
     pub consul: Option<ConsulSpec>,
+    /// Set when the file has `[mdns]`, or a backend or a registration
+    /// uses mDNS.
+    pub mdns: Option<MdnsSpec>,
     pub kv: Option<KvSpec>,
     pub templates: Vec<TemplateSpec>,
     pub register: Vec<RegisterSpec>,
@@ -140,11 +150,15 @@ impl Default for Limits {
     }
 }
 
-/// A service to register with the local Consul agent.
+/// A service to register with the local Consul agent, or to announce by
+/// mDNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterSpec {
     pub name: String,
     pub id: String,
+    pub registry: Registry,
+    /// go-micro's service version (mDNS registrations).
+    pub version: String,
     pub address: Option<String>,
     pub port: u16,
     pub tags: Vec<String>,
@@ -165,6 +179,16 @@ impl RegisterSpec {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         SocketAddr::new(ip, self.port)
     }
+}
+
+/// Where a `[[register]]` service is made known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    Consul,
+    /// Announced on the local network by multicast DNS: the go-micro way,
+    /// or as a DNS-SD service when the name is a service type.
+    Mdns,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +292,80 @@ impl Default for ConsulSpec {
             change_jitter: DEFAULT_CONSUL_CHANGE_JITTER,
             empty_confirm_wait: DEFAULT_CONSUL_EMPTY_CONFIRM_WAIT,
         }
+    }
+}
+
+/// The `[mdns]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdnsSpec {
+    /// Empty: every IPv4 interface that is up and not point-to-point.
+    pub interfaces: Vec<MdnsInterface>,
+    /// go-micro's domain, without dots (`micro`).
+    pub domain: String,
+    pub query_interval: Duration,
+    /// TTL of announced records, whole seconds.
+    pub ttl: Duration,
+}
+
+impl Default for MdnsSpec {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            domain: DEFAULT_MDNS_DOMAIN.into(),
+            query_interval: DEFAULT_MDNS_QUERY_INTERVAL,
+            ttl: DEFAULT_MDNS_TTL,
+        }
+    }
+}
+
+/// An interface mDNS is used on, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MdnsInterface {
+    Name(String),
+    Addr(std::net::Ipv4Addr),
+}
+
+/// What an `mdns_service` names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MdnsTarget {
+    /// A go-micro service, by name, in the `[mdns]` domain.
+    GoMicro(Arc<str>),
+    /// A DNS-SD service type, lowercase, with the final dot:
+    /// `_http._tcp.local.`.
+    DnsSd(Arc<str>),
+}
+
+impl MdnsTarget {
+    /// A name ending in `._tcp.local` or `._udp.local` (a final dot
+    /// optional) is a DNS-SD service type; anything else a go-micro service.
+    pub fn parse(name: &str) -> Self {
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_suffix('.').unwrap_or(&lower);
+        if bare.ends_with("._tcp.local") || bare.ends_with("._udp.local") {
+            Self::DnsSd(format!("{bare}.").into())
+        } else {
+            Self::GoMicro(name.into())
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            Self::GoMicro(n) | Self::DnsSd(n) => n,
+        }
+    }
+
+    /// `go-micro` or `dns-sd`.
+    pub fn flavour(&self) -> &'static str {
+        match self {
+            Self::GoMicro(_) => "go-micro",
+            Self::DnsSd(_) => "dns-sd",
+        }
+    }
+}
+
+impl fmt::Display for MdnsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -484,6 +582,14 @@ pub enum CheckKind {
         /// Inclusive range of statuses that pass.
         expect: (u16, u16),
     },
+    /// `grpc.health.v1.Health/Check` over HTTP/2: passes when the answer
+    /// is SERVING.
+    Grpc {
+        /// The service asked about; "" is the server as a whole.
+        service: String,
+        /// The `:authority` (default: the endpoint's address).
+        host: Option<String>,
+    },
 }
 
 /// Passive ejection: an endpoint whose connects fail
@@ -575,6 +681,8 @@ pub enum BackendTarget {
     Respond(RespondSpec),
     /// Passing instances of a Consul service.
     Consul(ConsulTarget),
+    /// The instances of a service announced by mDNS.
+    Mdns(MdnsTarget),
     /// A gateway route's: the Consul service the request names, with a
     /// backend made on demand.
     Gateway(GatewaySpec),
@@ -588,6 +696,9 @@ pub struct GatewaySpec {
     pub strip_service: bool,
     /// An on-demand backend unused this long is retired (its watch stops).
     pub idle_timeout: Duration,
+    /// Services are go-micro services found by mDNS (`[mdns]` without
+    /// `[consul]`), not Consul services.
+    pub mdns: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -724,7 +835,10 @@ impl BackendSpec {
     pub fn servers(&self) -> &[ServerSpec] {
         match &self.target {
             BackendTarget::Servers(s) => s,
-            BackendTarget::Respond(_) | BackendTarget::Consul(_) | BackendTarget::Gateway(_) => &[],
+            BackendTarget::Respond(_)
+            | BackendTarget::Consul(_)
+            | BackendTarget::Mdns(_)
+            | BackendTarget::Gateway(_) => &[],
         }
     }
 }

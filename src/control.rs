@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{self, ConfigErrors};
 use crate::discovery::consul::{ConsulPlan, ConsulWatch, ConsulWatcher, WatchKey};
 use crate::discovery::dns::{DnsName, DnsPlan, DnsQuery, DnsWatcher};
+use crate::discovery::mdns::{MdnsPlan, MdnsWatch, MdnsWatcher};
 use crate::discovery::register::{RegistrationStatus, Registrations};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::error_chain::ErrorChain;
@@ -192,6 +193,8 @@ pub struct BoardState {
     pub dns: Vec<Arc<DnsName>>,
     /// The Consul watches, sorted.
     pub consul: Vec<Arc<ConsulWatch>>,
+    /// The mDNS watches, sorted.
+    pub mdns: Vec<Arc<MdnsWatch>>,
     pub templates: Vec<TemplateStatus>,
     pub kv_dir: Option<KvDirStatus>,
     /// The gateway routes' on-demand backends.
@@ -263,6 +266,7 @@ pub struct Control {
     sources: Sources,
     dns_events: mpsc::UnboundedReceiver<DnsQuery>,
     consul_events: mpsc::UnboundedReceiver<WatchKey>,
+    mdns_events: mpsc::UnboundedReceiver<config::MdnsTarget>,
     templating: Templating,
     health: HealthChecks,
     registrations: Registrations,
@@ -291,11 +295,13 @@ impl DrainingIndex {
 struct Sources {
     dns: DnsWatcher,
     consul: ConsulWatcher,
+    mdns: MdnsWatcher,
 }
 
 struct SourcesPlan {
     dns: DnsPlan,
     consul: ConsulPlan,
+    mdns: MdnsPlan,
 }
 
 impl Sources {
@@ -308,9 +314,18 @@ impl Sources {
                 return Err(errors);
             }
         };
-        match self.consul.prepare(config).await {
-            Ok(consul) => Ok(SourcesPlan { dns, consul }),
+        let consul = match self.consul.prepare(config).await {
+            Ok(consul) => consul,
             Err((consul, error)) => {
+                self.consul.abort(consul);
+                self.dns.abort(dns);
+                return Err(vec![error]);
+            }
+        };
+        match self.mdns.prepare(config).await {
+            Ok(mdns) => Ok(SourcesPlan { dns, consul, mdns }),
+            Err((mdns, error)) => {
+                self.mdns.abort(mdns);
                 self.consul.abort(consul);
                 self.dns.abort(dns);
                 Err(vec![error])
@@ -321,15 +336,18 @@ impl Sources {
     fn commit(&mut self, plan: SourcesPlan, config: &config::Config, board: &StatusBoard) {
         self.dns.commit(plan.dns, config);
         self.consul.commit(plan.consul, config);
+        self.mdns.commit(plan.mdns, config);
         self.consul.save_state();
         let mut b = board.lock();
         b.dns = self.dns.names();
         b.consul = self.consul.watches();
+        b.mdns = self.mdns.watches();
     }
 
     fn abort(&mut self, plan: SourcesPlan) {
         self.dns.abort(plan.dns);
         self.consul.abort(plan.consul);
+        self.mdns.abort(plan.mdns);
     }
 }
 
@@ -348,9 +366,11 @@ impl Control {
         let mut config = config::load(&path)?;
         let (dns_tx, dns_events) = mpsc::unbounded_channel();
         let (consul_tx, consul_events) = mpsc::unbounded_channel();
+        let (mdns_tx, mdns_events) = mpsc::unbounded_channel();
         let mut sources = Sources {
             dns: DnsWatcher::new(dns_tx, metrics.dns_lookups.clone()),
             consul: ConsulWatcher::new(consul_tx),
+            mdns: MdnsWatcher::new(mdns_tx),
         };
         let handed = std::mem::take(&mut lifecycle.handed);
         sources.dns.seed(handed.dns);
@@ -384,6 +404,7 @@ impl Control {
             find_draining: &|_, _| None,
             dns: &|q| sources.dns.get(q),
             consul: &|k| sources.consul.get(k),
+            mdns: &|t| sources.mdns.get(t),
             gateway: Some(&gateway),
         };
         let table = table::compile(config.clone(), 1, None, &ctx, &metrics)?;
@@ -403,7 +424,11 @@ impl Control {
         let mut health = HealthChecks::new(metrics.clone());
         health.sync(table.checked_endpoints());
         let mut registrations = Registrations::default();
-        registrations.apply(&config.register, sources.consul.client());
+        registrations.apply(
+            &config.register,
+            sources.consul.client(),
+            sources.mdns.runtime(),
+        );
         board.lock().registrations = registrations.statuses();
         let handle = TableHandle::new(table);
         let mut listeners = ListenerSet::new(
@@ -452,6 +477,7 @@ impl Control {
                 sources,
                 dns_events,
                 consul_events,
+                mdns_events,
                 templating,
                 health,
                 registrations,
@@ -503,7 +529,14 @@ impl Control {
                     while let Ok(q) = self.dns_events.try_recv() {
                         changed.push(q);
                     }
-                    self.apply_discovery(&changed, &[]);
+                    self.apply_discovery(&changed, &[], &[]);
+                }
+                Some(target) = self.mdns_events.recv() => {
+                    let mut changed = vec![target];
+                    while let Ok(t) = self.mdns_events.try_recv() {
+                        changed.push(t);
+                    }
+                    self.apply_discovery(&[], &[], &changed);
                 }
                 Some(key) = self.consul_events.recv() => {
                     let mut changed = vec![key];
@@ -516,7 +549,7 @@ impl Control {
                             self.reload(Trigger::ConsulTags).await;
                         }
                     }
-                    self.apply_discovery(&[], &changed);
+                    self.apply_discovery(&[], &changed, &[]);
                     self.sources.consul.save_state();
                     self.templating.set.mark_changed(
                         |d| matches!(d, Dep::Consul(k) if changed.contains(k)),
@@ -650,10 +683,10 @@ impl Control {
         tracing::info!(new_pid = upgraded.new_pid, took = ?upgraded.took, "Upgrade: the new process serves; this one stops accepting and drains");
         self.lifecycle.admin_stop.cancel();
         self.watcher = None;
-        // The successor registered the same services; dropping the tasks
-        // (without deregistering) leaves the registrations to it. Templates
+        // The successor registered the same services; stopping the tasks
+        // without deregistering or saying goodbye leaves them to it. Templates
         // render only in the control loop, which ends here.
-        self.registrations = Registrations::default();
+        self.registrations.leave_to_successor();
         let grace = self.table.current().config.shutdown_grace;
         let predecessor = {
             let mut board = self.board.lock();
@@ -799,6 +832,7 @@ impl Control {
             find_draining: &find_draining,
             dns: &|q| self.sources.dns.get(q),
             consul: &|k| self.sources.consul.get(k),
+            mdns: &|t| self.sources.mdns.get(t),
             gateway: Some(&self.gateway.registry),
         };
         let table = match table::compile(
@@ -822,8 +856,11 @@ impl Control {
         self.tag_routes = tags;
         self.sources.commit(plan, &config, &self.board);
         self.templating.commit(templates, kv);
-        self.registrations
-            .apply(&config.register, self.sources.consul.client());
+        self.registrations.apply(
+            &config.register,
+            self.sources.consul.client(),
+            self.sources.mdns.runtime(),
+        );
         self.board.lock().registrations = self.registrations.statuses();
         watch_catalog(&mut self.sources.consul, &config);
         self.metrics.config_version.set(version as i64);
@@ -884,10 +921,15 @@ impl Control {
         }
     }
 
-    /// Replaces the endpoint sets of the backends that use a DNS name or a
-    /// Consul watch whose data changed; routes and every other backend stay
-    /// as they are.
-    fn apply_discovery(&mut self, dns: &[DnsQuery], consul: &[WatchKey]) {
+    /// Replaces the endpoint sets of the backends that use a DNS name, a
+    /// Consul watch or an mDNS service whose data changed; routes and every
+    /// other backend stay as they are.
+    fn apply_discovery(
+        &mut self,
+        dns: &[DnsQuery],
+        consul: &[WatchKey],
+        mdns: &[config::MdnsTarget],
+    ) {
         let table = self.table.current();
         let draining = self.draining_index();
         let find_draining = |backend: &str, addr: SocketAddr| draining.find(backend, addr);
@@ -897,7 +939,11 @@ impl Control {
                 || backend
                     .consul
                     .as_ref()
-                    .is_some_and(|w| consul.contains(&w.key));
+                    .is_some_and(|w| consul.contains(&w.key))
+                || backend
+                    .mdns
+                    .as_ref()
+                    .is_some_and(|w| mdns.contains(&w.target));
             if !uses {
                 continue;
             }
@@ -906,6 +952,7 @@ impl Control {
                 &backend.spec,
                 &backend.dns,
                 backend.consul.as_deref(),
+                backend.mdns.as_deref(),
                 Some(&old),
                 &find_draining,
             );

@@ -1,8 +1,9 @@
 //! Sources that change what Switchyard routes to while it runs: DNS names
 //! ([`dns`]), Consul blocking queries ([`consul`]: service health, the
-//! catalog, KV) and the local kv directory ([`kvdir`]); and [`register`],
-//! which goes the other way and keeps our own services registered with the
-//! local Consul agent.
+//! catalog, KV), multicast DNS on the local network ([`mdns`]: go-micro's
+//! registry and DNS-SD) and the local kv directory ([`kvdir`]); and
+//! [`register`], which goes the other way and keeps our own services
+//! registered with the local Consul agent or announced by mDNS.
 //!
 //! A source's task only publishes what it found and tells the control
 //! task, which applies changes one at a time, in order with config
@@ -21,6 +22,7 @@
 pub mod consul;
 pub mod dns;
 pub mod kvdir;
+pub mod mdns;
 pub mod register;
 pub mod tag_routes;
 

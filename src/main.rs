@@ -237,6 +237,14 @@ fn check(path: &Path) -> ExitCode {
                             b.name, c.service, b.balance
                         )
                     }
+                    BackendTarget::Mdns(m) => {
+                        println!(
+                            "  backend {}: mDNS {} service {m}, {:?}",
+                            b.name,
+                            m.flavour(),
+                            b.balance
+                        )
+                    }
                     BackendTarget::Respond(r) => {
                         println!("  backend {}: responds {}", b.name, r.status)
                     }

@@ -581,6 +581,16 @@ pub struct LiveSample {
     /// Per Consul watch: its display key, whether its last request
     /// succeeded, and seconds since its last successful answer.
     pub consul: Vec<(String, bool, f64)>,
+    /// Per mDNS watch.
+    pub mdns: Vec<MdnsSample>,
+}
+
+pub struct MdnsSample {
+    pub service: String,
+    pub instances: i64,
+    /// `None` before the instances first changed.
+    pub seconds_since_change: Option<f64>,
+    pub seconds_since_answer: f64,
 }
 
 pub struct DnsSample {
@@ -633,6 +643,21 @@ const LIVE_FAMILIES: &[(&str, &str, &[&str])] = &[
         "1 when the last request of every Consul watch succeeded",
         &[],
     ),
+    (
+        "switchyard_mdns_instances",
+        "Instances of a watched mDNS service (go-micro or DNS-SD) now",
+        &["service"],
+    ),
+    (
+        "switchyard_mdns_seconds_since_change",
+        "Seconds since a watched mDNS service's instances last changed",
+        &["service"],
+    ),
+    (
+        "switchyard_mdns_staleness_seconds",
+        "Seconds since a packet last told anything about a watched mDNS service",
+        &["service"],
+    ),
 ];
 
 impl<F: Fn() -> LiveSample + Send + Sync> LiveCollector<F> {
@@ -676,6 +701,11 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
         else {
             return Vec::new();
         };
+        let (Ok(mdns_instances), Ok(mdns_since_change), Ok(mdns_staleness)) =
+            (int_family(7), float_family(8), float_family(9))
+        else {
+            return Vec::new();
+        };
         let sample = (self.sample)();
         for s in &sample.endpoints {
             let labels = [&*s.backend, s.addr.as_str()];
@@ -701,6 +731,16 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
                 .with_label_values::<&str>(&[])
                 .set(i64::from(all_ok));
         }
+        for m in &sample.mdns {
+            let labels = [m.service.as_str()];
+            mdns_instances.with_label_values(&labels).set(m.instances);
+            if let Some(secs) = m.seconds_since_change {
+                mdns_since_change.with_label_values(&labels).set(secs);
+            }
+            mdns_staleness
+                .with_label_values(&labels)
+                .set(m.seconds_since_answer);
+        }
         let mut families = active.collect();
         families.extend(up.collect());
         families.extend(backends.collect());
@@ -708,6 +748,9 @@ impl<F: Fn() -> LiveSample + Send + Sync> Collector for LiveCollector<F> {
         families.extend(since_change.collect());
         families.extend(staleness.collect());
         families.extend(consul_up.collect());
+        families.extend(mdns_instances.collect());
+        families.extend(mdns_since_change.collect());
+        families.extend(mdns_staleness.collect());
         families
     }
 }

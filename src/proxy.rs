@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod io;
 pub mod listener;

@@ -34,6 +34,7 @@ use crate::config::RetrySpec;
 use crate::config::{BackendSpec, BackendTarget, Balance, Config, ListenerSpec, ServerTarget};
 use crate::discovery::consul::{self, ConsulWatch, WatchData, WatchKey};
 use crate::discovery::dns::{DnsName, DnsQuery};
+use crate::discovery::mdns::MdnsWatch;
 use crate::metrics::{BackendCounters, ListenerMetrics, Metrics, RequestMetrics};
 use crate::upstream::health::{EjectReason, Outcome};
 use crate::upstream::select::{self, Endpoint, EndpointSet, HashInput, Origin, Policy};
@@ -73,6 +74,8 @@ pub struct Backend {
     pub dns: Vec<Arc<DnsName>>,
     /// The Consul watch of a `consul_service` backend.
     pub consul: Option<Arc<ConsulWatch>>,
+    /// The mDNS watch of an `mdns_service` backend.
+    pub mdns: Option<Arc<MdnsWatch>>,
     /// A gateway route's registry of on-demand backends.
     pub gateway: Option<Arc<crate::table::gateway::Gateway>>,
     /// Request metric handles of this backend per listener, carried to the
@@ -95,6 +98,9 @@ impl Backend {
             self.counters.connect_errors.inc();
             for name in &self.dns {
                 name.refresh_soon();
+            }
+            if let Some(mdns) = &self.mdns {
+                mdns.connect_failed(state.addr);
             }
         }
         let Some(ejection) = state.report(outcome, &self.spec.outlier, &self.endpoints) else {
@@ -355,6 +361,8 @@ pub enum CompileError {
     UnwatchedName(DnsQuery),
     #[error("Consul query {0} is not being watched")]
     UnwatchedConsul(WatchKey),
+    #[error("mDNS service {0} is not being watched")]
+    UnwatchedMdns(crate::config::MdnsTarget),
     #[error("listener `{0}`: cannot set up TLS: {1}")]
     Tls(Arc<str>, rustls::Error),
 }
@@ -369,6 +377,8 @@ pub struct CompileContext<'a> {
     pub dns: &'a dyn Fn(&DnsQuery) -> Option<Arc<DnsName>>,
     /// The running Consul watch for a key (likewise).
     pub consul: &'a dyn Fn(&WatchKey) -> Option<Arc<ConsulWatch>>,
+    /// The running mDNS watch for a service (likewise).
+    pub mdns: &'a dyn Fn(&crate::config::MdnsTarget) -> Option<Arc<MdnsWatch>>,
     /// The registry gateway routes make their backends in.
     pub gateway: Option<&'a Arc<crate::table::gateway::Gateway>>,
 }
@@ -379,6 +389,7 @@ impl CompileContext<'_> {
         find_draining: &|_, _| None,
         dns: &|_| None,
         consul: &|_| None,
+        mdns: &|_| None,
         gateway: None,
     };
 }
@@ -519,11 +530,18 @@ fn new_backend(
         }
         _ => None,
     };
+    let mdns = match &spec.target {
+        BackendTarget::Mdns(target) => {
+            Some((ctx.mdns)(target).ok_or_else(|| CompileError::UnwatchedMdns(target.clone()))?)
+        }
+        _ => None,
+    };
     let current = before.map(|b| b.endpoints.load_full());
     let endpoints = endpoint_set(
         spec,
         &dns,
         consul.as_deref(),
+        mdns.as_deref(),
         current.as_deref(),
         ctx.find_draining,
     );
@@ -538,6 +556,7 @@ fn new_backend(
         retry_budget: RetryBudget::default(),
         dns,
         consul,
+        mdns,
         gateway: matches!(spec.target, BackendTarget::Gateway(_))
             .then(|| ctx.gateway.cloned())
             .flatten(),
@@ -564,14 +583,30 @@ pub fn on_demand_backend(
     new_backend(spec, None, &ctx, metrics)
 }
 
+/// A gateway's on-demand backend for the go-micro service of `spec`,
+/// found by mDNS through `watch`.
+pub fn on_demand_mdns_backend(
+    spec: &BackendSpec,
+    watch: Arc<MdnsWatch>,
+    metrics: &Metrics,
+) -> Result<Backend, CompileError> {
+    let ctx = CompileContext {
+        mdns: &|_| Some(watch.clone()),
+        ..CompileContext::STATIC
+    };
+    new_backend(spec, None, &ctx, metrics)
+}
+
 /// The endpoints of `spec` as of now: its addresses, the current answers
-/// of its DNS names, or the passing instances of its Consul service.
+/// of its DNS names, the passing instances of its Consul service, or the
+/// instances its mDNS watch found.
 /// Addresses `current` already has keep their state; an address listed
 /// twice (two names resolving to it) counts once.
 pub fn endpoint_set(
     spec: &BackendSpec,
     dns: &[Arc<DnsName>],
     consul: Option<&ConsulWatch>,
+    mdns: Option<&MdnsWatch>,
     current: Option<&EndpointSet>,
     find_draining: &dyn Fn(&str, SocketAddr) -> Option<Arc<EndpointState>>,
 ) -> EndpointSet {
@@ -609,6 +644,12 @@ pub fn endpoint_set(
                     "Skipping a Consul instance without an IP address and port"
                 ),
             }
+        }
+    }
+    if let Some(watch) = mdns {
+        // mDNS has no weights (go-micro's SRV weight is always 1).
+        for instance in watch.instances().iter() {
+            add(instance.addr, 1, Origin::Mdns);
         }
     }
     for server in spec.servers() {

@@ -83,6 +83,7 @@ fn config(n: usize, generation: usize) -> Config {
         limits: Default::default(),
         resolver: Default::default(),
         consul: None,
+        mdns: None,
         kv: None,
         templates: Vec::new(),
         register: Vec::new(),

@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub resolver: RawResolver,
     pub consul: Option<RawConsul>,
+    /// Multicast DNS on the local network (go-micro's registry, DNS-SD).
+    pub mdns: Option<RawMdns>,
     pub kv: Option<RawKv>,
     #[serde(default)]
     pub templates: Vec<RawTemplate>,
@@ -150,11 +152,32 @@ pub struct RawConsul {
     pub empty_confirm_wait: Option<ConfigDuration>,
 }
 
-/// One service Switchyard registers with the local Consul agent.
+/// How Switchyard takes part in multicast DNS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMdns {
+    /// Interface names or IPv4 addresses to use; default every IPv4
+    /// interface that is up and not point-to-point (loopback included).
+    pub interfaces: Option<Vec<String>>,
+    /// go-micro's mDNS domain (`micro`).
+    pub domain: Option<String>,
+    /// How often a watched service is asked for again, besides the
+    /// queries at 80-95 % of an instance's TTL.
+    pub query_interval: Option<ConfigDuration>,
+    /// TTL of the records Switchyard announces for `[[register]]`.
+    pub ttl: Option<ConfigDuration>,
+}
+
+/// One service Switchyard registers with the local Consul agent, or
+/// announces by mDNS.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRegister {
     pub name: String,
+    /// `consul` (default) or `mdns`.
+    pub registry: Option<RawRegistry>,
+    /// The service version go-micro's mDNS TXT record carries (mdns only).
+    pub version: Option<String>,
     /// Default `<name>-<hostname>-<port>`.
     pub id: Option<String>,
     /// The address registered (default: none, Consul uses the node's) and
@@ -171,6 +194,13 @@ pub struct RawRegister {
     /// How often the registration is verified (and redone if the agent lost
     /// it).
     pub interval: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRegistry {
+    Consul,
+    Mdns,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,6 +497,9 @@ pub struct RawBackend {
     pub consul_service: Option<String>,
     pub consul_tag: Option<String>,
     pub consul_datacenter: Option<String>,
+    /// Endpoints from mDNS: the instances of a go-micro service
+    /// (`"greeter"`), or of a DNS-SD service type (`"_http._tcp.local."`).
+    pub mdns_service: Option<String>,
     /// `http1` (default) or `http2` (prior knowledge, h2c) towards the servers.
     pub protocol: Option<RawProtocol>,
     #[serde(default)]
@@ -495,12 +528,16 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    /// `tcp` (connect) or `http` (a GET whose status is in `expect_status`).
+    /// `tcp` (connect), `http` (a GET whose status is in `expect_status`)
+    /// or `grpc` (`grpc.health.v1.Health/Check`, which must say SERVING).
     #[serde(rename = "type")]
     pub kind: RawCheckKind,
     pub path: Option<String>,
-    /// Host header of HTTP checks (default: the endpoint's address).
+    /// Host header of HTTP checks, `:authority` of gRPC checks (default:
+    /// the endpoint's address).
     pub host: Option<String>,
+    /// The service a gRPC check asks about (default "": the whole server).
+    pub service: Option<String>,
     /// `"200-399"` or `"200"`.
     pub expect_status: Option<String>,
     pub interval: Option<ConfigDuration>,
@@ -516,6 +553,7 @@ pub struct RawHealthCheck {
 pub enum RawCheckKind {
     Tcp,
     Http,
+    Grpc,
 }
 
 #[derive(Debug, Deserialize)]

@@ -378,7 +378,7 @@ consul_tag = "v2"
     for expected in [
         "`consul.address`: \"http://consul:8500/v1\" is not a Consul address",
         "`consul.wait`: must be between 1ms and 10m",
-        "`backends[0]`: set only one of `servers`, `respond` and `consul_service`",
+        "`backends[0]`: set only one of `servers`, `respond`, `consul_service` and `mdns_service`",
         "`backends[1].consul_tag`: only used with `consul_service`",
     ] {
         assert!(

@@ -10,9 +10,9 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::raw::{
     RawBackend, RawBalance, RawCheckKind, RawClientAuth, RawConfig, RawConsul, RawFragment,
-    RawHealthCheck, RawListener, RawMode, RawOnly, RawOutlier, RawPerms, RawProtocol, RawRegister,
-    RawRegisterCheckKind, RawResolver, RawRespond, RawRetryBudget, RawRoute, RawSendProxy,
-    RawServer, RawTemplate, RawTlsVersion, RawUnknownSni,
+    RawHealthCheck, RawListener, RawMdns, RawMode, RawOnly, RawOutlier, RawPerms, RawProtocol,
+    RawRegister, RawRegisterCheckKind, RawRegistry, RawResolver, RawRespond, RawRetryBudget,
+    RawRoute, RawSendProxy, RawServer, RawTemplate, RawTlsVersion, RawUnknownSni,
 };
 use super::*;
 use crate::proxy::proxy_protocol::SendProxy;
@@ -303,6 +303,9 @@ pub(super) fn validate(
         .iter()
         .map(|(_, _, l)| (l.name.as_str(), l.mode.inner()))
         .collect();
+    // Gateway routes find go-micro services by mDNS when the file sets up
+    // mDNS and not Consul.
+    let gateway_mdns = raw.mdns.is_some() && raw.consul.is_none();
     let mut route_specs = Vec::with_capacity(routes.len());
     let mut route_origin: HashMap<(String, HostPattern, String), Origin<'_>> = HashMap::new();
     for &(f, i, r) in &routes {
@@ -355,7 +358,7 @@ pub(super) fn validate(
         if !path_prefix.starts_with('/') {
             p.at(f, format!("{key}.path_prefix"), "must start with `/`");
         }
-        let gateway = check_gateway_route(f, &key, r, &mut host, &mut p);
+        let gateway = check_gateway_route(f, &key, r, &mut host, gateway_mdns, &mut p);
         match (&r.backend, &gateway) {
             (Some(b), None) if !backend_kind.contains_key(b.as_str()) => {
                 p.at(
@@ -408,11 +411,14 @@ pub(super) fn validate(
 
     // Templates may call service() and, without a kv directory, key():
     // Consul with its defaults (CONSUL_HTTP_ADDR), as consul-template.
+    let mdns_registry = |r: &RawRegister| r.registry == Some(RawRegistry::Mdns);
     let uses_consul = backends.iter().any(|(_, _, b)| b.consul_service.is_some())
         || !raw.templates.is_empty()
-        || !raw.register.is_empty()
+        || raw.register.iter().any(|r| !mdns_registry(r))
         || raw.listeners.iter().any(|l| l.consul_tag_routes)
-        || raw.routes.iter().any(|r| r.service_from.is_some());
+        || (!gateway_mdns && routes.iter().any(|(_, _, r)| r.service_from.is_some()));
+    let uses_mdns = backends.iter().any(|(_, _, b)| b.mdns_service.is_some())
+        || raw.register.iter().any(mdns_registry);
     // A PROXY header names one client per connection; an HTTP/2
     // connection carries the requests of many.
     for spec in backend_specs
@@ -433,6 +439,7 @@ pub(super) fn validate(
     }
     let register = check_register(file, &raw.register, &mut p);
     let consul = check_consul(file, raw.consul.as_ref(), uses_consul, &mut p);
+    let mdns = check_mdns(file, raw.mdns.as_ref(), uses_mdns, &mut p);
     let kv = raw.kv.as_ref().and_then(|kv| {
         let dir = super::absolute(&relative_to(file, &kv.dir));
         if dir.is_dir() {
@@ -480,6 +487,7 @@ pub(super) fn validate(
         limits,
         resolver,
         consul,
+        mdns,
         kv,
         templates,
         register,
@@ -505,20 +513,33 @@ fn check_backend(
         !b.servers.is_empty(),
         b.respond.is_some(),
         b.consul_service.is_some(),
+        b.mdns_service.is_some(),
     ];
     let target = match set {
-        [true, false, false] => Some(BackendTarget::Servers(check_servers(f, key, &b.servers, p))),
-        [false, true, false] => b
+        [true, false, false, false] => {
+            Some(BackendTarget::Servers(check_servers(f, key, &b.servers, p)))
+        }
+        [false, true, false, false] => b
             .respond
             .as_ref()
             .and_then(|r| check_respond(f, key, r, p))
             .map(BackendTarget::Respond),
-        [false, false, true] => check_consul_target(f, key, b, p).map(BackendTarget::Consul),
-        [false, false, false] => {
+        [false, false, true, false] => check_consul_target(f, key, b, p).map(BackendTarget::Consul),
+        [false, false, false, true] => {
+            let name = b.mdns_service.as_deref().unwrap_or_default();
+            match check_mdns_service(name) {
+                Ok(target) => Some(BackendTarget::Mdns(target)),
+                Err(e) => {
+                    p.at(f, format!("{key}.mdns_service"), e);
+                    None
+                }
+            }
+        }
+        [false, false, false, false] => {
             p.at(
                 f,
                 key,
-                "set one of `servers` (at least one \"ip:port\"), `respond` or `consul_service`",
+                "set one of `servers` (at least one \"ip:port\"), `respond`, `consul_service` or `mdns_service`",
             );
             None
         }
@@ -526,7 +547,7 @@ fn check_backend(
             p.at(
                 f,
                 key,
-                "set only one of `servers`, `respond` and `consul_service`",
+                "set only one of `servers`, `respond`, `consul_service` and `mdns_service`",
             );
             None
         }
@@ -626,6 +647,17 @@ fn check_backend(
         None | Some(RawProtocol::Http1) => Protocol::Http1,
         Some(RawProtocol::Http2) => Protocol::Http2,
     };
+    if protocol != Protocol::Http2
+        && health_check
+            .as_ref()
+            .is_some_and(|h| matches!(h.kind, CheckKind::Grpc { .. }))
+    {
+        p.at(
+            f,
+            format!("{key}.health_check"),
+            "type = \"grpc\" needs protocol = \"http2\" (gRPC is HTTP/2)",
+        );
+    }
     let tls = b
         .tls
         .as_ref()
@@ -658,6 +690,13 @@ fn check_health(
 ) -> Option<HealthCheckSpec> {
     let key = format!("{key}.health_check");
     let before = p.0.len();
+    if h.kind != RawCheckKind::Grpc && h.service.is_some() {
+        p.at(
+            f,
+            format!("{key}.service"),
+            "only used with type = \"grpc\"",
+        );
+    }
     let kind = match h.kind {
         RawCheckKind::Tcp => {
             for (name, set) in [
@@ -670,6 +709,29 @@ fn check_health(
                 }
             }
             CheckKind::Tcp
+        }
+        RawCheckKind::Grpc => {
+            for (name, set) in [
+                ("path", h.path.is_some()),
+                ("expect_status", h.expect_status.is_some()),
+            ] {
+                if set {
+                    p.at(
+                        f,
+                        format!("{key}.{name}"),
+                        "only used with type = \"http\" (a gRPC check asks grpc.health.v1.Health/Check)",
+                    );
+                }
+            }
+            if let Some(host) = &h.host
+                && http::uri::Authority::try_from(host.as_str()).is_err()
+            {
+                p.at(f, format!("{key}.host"), format!("{host:?} is not a host"));
+            }
+            CheckKind::Grpc {
+                service: h.service.clone().unwrap_or_default(),
+                host: h.host.clone(),
+            }
         }
         RawCheckKind::Http => {
             let path = h.path.clone().unwrap_or_else(|| "/".into());
@@ -955,6 +1017,7 @@ fn check_gateway_route(
     key: &str,
     r: &RawRoute,
     host: &mut HostPattern,
+    mdns: bool,
     p: &mut Problems,
 ) -> Option<GatewaySpec> {
     use super::raw::RawServiceFrom;
@@ -1016,6 +1079,7 @@ fn check_gateway_route(
         from,
         strip_service: r.strip_service,
         idle_timeout: r.idle_timeout.map_or(DEFAULT_GATEWAY_IDLE, |d| d.0),
+        mdns,
     })
 }
 
@@ -1027,6 +1091,19 @@ fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<R
         let key = |k: &str| format!("register[{i}].{k}");
         if r.name.is_empty() || r.name.contains('/') {
             p.at(f, key("name"), "must be a service name (not empty, no `/`)");
+        }
+        let registry = match r.registry {
+            Some(RawRegistry::Mdns) => Registry::Mdns,
+            Some(RawRegistry::Consul) | None => Registry::Consul,
+        };
+        if registry == Registry::Mdns {
+            check_mdns_registration(f, i, r, p);
+        } else if r.version.is_some() {
+            p.at(
+                f,
+                key("version"),
+                "only used with registry = \"mdns\" (go-micro's TXT record)",
+            );
         }
         if r.port == 0 {
             p.at(f, key("port"), "must be a port number (1-65535)");
@@ -1041,7 +1118,9 @@ fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<R
             );
         }
         for k in r.meta.keys() {
-            if k.starts_with("consul-") || k.is_empty() || k.len() > 128 {
+            if registry == Registry::Consul
+                && (k.starts_with("consul-") || k.is_empty() || k.len() > 128)
+            {
                 p.at(
                     f,
                     key("meta"),
@@ -1049,9 +1128,14 @@ fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<R
                 );
             }
         }
-        let id =
-            r.id.clone()
-                .unwrap_or_else(|| format!("{}-{host}-{}", r.name, r.port));
+        let id = r.id.clone().unwrap_or_else(|| {
+            let id = format!("{}-{host}-{}", r.name, r.port);
+            match registry {
+                // One DNS label: the instance name before the service's.
+                Registry::Mdns => id.replace('.', "-").chars().take(63).collect(),
+                Registry::Consul => id,
+            }
+        });
         if specs.iter().any(|s| s.id == id) {
             p.at(
                 f,
@@ -1110,6 +1194,11 @@ fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<R
         specs.push(RegisterSpec {
             name: r.name.clone(),
             id,
+            registry,
+            version: r
+                .version
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MDNS_VERSION.into()),
             address: r.address.clone(),
             port: r.port,
             tags: r.tags.clone(),
@@ -1120,6 +1209,177 @@ fn check_register(f: &Arc<Path>, raw: &[RawRegister], p: &mut Problems) -> Vec<R
         });
     }
     specs
+}
+
+/// What an mDNS registration cannot have: Consul-only settings, an address
+/// that is not an IPv4 address (it becomes an A record), an ID that is not
+/// one DNS label.
+fn check_mdns_registration(f: &Arc<Path>, i: usize, r: &RawRegister, p: &mut Problems) {
+    let key = |k: &str| format!("register[{i}].{k}");
+    if !r.tags.is_empty() {
+        p.at(
+            f,
+            key("tags"),
+            "go-micro's mDNS registry has no tags; use `meta` (node metadata)",
+        );
+    }
+    if r.deregister_critical_after.is_some() {
+        p.at(
+            f,
+            key("deregister_critical_after"),
+            "only used with registry = \"consul\"; with mdns a failing check withdraws the service at once",
+        );
+    }
+    if let Some(a) = &r.address
+        && a.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        p.at(
+            f,
+            key("address"),
+            format!(
+                "{a:?}: with registry = \"mdns\" the address is an IPv4 address (its A record)"
+            ),
+        );
+    }
+    if let Some(id) = &r.id
+        && (id.is_empty() || id.len() > 63 || id.contains('.'))
+    {
+        p.at(
+            f,
+            key("id"),
+            format!("{id:?}: an mDNS instance name is one DNS label: 1-63 characters, no dots"),
+        );
+    }
+    if let MdnsTarget::GoMicro(_) = MdnsTarget::parse(&r.name)
+        && let Err(e) = check_mdns_service(&r.name)
+    {
+        p.at(f, key("name"), e);
+    }
+    if let Some(v) = &r.version
+        && (v.is_empty() || v.len() > 128)
+    {
+        p.at(f, key("version"), "must be 1-128 characters");
+    }
+}
+
+/// An `mdns_service`: a go-micro service name, or a DNS-SD service type.
+fn check_mdns_service(name: &str) -> Result<MdnsTarget, String> {
+    let target = MdnsTarget::parse(name);
+    let labels_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 200
+            && n.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    match &target {
+        MdnsTarget::GoMicro(n) if labels_ok(n) => Ok(target),
+        MdnsTarget::GoMicro(n) => Err(format!(
+            "{n:?}: a go-micro service name has letters, digits, `-`, `_` and dots between them; a DNS-SD type looks like \"_http._tcp.local.\""
+        )),
+        MdnsTarget::DnsSd(ty) => {
+            // `_name._tcp.local.`: one service label of 1-15 characters
+            // after its underscore (RFC 6763 §7).
+            let service = ty.split('.').next().unwrap_or_default();
+            let bare = service.strip_prefix('_').unwrap_or_default();
+            let ok = ty.split('.').count() == 4
+                && !bare.is_empty()
+                && bare.len() <= 15
+                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !bare.starts_with('-')
+                && !bare.ends_with('-');
+            if ok {
+                Ok(target)
+            } else {
+                Err(format!(
+                    "{name:?}: a DNS-SD service type is \"_name._tcp.local.\" with a name of 1-15 letters, digits and `-`"
+                ))
+            }
+        }
+    }
+}
+
+/// The `[mdns]` section, or its defaults when only backends or
+/// registrations use mDNS.
+fn check_mdns(
+    f: &Arc<Path>,
+    raw: Option<&RawMdns>,
+    used: bool,
+    p: &mut Problems,
+) -> Option<MdnsSpec> {
+    if raw.is_none() && !used {
+        return None;
+    }
+    let default = RawMdns::default();
+    let r = raw.unwrap_or(&default);
+    let mut spec = MdnsSpec::default();
+    if let Some(list) = &r.interfaces {
+        if list.is_empty() {
+            p.at(
+                f,
+                "mdns.interfaces",
+                "must not be empty; leave it out to use every IPv4 interface",
+            );
+        }
+        for (i, name) in list.iter().enumerate() {
+            let key = format!("mdns.interfaces[{i}]");
+            if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+                spec.interfaces.push(MdnsInterface::Addr(ip));
+            } else if name.parse::<std::net::IpAddr>().is_ok() {
+                p.at(f, key, format!("{name:?}: mDNS is used over IPv4 only (224.0.0.251); give an IPv4 address or an interface name"));
+            } else if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', ':']) {
+                p.at(
+                    f,
+                    key,
+                    format!("{name:?} is neither an interface name (such as \"eth0\") nor an IPv4 address"),
+                );
+            } else {
+                spec.interfaces.push(MdnsInterface::Name(name.clone()));
+            }
+        }
+    }
+    if let Some(domain) = &r.domain {
+        let d = domain.trim_matches('.').to_ascii_lowercase();
+        let ok = !d.is_empty()
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if ok {
+            spec.domain = d;
+        } else {
+            p.at(
+                f,
+                "mdns.domain",
+                format!("{domain:?} is not a domain such as \"micro\" (go-micro's)"),
+            );
+        }
+    }
+    if let Some(d) = r.query_interval {
+        if d.0 < Duration::from_secs(1) {
+            p.at(f, "mdns.query_interval", "must be at least 1s");
+        }
+        spec.query_interval = d.0;
+    }
+    if let Some(d) = r.ttl {
+        if d.0 < Duration::from_secs(1)
+            || d.0 > Duration::from_secs(3600)
+            || d.0.subsec_nanos() != 0
+        {
+            p.at(
+                f,
+                "mdns.ttl",
+                "must be whole seconds between 1s and 1h (DNS TTLs are seconds)",
+            );
+        }
+        spec.ttl = d.0;
+    }
+    Some(spec)
 }
 
 /// This host's name, for default service IDs (a container's ID in Docker).

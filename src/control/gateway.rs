@@ -1,9 +1,11 @@
 //! The control task's side of gateway routes and tag routes: requests for
 //! backends not made yet, the watches they need (the catalog and each
 //! service), retiring idle backends, and the tag routes the catalog asks
-//! for.
+//! for. A gateway route of a config with `[mdns]` and no `[consul]` finds
+//! go-micro services by mDNS instead: no catalog, a service that shows no
+//! instance within a second is unknown (404).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use crate::config;
 use crate::discovery::consul::{
     ConsulWatch, ConsulWatcher, KeyOwner, WatchData, WatchKey, service_watch,
 };
+use crate::discovery::mdns::{self, MdnsWatch};
 use crate::discovery::tag_routes::{self, TagRoute};
 use crate::table;
 use crate::table::gateway::{BackendRequest, Gateway};
@@ -64,6 +67,7 @@ impl Control {
             return;
         }
         let service = request.service.clone();
+        let by_mdns = uses_mdns(&request.template);
         let first = !self.gateway.pending.contains_key(&service);
         self.gateway
             .pending
@@ -73,13 +77,24 @@ impl Control {
         if !first {
             return;
         }
-        let key = gateway_service_key(&service);
         self.apply_gateway_keys();
+        let ready = self.gateway.ready_sender.clone();
+        if by_mdns {
+            let watch: Option<Arc<MdnsWatch>> = self.sources.mdns.get(&mdns_target(&service));
+            tokio::spawn(async move {
+                if let Some(watch) = watch {
+                    let _ = tokio::time::timeout(mdns::FIRST_ANSWER_BUDGET, watch.first_instance())
+                        .await;
+                }
+                let _ = ready.send(service);
+            });
+            return;
+        }
+        let key = gateway_service_key(&service);
         let watches: Vec<Arc<ConsulWatch>> = [CATALOG, key]
             .iter()
             .filter_map(|k| self.sources.consul.get(k))
             .collect();
-        let ready = self.gateway.ready_sender.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(GATEWAY_FIRST_ANSWER, async {
                 for w in &watches {
@@ -98,29 +113,47 @@ impl Control {
             return;
         };
         self.update_gateway_catalog();
-        let key = gateway_service_key(service);
-        let watch = self.sources.consul.get(&key).filter(|w| w.data().is_some());
-        let known = self.gateway.registry.knows(service) != Some(false);
-        let made = match (watch, known, waiting.first()) {
-            (Some(watch), true, Some(first)) => {
-                let spec = gateway_backend_spec(service, &first.template);
-                match table::on_demand_backend(&spec, watch, &self.metrics) {
-                    Ok(backend) => {
-                        let backend = Arc::new(backend);
-                        let idle = match &first.template.target {
-                            config::BackendTarget::Gateway(g) => g.idle_timeout,
-                            _ => config::DEFAULT_GATEWAY_IDLE,
-                        };
-                        self.gateway.registry.insert(service, backend.clone(), idle);
-                        tracing::info!(service, "Gateway backend made on demand");
-                        Some(backend)
-                    }
-                    Err(error) => {
-                        tracing::warn!(service, %error, "Cannot make a gateway backend");
-                        None
-                    }
-                }
+        let by_mdns = waiting.first().is_some_and(|r| uses_mdns(&r.template));
+        let made_backend = |spec: &config::BackendSpec| {
+            if by_mdns {
+                // Known once an instance answered.
+                let watch = self
+                    .sources
+                    .mdns
+                    .get(&mdns_target(service))
+                    .filter(|w| !w.instances().is_empty())?;
+                Some(table::on_demand_mdns_backend(spec, watch, &self.metrics))
+            } else {
+                let key = gateway_service_key(service);
+                let watch = self
+                    .sources
+                    .consul
+                    .get(&key)
+                    .filter(|w| w.data().is_some())?;
+                let known = self.gateway.registry.knows(service) != Some(false);
+                known.then(|| table::on_demand_backend(spec, watch, &self.metrics))
             }
+        };
+        let spec = waiting
+            .first()
+            .map(|first| gateway_backend_spec(service, &first.template));
+        let made = match (spec.as_ref().and_then(made_backend), waiting.first()) {
+            (Some(result), Some(first)) => match result {
+                Ok(backend) => {
+                    let backend = Arc::new(backend);
+                    let idle = match &first.template.target {
+                        config::BackendTarget::Gateway(g) => g.idle_timeout,
+                        _ => config::DEFAULT_GATEWAY_IDLE,
+                    };
+                    self.gateway.registry.insert(service, backend.clone(), idle);
+                    tracing::info!(service, "Gateway backend made on demand");
+                    Some(backend)
+                }
+                Err(error) => {
+                    tracing::warn!(service, %error, "Cannot make a gateway backend");
+                    None
+                }
+            },
             _ => None,
         };
         if made.is_none() {
@@ -149,19 +182,35 @@ impl Control {
     fn apply_gateway_keys(&mut self) {
         let consul = self.table.current().config.consul.clone();
         // The services of the made backends and of the pending requests.
-        let keys = self
-            .gateway
-            .registry
-            .names()
-            .iter()
-            .map(|s| s.as_ref())
-            .chain(self.gateway.pending.keys().map(String::as_str))
-            .map(gateway_service_key)
-            .collect();
+        let mut consul_keys = HashSet::new();
+        let mut mdns_keys = HashSet::new();
+        for backend in self.gateway.registry.backends() {
+            match &backend.spec.target {
+                config::BackendTarget::Consul(t) => {
+                    consul_keys.insert(service_watch(t));
+                }
+                config::BackendTarget::Mdns(t) => {
+                    mdns_keys.insert(t.clone());
+                }
+                _ => {}
+            }
+        }
+        for (service, waiting) in &self.gateway.pending {
+            if waiting.first().is_some_and(|r| uses_mdns(&r.template)) {
+                mdns_keys.insert(mdns_target(service));
+            } else {
+                consul_keys.insert(gateway_service_key(service));
+            }
+        }
         self.sources
             .consul
-            .set_keys(KeyOwner::Gateway, keys, consul.as_ref());
-        self.board.lock().consul = self.sources.consul.watches();
+            .set_keys(KeyOwner::Gateway, consul_keys, consul.as_ref());
+        self.sources
+            .mdns
+            .set_keys(mdns::KeyOwner::Gateway, mdns_keys);
+        let mut board = self.board.lock();
+        board.consul = self.sources.consul.watches();
+        board.mdns = self.sources.mdns.watches();
     }
 
     pub(super) fn update_gateway_catalog(&self) {
@@ -213,13 +262,28 @@ fn gateway_service_key(service: &str) -> WatchKey {
     })
 }
 
+/// Whether a gateway route finds its services by mDNS.
+fn uses_mdns(template: &config::BackendSpec) -> bool {
+    matches!(&template.target, config::BackendTarget::Gateway(g) if g.mdns)
+}
+
+/// The go-micro service a gateway request names.
+fn mdns_target(service: &str) -> config::MdnsTarget {
+    config::MdnsTarget::GoMicro(service.into())
+}
+
 /// An on-demand backend for `service`: the gateway route's timeouts and
-/// retries, the service's passing instances.
+/// retries, the service's passing instances (Consul) or the instances
+/// announced (mDNS).
 fn gateway_backend_spec(service: &str, template: &config::BackendSpec) -> config::BackendSpec {
-    let target = config::BackendTarget::Consul(config::ConsulTarget {
-        service: service.into(),
-        tag: None,
-        datacenter: None,
-    });
+    let target = if uses_mdns(template) {
+        config::BackendTarget::Mdns(mdns_target(service))
+    } else {
+        config::BackendTarget::Consul(config::ConsulTarget {
+            service: service.into(),
+            tag: None,
+            datacenter: None,
+        })
+    };
     config::BackendSpec::with_defaults(service.into(), target, template.timeouts)
 }

@@ -33,14 +33,14 @@ pub struct Status<'a> {
     pub backends: Vec<BackendStatus>,
     /// Endpoints that left their backend and still have work in flight.
     pub draining_endpoints: Vec<EndpointStatus>,
-    /// Discovery watches (DNS, Consul); none in a static config.
+    /// Discovery watches (DNS, Consul, mDNS); none in a static config.
     pub watches: Vec<serde_json::Value>,
     /// Templates: state, what a held one waits for, last error and command.
     pub templates: &'a [crate::template::TemplateStatus],
     pub kv_dir: Option<&'a super::templating::KvDirStatus>,
     /// Backends gateway routes made on demand, by service.
     pub gateway_backends: Vec<BackendStatus>,
-    /// Services registered in Consul.
+    /// Services registered in Consul or announced by mDNS.
     pub registrations: Vec<crate::discovery::register::RegistrationStatus>,
 }
 
@@ -314,6 +314,12 @@ pub fn build<'a>(table: &Table, board: &'a BoardState) -> Status<'a> {
                     .iter()
                     .filter_map(|w| serde_json::to_value(w.status()).ok()),
             )
+            .chain(
+                board
+                    .mdns
+                    .iter()
+                    .filter_map(|w| serde_json::to_value(w.status()).ok()),
+            )
             .collect(),
         templates: &board.templates,
         kv_dir: board.kv_dir.as_ref(),
@@ -354,7 +360,7 @@ fn backend_status(b: &Backend) -> BackendStatus {
         .collect();
     let state = match b.spec.target {
         BackendTarget::Respond(_) | BackendTarget::Gateway(_) => BackendState::Up,
-        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) | BackendTarget::Mdns(_) => {
             BackendState::of(endpoints.iter().map(|e| e.healthy && !e.ejected))
         }
     };
@@ -364,6 +370,7 @@ fn backend_status(b: &Backend) -> BackendStatus {
             BackendTarget::Servers(_) => "servers",
             BackendTarget::Respond(_) => "respond",
             BackendTarget::Consul(_) => "consul",
+            BackendTarget::Mdns(_) => "mdns",
             BackendTarget::Gateway(_) => "gateway",
         },
         balance: match b.spec.balance {

@@ -1,7 +1,9 @@
 //! Sidecar registration: the services of `[[register]]` are registered with
-//! the local Consul agent, kept registered, and deregistered at shutdown.
+//! the local Consul agent, kept registered, and deregistered at shutdown;
+//! or, with `registry = "mdns"`, announced on the local network the
+//! go-micro way (or as DNS-SD) and withdrawn with a goodbye.
 //!
-//! One task per service:
+//! One task per service. With Consul:
 //!
 //! ```text
 //! local service healthy? ──no──▶ wait and check again
@@ -17,6 +19,11 @@
 //! service out of everyone's rotation; re-registering when the agent's
 //! catalog no longer has us covers agent restarts, which forget services
 //! registered over the API.
+//!
+//! With mDNS there is no agent: once the local service answers it is
+//! announced; with a `check`, Switchyard checks it every `check.interval`,
+//! withdraws it (a goodbye) while it fails and announces it again when it
+//! passes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,8 +33,9 @@ use serde_json::json;
 
 use super::consul::ConsulClient;
 use super::consul::client::escape_path;
+use super::mdns::{Announcing, Runtime};
 use crate::backoff::Backoff;
-use crate::config::{CheckKind, RegisterCheckKind, RegisterSpec};
+use crate::config::{CheckKind, RegisterCheckKind, RegisterSpec, Registry};
 use crate::upstream::health::probe;
 
 /// How long shutdown waits for the deregistrations.
@@ -46,9 +54,31 @@ pub struct Registrations {
 
 struct Running {
     spec: RegisterSpec,
-    client: Arc<ConsulClient>,
+    registrar: Registrar,
     task: tokio::task::JoinHandle<()>,
     status: Arc<Mutex<RegistrationStatus>>,
+    /// mDNS: the live announcement (its drop sends the goodbye), here
+    /// rather than in the task so that shutdown can wait for the goodbye.
+    announced: Arc<Mutex<Option<Announcing>>>,
+}
+
+/// Where a registration goes.
+#[derive(Clone)]
+enum Registrar {
+    Consul(Arc<ConsulClient>),
+    Mdns(Arc<Runtime>),
+}
+
+impl Registrar {
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            // The Consul client is rebuilt on settings changes; the
+            // registration task keeps working with the one it has.
+            (Self::Consul(_), Self::Consul(_)) => true,
+            (Self::Mdns(a), Self::Mdns(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// `/status` view of one registration.
@@ -56,7 +86,9 @@ struct Running {
 pub struct RegistrationStatus {
     pub service: String,
     pub id: String,
-    /// waiting_for_service, registered
+    pub registry: Option<Registry>,
+    /// waiting_for_service, registered (Consul), announced or withdrawn
+    /// (mDNS)
     pub state: &'static str,
     /// Times registered (the first, and after the agent lost us).
     pub registrations: u64,
@@ -78,8 +110,13 @@ impl Drop for Running {
 
 impl Registrations {
     /// Makes `specs` the registered services: new or changed ones start,
-    /// removed ones are deregistered.
-    pub fn apply(&mut self, specs: &[RegisterSpec], client: Option<Arc<ConsulClient>>) {
+    /// removed ones are deregistered (Consul) or withdrawn (mDNS).
+    pub fn apply(
+        &mut self,
+        specs: &[RegisterSpec],
+        client: Option<Arc<ConsulClient>>,
+        mdns: Option<Arc<Runtime>>,
+    ) {
         let gone: Vec<String> = self
             .running
             .keys()
@@ -88,36 +125,73 @@ impl Registrations {
             .collect();
         for id in gone {
             if let Some(old) = self.running.remove(&id) {
-                let client = old.client.clone();
+                let registrar = old.registrar.clone();
+                // An mDNS announcement says goodbye as it drops.
                 drop(old);
-                tokio::spawn(async move { deregister(&client, &id).await });
+                if let Registrar::Consul(client) = registrar {
+                    tokio::spawn(async move { deregister(&client, &id).await });
+                }
             }
         }
-        let Some(client) = client else { return };
         for spec in specs {
-            if self.running.get(&spec.id).is_some_and(|r| r.spec == *spec) {
+            let registrar = match spec.registry {
+                Registry::Consul => client.clone().map(Registrar::Consul),
+                Registry::Mdns => mdns.clone().map(Registrar::Mdns),
+            };
+            let Some(registrar) = registrar else { continue };
+            if self
+                .running
+                .get(&spec.id)
+                .is_some_and(|r| r.spec == *spec && r.registrar.same(&registrar))
+            {
                 continue;
             }
+            // The old announcement (a changed spec) says goodbye first.
+            self.running.remove(&spec.id);
             let status = Arc::new(Mutex::new(RegistrationStatus {
                 service: spec.name.clone(),
                 id: spec.id.clone(),
+                registry: Some(spec.registry),
                 state: "waiting_for_service",
                 ..Default::default()
             }));
-            let task = tokio::spawn(keep_registered(
-                spec.clone(),
-                client.clone(),
-                status.clone(),
-            ));
+            let announced = Arc::new(Mutex::new(None));
+            let task = match &registrar {
+                Registrar::Consul(client) => tokio::spawn(keep_registered(
+                    spec.clone(),
+                    client.clone(),
+                    status.clone(),
+                )),
+                Registrar::Mdns(runtime) => tokio::spawn(keep_announced(
+                    spec.clone(),
+                    runtime.clone(),
+                    status.clone(),
+                    announced.clone(),
+                )),
+            };
             self.running.insert(
                 spec.id.clone(),
                 Running {
                     spec: spec.clone(),
-                    client: client.clone(),
+                    registrar,
                     task,
                     status,
+                    announced,
                 },
             );
+        }
+    }
+
+    /// After a binary upgrade: the successor announces and registers the
+    /// same services, so this process stops without a goodbye or a
+    /// deregistration (either would take them out from under it).
+    pub fn leave_to_successor(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.task.abort();
+            if let Some(announcing) = take(&r.announced) {
+                // NB: never dropped, so no goodbye; the process exits soon.
+                std::mem::forget(announcing);
+            }
         }
     }
 
@@ -140,11 +214,101 @@ impl Registrations {
         let work = async {
             for r in &all {
                 r.task.abort();
-                deregister(&r.client, &r.spec.id).await;
+                match &r.registrar {
+                    Registrar::Consul(client) => deregister(client, &r.spec.id).await,
+                    Registrar::Mdns(_) => {
+                        if let Some(announcing) = take(&r.announced) {
+                            announcing.withdraw().await;
+                        }
+                    }
+                }
             }
         };
         if tokio::time::timeout(DEREGISTER_BUDGET, work).await.is_err() {
-            tracing::warn!("Consul did not confirm every deregistration in time");
+            tracing::warn!("Not every deregistration or goodbye was confirmed in time");
+        }
+    }
+}
+
+fn take(slot: &Mutex<Option<Announcing>>) -> Option<Announcing> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// This host's name: the SRV target of mDNS announcements.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Waits until the local service answers its check, noting why not.
+async fn wait_for_local(spec: &RegisterSpec, kind: &CheckKind, status: &Mutex<RegistrationStatus>) {
+    let mut waiting_logged = false;
+    while let Err(error) = local_healthy(spec, kind).await {
+        note(status, |s| {
+            s.last_error = Some(format!("local service: {error}"))
+        });
+        if !waiting_logged {
+            tracing::info!(service_id = %spec.id, %error, "Waiting for the local service before registering it");
+            waiting_logged = true;
+        }
+        // A fixed pace, not a backoff: this probes our own local service,
+        // not a shared server, and should see it up within a second.
+        let pause = spec.check.as_ref().map_or(RETRY, |c| c.interval.min(RETRY));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Keeps `spec` announced by mDNS while the local service passes its
+/// check (if it has one).
+async fn keep_announced(
+    spec: RegisterSpec,
+    runtime: Arc<Runtime>,
+    status: Arc<Mutex<RegistrationStatus>>,
+    slot: Arc<Mutex<Option<Announcing>>>,
+) {
+    let kind = local_check(&spec);
+    let mut backoff = Backoff::new(RETRY, RETRY_MAX);
+    loop {
+        wait_for_local(&spec, &kind, &status).await;
+        match runtime.announce(&spec) {
+            Ok(announcing) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(announcing);
+                backoff.reset();
+                note(&status, |s| {
+                    s.state = "announced";
+                    s.registrations += 1;
+                    s.last_registered =
+                        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                    s.last_error = None;
+                });
+            }
+            Err(error) => {
+                tracing::warn!(service_id = %spec.id, %error, "Cannot announce by mDNS");
+                note(&status, |s| s.last_error = Some(error));
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        let Some(every) = spec.check.as_ref().map(|c| c.interval) else {
+            // Nothing to watch: announced until the registration goes.
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = local_healthy(&spec, &kind).await {
+                tracing::warn!(service_id = %spec.id, %error, "Local service failing: withdrawing it from mDNS");
+                if let Some(announcing) = take(&slot) {
+                    announcing.withdraw().await;
+                }
+                note(&status, |s| {
+                    s.state = "withdrawn";
+                    s.last_error = Some(format!("local service: {error}"));
+                });
+                break;
+            }
         }
     }
 }

@@ -10,6 +10,10 @@
 //! connection's socket by the poll itself (see `upstream::h1`). A body from
 //! hyper's client gets the same `upstream_stall` timeout here: a body that
 //! brings no byte for that long is cut and counted.
+//!
+//! A gRPC call with a deadline (`grpc-timeout`) is also ended at that
+//! deadline: the upstream body is dropped, which resets its stream, and the
+//! client gets `DEADLINE_EXCEEDED` trailers in its place (`proxy::grpc`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::io::InflightGuard;
 use crate::access_log::{AccessLog, Record, Termination};
@@ -158,6 +162,7 @@ impl Completion {
                     End::Dropped => Termination::ClientClosed,
                     End::UpstreamFailed => Termination::UpstreamResetBody,
                     End::UpstreamStalled => Termination::UpstreamStalled,
+                    End::DeadlineExceeded => Termination::UpstreamTimeout,
                 };
             }
             AccessLog::submit(log);
@@ -192,6 +197,8 @@ enum End {
     Dropped,
     UpstreamFailed,
     UpstreamStalled,
+    /// A gRPC call's deadline passed while the body was under way.
+    DeadlineExceeded,
 }
 
 impl Drop for Completion {
@@ -214,9 +221,19 @@ enum Kind {
     /// Boxed: the other kinds are smaller, and a body is moved several
     /// times per request.
     Upstream(Box<(Incoming, StallTimer)>),
+    /// A gRPC call's, from hyper's client, ended at the call's deadline.
+    Grpc(Box<GrpcUpstream>),
     /// From our HTTP/1.1 client, which keeps its own timer.
     H1(H1Body),
     Local(Option<Bytes>),
+}
+
+/// A gRPC response body with a deadline.
+struct GrpcUpstream {
+    /// `None` once the deadline passed: dropping it reset the stream.
+    body: Option<Incoming>,
+    stall: StallTimer,
+    deadline: Pin<Box<Sleep>>,
 }
 
 pub struct ProxyBody {
@@ -240,6 +257,24 @@ impl ProxyBody {
     pub fn upstream(body: Incoming, stall: Duration, completion: Completion) -> Self {
         Self {
             kind: Kind::Upstream(Box::new((body, StallTimer::new(stall)))),
+            completion: Some(completion),
+        }
+    }
+
+    /// A gRPC call's body from hyper's client, cut after `stall` without a
+    /// byte, and ended with `DEADLINE_EXCEEDED` trailers at `deadline`.
+    pub fn grpc(
+        body: Incoming,
+        stall: Duration,
+        deadline: Instant,
+        completion: Completion,
+    ) -> Self {
+        Self {
+            kind: Kind::Grpc(Box::new(GrpcUpstream {
+                body: Some(body),
+                stall: StallTimer::new(stall),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            })),
             completion: Some(completion),
         }
     }
@@ -297,6 +332,30 @@ impl Body for ProxyBody {
                     Poll::Pending => Poll::Pending,
                 },
             },
+            Kind::Grpc(grpc) => {
+                let Some(body) = grpc.body.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                // Checked first: a server that never pauses is cut too.
+                if grpc.deadline.as_mut().poll(cx).is_ready() {
+                    grpc.body = None;
+                    this.complete(End::DeadlineExceeded);
+                    let trailers = super::grpc::deadline_trailers();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        grpc.stall.progress();
+                        Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
+                    }
+                    Poll::Pending => match grpc.stall.poll_blocked(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(BodyError::Stalled(grpc.stall.limit()))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
             Kind::H1(body) => body
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
@@ -333,6 +392,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(upstream) => upstream.0.is_end_stream(),
+            Kind::Grpc(grpc) => grpc.body.as_ref().is_none_or(Incoming::is_end_stream),
             Kind::H1(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
         }
@@ -341,6 +401,10 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(upstream) => upstream.0.size_hint(),
+            Kind::Grpc(grpc) => grpc
+                .body
+                .as_ref()
+                .map_or_else(SizeHint::default, Incoming::size_hint),
             Kind::H1(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }

@@ -1,7 +1,8 @@
 //! HTTP mode: route each request by the current table and forward it.
 //!
 //! The service cannot fail: every error becomes a short text response
-//! (404 no route, 502 no connection, 503 no endpoint, 504 upstream timeout).
+//! (404 no route, 502 no connection, 503 no endpoint, 504 upstream timeout),
+//! or for a gRPC call a gRPC status (see [`super::grpc`]).
 //! Bodies stream both ways and are never buffered whole. Upgrade requests
 //! (WebSocket and others) are passed through as a byte tunnel after the
 //! upstream's `101`.
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{Completion, ProxyBody};
 use super::gateway;
+use super::grpc::{self, Code, GrpcCall};
 use super::io::{ByteCounts, ConnActivity, Counted};
 use super::listener::Drain;
 use super::proxy_protocol;
@@ -123,6 +125,10 @@ enum ProxyError {
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upstream gave no response head in time")]
     Timeout,
+    #[error("the gRPC call's deadline (grpc-timeout) passed before the response head")]
+    DeadlineExceeded,
+    #[error("backend `{0}` speaks HTTP/1.1; gRPC needs protocol = \"http2\"")]
+    GrpcNeedsHttp2(Arc<str>),
     #[error("request body over the configured limit")]
     BodyTooLarge,
     #[error("the client stopped sending the request body")]
@@ -146,11 +152,13 @@ impl ProxyError {
             Self::NoEndpoint(_) => Termination::NoEndpoint,
             Self::Connect(_) => Termination::ConnectFailed,
             Self::Upstream(_) => Termination::UpstreamReset,
-            Self::Timeout => Termination::UpstreamTimeout,
+            Self::Timeout | Self::DeadlineExceeded => Termination::UpstreamTimeout,
             Self::BodyTooLarge => Termination::BodyTooLarge,
             Self::ClientStalled => Termination::ClientTimeout,
             Self::Misdirected => Termination::Misdirected,
-            Self::BadRequest(_) | Self::UnknownCoding => Termination::BadRequest,
+            Self::BadRequest(_) | Self::UnknownCoding | Self::GrpcNeedsHttp2(_) => {
+                Termination::BadRequest
+            }
         }
     }
 
@@ -174,6 +182,14 @@ impl ProxyError {
             ),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream server failed\n"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream server timed out\n"),
+            Self::DeadlineExceeded => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline (grpc-timeout) exceeded waiting for the upstream server\n",
+            ),
+            Self::GrpcNeedsHttp2(_) => (
+                StatusCode::BAD_GATEWAY,
+                "the backend speaks HTTP/1.1; gRPC needs protocol = \"http2\"\n",
+            ),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             Self::ClientStalled => (StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
             Self::UnknownService => (StatusCode::NOT_FOUND, "unknown service\n"),
@@ -188,6 +204,49 @@ impl ProxyError {
             ),
         }
     }
+
+    /// The gRPC status a call gets instead: the codes the gRPC spec maps
+    /// the HTTP statuses to (404 is `UNIMPLEMENTED`, 400 `INTERNAL`), with
+    /// every failure to reach a server `UNAVAILABLE` (which clients may
+    /// retry) and every timeout `DEADLINE_EXCEEDED`. The message is the
+    /// HTTP body's text.
+    fn grpc_status(&self) -> Code {
+        match self {
+            Self::NoRoute | Self::UnknownService => Code::Unimplemented,
+            Self::NoEndpoint(_) | Self::Connect(_) | Self::Misdirected => Code::Unavailable,
+            Self::Upstream(e) => grpc::upstream_failure(e.as_ref()),
+            Self::Timeout | Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::BodyTooLarge => Code::ResourceExhausted,
+            Self::ClientStalled => Code::Cancelled,
+            Self::BadRequest(_) | Self::UnknownCoding | Self::GrpcNeedsHttp2(_) => Code::Internal,
+        }
+    }
+}
+
+/// Every `grpc-message` Switchyard sends for a [`ProxyError`] (for the
+/// test that they need no percent-encoding).
+#[cfg(test)]
+pub(crate) fn grpc_messages() -> impl Iterator<Item = &'static str> {
+    let io = || std::io::Error::other("x");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+    [
+        ProxyError::NoRoute,
+        ProxyError::NoEndpoint("b".into()),
+        ProxyError::Connect(UpstreamError::Connect { addr, source: io() }),
+        ProxyError::Connect(UpstreamError::Tls { addr, source: io() }),
+        ProxyError::Upstream(Box::new(io())),
+        ProxyError::Timeout,
+        ProxyError::DeadlineExceeded,
+        ProxyError::BodyTooLarge,
+        ProxyError::ClientStalled,
+        ProxyError::UnknownService,
+        ProxyError::Misdirected,
+        ProxyError::BadRequest("x"),
+        ProxyError::UnknownCoding,
+        ProxyError::GrpcNeedsHttp2("b".into()),
+    ]
+    .into_iter()
+    .map(|e| e.status_and_body().1.trim_end())
 }
 
 /// One request, start to response head.
@@ -243,10 +302,11 @@ async fn route(
     inflight: super::io::InflightGuard,
     log: Option<Box<Record>>,
 ) -> Response<ProxyBody> {
+    let grpc = GrpcCall::of(&req);
     let unrouted = |error, inflight, log| {
         let completion = Completion::new(started, listener.unrouted.clone(), inflight, log);
-        let response = error_response(ctx, error, completion);
-        listener.unrouted.count(response.status());
+        let response = error_response(ctx, error, grpc, completion);
+        listener.unrouted.count(grpc::counted_status(&response));
         response
     };
     let host = match check_request(&req) {
@@ -269,23 +329,26 @@ async fn route(
         BackendTarget::Respond(spec) => respond(ctx, spec, completion),
         // Boxed: hyper moves the request future by value, and the forwarding
         // state would be copied with it; one allocation is cheaper.
-        BackendTarget::Servers(_) | BackendTarget::Consul(_) => {
+        BackendTarget::Servers(_) | BackendTarget::Consul(_) | BackendTarget::Mdns(_) => {
             // Not a `match` around the await: its scrutinee (the size of a
             // response) would then be kept in this future while it waits.
-            let outbound = match prepare(req, target, ctx, started, completion) {
+            let outbound = match prepare(req, target, ctx, started, grpc, completion) {
                 Ok(outbound) => outbound,
                 Err(response) => {
-                    target.metrics.count(response.status());
+                    target.metrics.count(grpc::counted_status(&response));
                     return response;
                 }
             };
             Box::pin(forward(outbound)).await
         }
         BackendTarget::Gateway(spec) => {
-            Box::pin(via_gateway(req, target, spec, ctx, started, completion)).await
+            Box::pin(via_gateway(
+                req, target, spec, ctx, started, grpc, completion,
+            ))
+            .await
         }
     };
-    target.metrics.count(response.status());
+    target.metrics.count(grpc::counted_status(&response));
     response
 }
 
@@ -351,6 +414,7 @@ async fn via_gateway(
     spec: &crate::config::GatewaySpec,
     ctx: &Arc<ConnCtx>,
     started: Instant,
+    grpc: Option<GrpcCall>,
     completion: Completion,
 ) -> Response<ProxyBody> {
     let named = gateway::service_of(
@@ -361,10 +425,10 @@ async fn via_gateway(
     )
     .map(|(service, path)| (service.to_string(), path.map(str::to_string)));
     let (Some((service, path)), Some(registry)) = (named, &target.backend.gateway) else {
-        return error_response(ctx, ProxyError::UnknownService, completion);
+        return error_response(ctx, ProxyError::UnknownService, grpc, completion);
     };
     let Some(backend) = registry.backend(&service, &target.backend.spec).await else {
-        return error_response(ctx, ProxyError::UnknownService, completion);
+        return error_response(ctx, ProxyError::UnknownService, grpc, completion);
     };
     if let Some(path) = path {
         let with_query = match req.uri().query() {
@@ -374,7 +438,7 @@ async fn via_gateway(
         let mut parts = req.uri().clone().into_parts();
         match with_query.parse() {
             Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return error_response(ctx, ProxyError::UnknownService, completion),
+            Err(_) => return error_response(ctx, ProxyError::UnknownService, grpc, completion),
         }
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
@@ -385,7 +449,7 @@ async fn via_gateway(
         metrics: target.metrics.clone(),
         forwarded_headers: target.forwarded_headers,
     };
-    match prepare(req, &routed, ctx, started, completion) {
+    match prepare(req, &routed, ctx, started, grpc, completion) {
         Ok(outbound) => forward(outbound).await,
         Err(response) => response,
     }
@@ -523,14 +587,28 @@ fn local_response(
     resp
 }
 
+/// The answer to a request Switchyard fails itself: a short text response,
+/// or for a gRPC call (`grpc`) a trailers-only gRPC status.
 fn error_response(
     ctx: &ConnCtx,
     error: ProxyError,
+    grpc: Option<GrpcCall>,
     mut completion: Completion,
 ) -> Response<ProxyBody> {
     let (status, body) = error.status_and_body();
     completion.terminated(error.termination());
     tracing::debug!(error = %ErrorChain(&error), %status, peer = %ctx.peer, "Request failed");
+    if let Some(call) = grpc {
+        let (code, message) = (error.grpc_status(), body.trim_end());
+        let empty = ProxyBody::local(Bytes::new(), completion);
+        let mut response = call.failure(code, message, status, empty);
+        mark_close_if_draining(ctx, response.headers_mut());
+        if error.closes() && !ctx.activity.is_h2() {
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
     let mut response = local_response(
         ctx,
         status,
@@ -567,6 +645,9 @@ struct Outbound<'a> {
     /// A copy of the head, to send again after a broken exchange.
     retry_head: Option<Box<http::request::Parts>>,
     hash_key: HashedKey,
+    /// Set for a gRPC call: its deadline bounds the wait, and failures
+    /// are answered with gRPC statuses.
+    grpc: Option<GrpcCall>,
     first: ActiveGuard,
     target: &'a RouteTarget,
     ctx: &'a Arc<ConnCtx>,
@@ -584,6 +665,7 @@ fn prepare<'a>(
     target: &'a RouteTarget,
     ctx: &'a Arc<ConnCtx>,
     started: Instant,
+    grpc: Option<GrpcCall>,
     mut completion: Completion,
 ) -> Result<Outbound<'a>, Response<ProxyBody>> {
     let backend = &target.backend;
@@ -592,12 +674,23 @@ fn prepare<'a>(
     if let Some(limit) = max_body
         && req.body().size_hint().lower() > limit
     {
-        return Err(error_response(ctx, ProxyError::BodyTooLarge, completion));
+        return Err(error_response(
+            ctx,
+            ProxyError::BodyTooLarge,
+            grpc,
+            completion,
+        ));
+    }
+    // Said plainly here rather than left to fail at the server, which
+    // would answer an HTTP/1.1 POST with something no gRPC client reads.
+    if spec.protocol == Protocol::Http1 && grpc.is_some_and(GrpcCall::needs_http2) {
+        let error = ProxyError::GrpcNeedsHttp2(backend.name().clone());
+        return Err(error_response(ctx, error, grpc, completion));
     }
     let hash_key = request_hash(req.headers(), ctx.peer, &spec.balance);
     let Some(first) = backend.acquire(&hash_key, &[]) else {
         let error = ProxyError::NoEndpoint(backend.name().clone());
-        return Err(error_response(ctx, error, completion));
+        return Err(error_response(ctx, error, grpc, completion));
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     // Body-less requests to HTTP/1.1 servers (most requests) go through
@@ -620,6 +713,10 @@ fn prepare<'a>(
             tracing::debug!(error = %e, "Request cannot be forwarded");
             completion.terminated(Termination::BadRequest);
             let (status, body) = (StatusCode::BAD_REQUEST, "bad request\n");
+            if let Some(call) = grpc {
+                let empty = ProxyBody::local(Bytes::new(), completion);
+                return Err(call.failure(Code::Internal, body.trim_end(), status, empty));
+            }
             return Err(local_response(
                 ctx,
                 status,
@@ -650,6 +747,7 @@ fn prepare<'a>(
         upgrade,
         retry_head,
         hash_key,
+        grpc,
         first,
         target,
         ctx,
@@ -674,6 +772,14 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
         let mut active = outbound.first;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt_started = outbound.started;
+        // Read from `outbound` where needed rather than kept in locals:
+        // this future is moved per request, and most requests are no calls.
+        let grpc = || outbound.grpc;
+        let deadline = || {
+            outbound
+                .grpc
+                .and_then(|call| call.deadline(outbound.started))
+        };
         // A private connection per request carries the client's PROXY
         // header (see `send`); boxed, so backends without one carry only a
         // null pointer through the request.
@@ -690,7 +796,16 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 proxy_header: proxy_header.as_deref(),
             };
             completion.attempt(active.endpoint().addr);
-            let sent = send(req, &active, spec, forwarded, attempt_started, dial).await;
+            let sent = send(
+                req,
+                &active,
+                spec,
+                forwarded,
+                attempt_started,
+                deadline(),
+                dial,
+            )
+            .await;
             let failed = match sent {
                 Ok(sent) => {
                     let outcome = if sent.status().is_server_error() {
@@ -713,7 +828,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 && is_malformed(e)
             {
                 let error = ProxyError::BadRequest("invalid request body framing");
-                return error_response(ctx, error, completion);
+                return error_response(ctx, error, grpc(), completion);
             }
             let connect_failed = matches!(failed.error, ProxyError::Connect(_));
             let outcome = if connect_failed {
@@ -730,7 +845,7 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                         Some(RequestBodyError::Stalled(_)) => ProxyError::ClientStalled,
                         _ => ProxyError::Upstream(failed.error.into()),
                     };
-                    return error_response(ctx, error, completion);
+                    return error_response(ctx, error, grpc(), completion);
                 }
                 (ProxyError::Upstream(_), _) => outbound.retry_head.as_ref().map(|head| {
                     Box::new(Request::from_parts(
@@ -741,10 +856,10 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 _ => None,
             };
             let Some(again) = again else {
-                return error_response(ctx, failed.error, completion);
+                return error_response(ctx, failed.error, grpc(), completion);
             };
             let Some(next) = backend.retry(&mut tried, from, hash_key, connect_failed) else {
-                return error_response(ctx, failed.error, completion);
+                return error_response(ctx, failed.error, grpc(), completion);
             };
             tracing::debug!(error = %ErrorChain(&failed.error), %from, to = %next.endpoint().addr, "Retrying on another endpoint");
             active = next;
@@ -778,10 +893,13 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
                 // one whose framing was in doubt is used no more.
                 let sender = sender.filter(|_| proxy_header.is_none() && framed);
                 let completion = completion.with_upstream(active, sender, idle, hint);
-                (
-                    parts,
-                    ProxyBody::upstream(body, spec.timeouts.stall, completion),
-                )
+                let stall = spec.timeouts.stall;
+                let body = match deadline().filter(|_| grpc().is_some_and(GrpcCall::takes_trailers))
+                {
+                    Some(deadline) => ProxyBody::grpc(body, stall, deadline, completion),
+                    None => ProxyBody::upstream(body, stall, completion),
+                };
+                (parts, body)
             }
             Answer::H1(head, body, _) => {
                 let completion = match proxy_header {
@@ -879,8 +997,9 @@ impl From<ProxyError> for Failed {
 }
 
 /// One attempt: sends `req` to `active`'s endpoint within the backend's
-/// request timeout, through our HTTP/1.1 client when [`prepare`] chose it
-/// (`own_client` then carries the forwarding headers it writes).
+/// request timeout (and a gRPC call's `deadline`), through our HTTP/1.1
+/// client when [`prepare`] chose it (`own_client` then carries the
+/// forwarding headers it writes).
 ///
 /// With a PROXY header to send (`send_proxy`), every request gets a
 /// connection of its own, never pooled: a connection's header names one
@@ -891,17 +1010,41 @@ async fn send(
     spec: &crate::config::BackendSpec,
     own_client: Option<&Forwarded>,
     attempt_started: Instant,
+    deadline: Option<Instant>,
     dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     match own_client {
-        Some(forwarded) => send_own_h1(req, forwarded, active, spec, attempt_started, dial).await,
+        Some(forwarded) => {
+            send_own_h1(
+                req,
+                forwarded,
+                active,
+                spec,
+                attempt_started,
+                deadline,
+                dial,
+            )
+            .await
+        }
         // Boxed: these paths are rarer, and their futures (a timer among
         // them) would enlarge every request's (moved) future.
         None => {
-            let deadline = attempt_started + spec.timeouts.request;
-            Box::pin(send_pooled(*req, active, spec, deadline, dial)).await
+            let timeout = attempt_started + spec.timeouts.request;
+            let bound = match deadline {
+                Some(deadline) if deadline < timeout => Bound::Deadline(deadline),
+                _ => Bound::Timeout(timeout),
+            };
+            Box::pin(send_pooled(*req, active, spec, bound, dial)).await
         }
     }
+}
+
+/// What ends the wait for a response head: the backend's request timeout,
+/// or a gRPC call's deadline when that comes first.
+#[derive(Clone, Copy)]
+enum Bound {
+    Timeout(Instant),
+    Deadline(Instant),
 }
 
 /// Sends through hyper's client (HTTP/1 with a body or an upgrade, HTTP/2).
@@ -909,18 +1052,20 @@ async fn send_pooled(
     req: Request<RequestBody>,
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
-    deadline: Instant,
+    bound: Bound,
     dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
-    let sent = tokio::time::timeout_at(deadline, async {
+    let (Bound::Timeout(at) | Bound::Deadline(at)) = bound;
+    let sent = tokio::time::timeout_at(at, async {
         match spec.protocol {
             Protocol::Http1 => send_hyper_h1(req, active, spec, dial).await,
             Protocol::Http2 => send_h2(req, active, spec).await,
         }
     });
-    match sent.await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(ProxyError::Timeout.into()),
+    match (sent.await, bound) {
+        (Ok(result), _) => result,
+        (Err(_elapsed), Bound::Timeout(_)) => Err(ProxyError::Timeout.into()),
+        (Err(_elapsed), Bound::Deadline(_)) => Err(ProxyError::DeadlineExceeded.into()),
     }
 }
 
@@ -956,6 +1101,7 @@ async fn send_own_h1(
     active: &ActiveGuard,
     spec: &crate::config::BackendSpec,
     started: Instant,
+    grpc_deadline: Option<Instant>,
     dial: Dial<'_>,
 ) -> Result<Answer, Failed> {
     let timeouts = spec.timeouts;
@@ -978,7 +1124,9 @@ async fn send_own_h1(
     let exchange_timeouts = ExchangeTimeouts {
         connect: timeouts.connect,
         // The connection keeps its own timer for the deadline.
-        deadline: started + timeouts.request,
+        deadline: grpc_deadline.map_or(started + timeouts.request, |d| {
+            d.min(started + timeouts.request)
+        }),
         stall: timeouts.stall,
     };
     let exchange = H1Conn::exchange(cached, endpoint.addr, exchange_timeouts, &req, &extra, dial);

@@ -115,6 +115,7 @@ impl ConfigDiff {
             limits: config.limits,
             resolver: config.resolver.clone(),
             consul: config.consul.clone(),
+            mdns: config.mdns.clone(),
             kv: config.kv.clone(),
             templates: config.templates.clone(),
             register: config.register.clone(),

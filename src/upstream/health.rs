@@ -3,8 +3,9 @@
 //!
 //! **Active checks**, HAProxy style: one task per checked endpoint. Every
 //! `interval` (plus a random `[0, jitter)` so checks of many endpoints do
-//! not fire together) the task connects (`tcp`) or sends a `GET` and reads
-//! the status (`http`), each within `timeout`. `fall` failures in a row take
+//! not fire together) the task connects (`tcp`), sends a `GET` and reads
+//! the status (`http`), or asks `grpc.health.v1.Health/Check` for SERVING
+//! (`grpc`, see [`grpc`]), each within `timeout`. `fall` failures in a row take
 //! a healthy endpoint out of rotation; `rise` successes in a row bring an
 //! unhealthy one back. Endpoints start healthy, and the first check runs
 //! within the first jitter period, so a dead server is found within `fall`
@@ -20,6 +21,8 @@
 //! elsewhere: once the period is over, the next request that picks the
 //! endpoint claims its trial, and the trial's outcome readmits it or ejects
 //! it again for longer.
+mod grpc;
+
 use super::tls::UpstreamTls;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,8 +197,9 @@ fn record(state: &EndpointState, spec: &HealthCheckSpec, result: Result<(), Stri
     }
 }
 
-/// One check of `addr`: a connect, or a GET whose status must be in range.
-/// Also used to check a local service before registering it in Consul.
+/// One check of `addr`: a connect, a GET whose status must be in range, or
+/// a gRPC health call that must answer SERVING. Also used to check a local
+/// service before registering it in Consul.
 pub async fn probe(
     addr: std::net::SocketAddr,
     kind: &CheckKind,
@@ -205,8 +209,13 @@ pub async fn probe(
     let stream = super::tls::connect(addr, timeout, tls, true)
         .await
         .map_err(|e| crate::error_chain::ErrorChain(&e).to_string())?;
-    let CheckKind::Http { path, host, expect } = kind else {
-        return Ok(());
+    let (path, host, expect) = match kind {
+        CheckKind::Tcp => return Ok(()),
+        CheckKind::Grpc { service, host } => {
+            let authority = host.clone().unwrap_or_else(|| addr.to_string());
+            return grpc::check(stream, &authority, tls.is_some(), service).await;
+        }
+        CheckKind::Http { path, host, expect } => (path, host, expect),
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

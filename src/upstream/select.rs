@@ -47,6 +47,7 @@ pub enum Origin {
     Static,
     Dns,
     Consul,
+    Mdns,
 }
 
 #[derive(Debug, Clone)]

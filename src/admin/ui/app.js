@@ -348,6 +348,22 @@
         w.last_error ? el('span', { class: 'error', text: w.last_error }) : dash(),
       ]);
     }
+    if (w.kind === 'mdns') {
+      const found = w.instances || [];
+      const state = w.last_error ? 'error' : found.length ? 'found' : 'none';
+      const tone = { found: 'ok', error: 'bad', none: 'warn' }[state];
+      return row({ 'data-watch': w.service, 'data-watch-state': state }, headers, [
+        'mDNS ' + w.flavour,
+        el('code', { text: w.service }),
+        badge(state, tone),
+        el('span', {}, list(found.map((i) => el('code', { text: i.name + ' ' + i.addr })), 'plain'),
+          el('span', { class: 'muted', text: plural(found.length, 'instance') })),
+        when(w.last_answer),
+        el('span', { class: w.staleness_seconds > 300 ? 'error' : '' },
+          Number(w.staleness_seconds).toFixed(1) + ' s since an answer'),
+        w.last_error ? el('span', { class: 'error', text: w.last_error }) : dash(),
+      ]);
+    }
     let state = w.ok ? 'ok' : w.last_error ? 'error' : 'pending';
     if (w.stale_from_state_file) state = 'state file';
     const tone = { ok: 'ok', error: 'bad', pending: 'muted', 'state file': 'warn' }[state];
@@ -367,7 +383,7 @@
     const headers = ['Source', 'Watch', 'State', 'Data', 'Last success', 'Staleness', 'Last error'];
     put('watches', JSON.stringify(watches), () => watches.length
       ? table(headers, watches.map((w) => watchRow(w, headers)))
-      : none('No DNS names or Consul watches.'));
+      : none('No DNS names, Consul or mDNS watches.'));
   }
 
   function renderTemplates(templates) {
