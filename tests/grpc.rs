@@ -908,6 +908,35 @@ async fn deadlines_bound_the_wait_and_cancel_upstream() {
     assert_eq!(status.message(), "upstream server timed out");
 }
 
+/// A slow failure: a backend that accepts connections and never says a
+/// word (no HTTP/2 preface or SETTINGS back). The call is bounded by the
+/// request timeout and answered as a gRPC status, and the next call is
+/// bounded the same way (nothing waits forever on the half-open
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_accepts_and_stays_silent_is_a_grpc_status() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr_silent = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((io, _)) = silent.accept().await {
+            open.push(io); // kept open, never read or written
+        }
+    });
+    let sy = Switchyard::start(&config(
+        &[addr_silent],
+        "timeouts = { request = \"300ms\" }",
+    ))
+    .await;
+    let addr = sy.addr("web");
+    // raw_grpc_call gives up after 10 s: an answer at all is the bound.
+    for _ in 0..2 {
+        let resp = raw_grpc_call(addr, "/test.Echo/Unary", None).await;
+        assert_trailers_only(&resp, "4", "upstream server timed out");
+    }
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_resets_reach_the_client() {
     let events = Arc::new(Events::default());
