@@ -107,11 +107,15 @@ impl NamedService for Echo {
 impl Echo {
     /// Echoes the message, signed by the server, and the `x-client`
     /// header as `x-client-seen`. `fail` answers a status with details
-    /// and metadata; `hang` never answers.
+    /// and metadata; `hang` never answers. A server named `unavailable…`
+    /// answers every call UNAVAILABLE.
     async fn unary(self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         self.events.started.fetch_add(1, Ordering::SeqCst);
         let seen = req.metadata().get("x-client").cloned();
         let m = req.into_inner();
+        if self.name.starts_with("unavailable") {
+            return Err(Status::unavailable("overloaded"));
+        }
         match m.text.as_str() {
             "fail" => return Err(custom_status()),
             "hang" => {
@@ -906,6 +910,49 @@ async fn deadlines_bound_the_wait_and_cancel_upstream() {
     .expect_err("timeout");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "upstream server timed out");
+}
+
+/// Passive ejection reads a server's gRPC status in the response head
+/// (trailers-only, how servers answer errors) as Envoy does: UNAVAILABLE
+/// and the other server-side codes count as failures, a caller's error
+/// such as FAILED_PRECONDITION does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_grpc_statuses_eject_the_endpoint_that_answers_them() {
+    let good = GrpcServer::start("s1").await;
+    let sick = GrpcServer::start("unavailable-1").await;
+    let outlier = "outlier = { consecutive_failures = 3 }";
+    let sy = Switchyard::start(&config(&[good.addr], outlier)).await;
+    let mut c = client(sy.addr("web")).await;
+    let series = r#"switchyard_outlier_ejections_total{backend="b",reason="failing_requests"}"#;
+
+    // The caller's errors: never an ejection, however many in a row.
+    for _ in 0..10 {
+        let status = unary(&mut c, tonic::Request::new(msg("fail")))
+            .await
+            .expect_err("fails");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+    }
+    assert_eq!(who_answers(&mut c, 4).await, ["s1"]);
+    assert_ne!(sy.metric(series).await, Some(1.0), "no ejection yet");
+
+    // A server answering UNAVAILABLE to everything is taken out after
+    // three in a row; then every call reaches the good one.
+    sy.write_config(&config(&[good.addr, sick.addr], outlier));
+    assert_eq!(sy.reload().await.result, ReloadResult::Success);
+    eventually(
+        "the sick server is ejected",
+        Duration::from_secs(10),
+        || {
+            let (mut c, sy) = (c.clone(), &sy);
+            async move {
+                let _ = unary(&mut c, tonic::Request::new(msg("hi"))).await;
+                sy.metric(series).await == Some(1.0)
+            }
+        },
+    )
+    .await;
+    assert_eq!(who_answers(&mut c, 10).await, ["s1"]);
+    assert!(sick.events.started() >= 3);
 }
 
 /// A slow failure: a backend that accepts connections and never says a

@@ -210,6 +210,21 @@ pub fn counted_status<B>(response: &Response<B>) -> StatusCode {
         .map_or(response.status(), |s| s.0)
 }
 
+/// Whether a server's trailers-only answer (`grpc-status` in the response
+/// head, as servers send an error before any message) is a server-side
+/// failure for passive ejection. The codes are those Envoy's outlier
+/// detection maps to a 5xx (`Grpc::Utility::grpcToHttpStatus`): UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS;
+/// the rest (NOT_FOUND, PERMISSION_DENIED, …) are the caller's problem.
+/// A status in trailers after messages is not looked at: that would mean
+/// watching every body to its end.
+pub fn head_status_is_server_error(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get(&GRPC_STATUS).map(HeaderValue::as_bytes),
+        Some(b"2" | b"4" | b"12" | b"13" | b"14" | b"15")
+    )
+}
+
 /// The status for an upstream exchange that broke before its response
 /// head: a stream reset by the server maps as the gRPC spec says
 /// (§Errors); anything else (a closed connection, GOAWAY) is
@@ -231,6 +246,24 @@ pub fn upstream_failure(error: &(dyn std::error::Error + 'static)) -> Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_side_grpc_statuses_in_the_head_are_failures() {
+        let head = |status: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(s) = status {
+                h.insert(GRPC_STATUS.clone(), HeaderValue::from_static(s));
+            }
+            head_status_is_server_error(&h)
+        };
+        for failure in ["2", "4", "12", "13", "14", "15"] {
+            assert!(head(Some(failure)), "{failure}");
+        }
+        for fine in ["0", "1", "3", "5", "7", "8", "9", "16", "140", "x"] {
+            assert!(!head(Some(fine)), "{fine}");
+        }
+        assert!(!head(None));
+    }
 
     fn call(content_type: &str, timeout: Option<&str>) -> Option<GrpcCall> {
         let mut req = Request::post("/pkg.Svc/Method")

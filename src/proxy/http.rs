@@ -808,7 +808,9 @@ fn forward(outbound: Outbound<'_>) -> impl Future<Output = Response<ProxyBody>> 
             .await;
             let failed = match sent {
                 Ok(sent) => {
-                    let outcome = if sent.status().is_server_error() {
+                    let server_error = sent.status().is_server_error()
+                        || (grpc().is_some() && grpc::head_status_is_server_error(sent.headers()));
+                    let outcome = if server_error {
                         Outcome::Failed
                     } else {
                         Outcome::Answered
@@ -1085,6 +1087,13 @@ impl Answer {
         match self {
             Self::Pooled(resp, _, _) => resp.status(),
             Self::H1(head, _, _) => head.status(),
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Self::Pooled(resp, _, _) => resp.headers(),
+            Self::H1(head, _, _) => head.headers(),
         }
     }
 
