@@ -500,6 +500,136 @@ meta = {{ role = "test" }}
     });
 }
 
+/// `tests/mdns/peer.go` built with Debian's Go and HashiCorp's mDNS
+/// library (`golang-go`, `golang-github-hashicorp-mdns-dev`; `.ci/run`
+/// installs both), in GOPATH mode: no module download.
+fn go_peer() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join(format!("mdns-peer-{}", std::process::id()));
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mdns/peer.go"))
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("go-cache"))
+        .output()
+        .expect("`go` runs (Debian: golang-go golang-github-hashicorp-mdns-dev)");
+    assert!(
+        built.status.success(),
+        "go build tests/mdns/peer.go: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+/// A Go process on a real Go mDNS stack (HashiCorp's, which go-micro's
+/// util/mdns was forked from) with go-micro's TXT encoding: Switchyard
+/// finds and routes to the node it announces, and the Go client finds
+/// Switchyard's registration and decodes its description.
+#[test]
+fn a_go_mdns_stack_and_switchyard_find_each_other() {
+    if !in_netns("a_go_mdns_stack_and_switchyard_find_each_other") {
+        return;
+    }
+    let peer = go_peer();
+    // Go's mDNS client and server also use IPv6 (ff02::fb): give the
+    // namespace's loopback a route for it, or their sends fail.
+    let route = Command::new("ip")
+        .args([
+            "-6", "route", "add", "ff00::/8", "dev", "lo", "table", "local",
+        ])
+        .output()
+        .expect("`ip` runs");
+    assert!(
+        route.status.success(),
+        "{}",
+        String::from_utf8_lossy(&route.stderr)
+    );
+    runtime().block_on(async {
+        use tokio::io::AsyncBufReadExt;
+        let node = Backend::start("go-node").await;
+        let mut serve = tokio::process::Command::new(&peer)
+            .args(["serve", "greeter", "go-1"])
+            .arg(node.addr.port().to_string())
+            .arg("1.0.0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the Go peer");
+        let stdout = serve.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
+        assert!(
+            matches!(&ready, Ok(Ok(Some(l))) if l == "ready"),
+            "{ready:?}"
+        );
+
+        // Switchyard finds the Go node by its go-micro name and routes to it.
+        let sy = Switchyard::start(&routed(r#"mdns_service = "greeter""#, "")).await;
+        eventually("Switchyard finds the Go node", WAIT, || async {
+            instances(&sy, "greeter").await == [("go-1".to_string(), node.addr.to_string())]
+        })
+        .await;
+        assert_eq!(answers(sy.addr("web"), 3).await.get("go-node"), Some(&3));
+
+        // The Go client finds Switchyard's registration, TXT decoded.
+        let local = Backend::start("local").await;
+        let registering = format!(
+            r#"[[register]]
+name = "echo"
+id = "echo-sy"
+registry = "mdns"
+version = "2.0.0"
+port = {port}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+respond = {{ status = 200, body = "b" }}
+"#,
+            port = local.addr.port()
+        );
+        let reg = Switchyard::start(&registering).await;
+        eventually("the registration is announced", WAIT, || async {
+            reg.status().await["registrations"][0]["state"] == "announced"
+        })
+        .await;
+        let browsed = tokio::process::Command::new(&peer)
+            .args(["browse", "echo", "2"])
+            .output()
+            .await
+            .expect("run the Go browser");
+        let text = String::from_utf8_lossy(&browsed.stdout).to_string();
+        assert!(
+            browsed.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&browsed.stderr)
+        );
+        let found: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let ours: Vec<&serde_json::Value> = found
+            .iter()
+            .filter(|e| e["name"] == "echo-sy.echo.micro.")
+            .collect();
+        assert_eq!(ours.len(), 1, "{text}");
+        assert_eq!(ours[0]["port"], local.addr.port());
+        assert_eq!(ours[0]["addr"], "127.0.0.1");
+        assert_eq!(ours[0]["txt"]["Service"], "echo", "{text}");
+        assert_eq!(ours[0]["txt"]["Version"], "2.0.0", "{text}");
+        drop(serve.stdin.take());
+        let _ = tokio::time::timeout(WAIT, serve.wait()).await;
+    });
+    let _ = std::fs::remove_file(peer);
+}
+
 #[test]
 fn bad_mdns_settings_are_reported_by_key() {
     let dir = tempfile::tempdir().unwrap();
