@@ -706,6 +706,40 @@ idle_timeout = "1m"
     assert_eq!(gateways[1].idle_timeout, Duration::from_secs(60));
 }
 
+/// Gateway routes look names up in one registry: Consul when the file
+/// has `[consul]` (or neither section), mDNS only with `[mdns]` and no
+/// `[consul]` (README, "Gateway routes by service name").
+#[test]
+fn gateway_routes_use_mdns_only_without_consul() {
+    let route = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[routes]]
+service_from = "path"
+"#;
+    for (sections, by_mdns, consul) in [
+        ("", false, true),
+        ("[consul]\n", false, true),
+        ("[mdns]\n", true, false),
+        ("[mdns]\n[consul]\n", false, true),
+    ] {
+        let (_dir, result) = load_files(&[("main.toml", &format!("{sections}{route}"))]);
+        let c = result.unwrap();
+        let gateway = c
+            .backends
+            .iter()
+            .find_map(|b| match &b.target {
+                BackendTarget::Gateway(g) => Some(g),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(gateway.mdns, by_mdns, "{sections:?}");
+        assert_eq!(c.consul.is_some(), consul, "{sections:?}");
+    }
+}
+
 #[test]
 fn bad_registrations_and_gateway_routes_are_reported() {
     let errors = errors_of(
