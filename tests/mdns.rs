@@ -127,6 +127,31 @@ name = "greeter"
     )
 }
 
+/// After instance `name` of `service` said goodbye: waits until
+/// Switchyard lets it go, stops its server (`stop`) once requests sent
+/// before the goodbye arrived are answered, and checks that `load` lost
+/// no request. Returns how many it sent.
+async fn left_without_a_failed_request(
+    sy: &Switchyard,
+    service: &str,
+    name: &str,
+    stop: impl FnOnce(),
+    load: Load,
+) -> usize {
+    eventually(&format!("{name} leaves on its goodbye"), WAIT, || async {
+        instances(sy, service).await.iter().all(|(n, _)| n != name)
+    })
+    .await;
+    // Load, not a condition: requests keep flowing across each step.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, failed) = load.finish().await;
+    println!("{service} goodbye of {name}: {failed} of {sent} requests failed");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    sent
+}
+
 /// Names answering at `addr`, over `n` requests.
 async fn answers(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -200,22 +225,10 @@ fn go_micro_instances_come_and_leave_by_goodbye_and_by_ttl() {
         let load = Load::start(web, 4);
         tokio::time::sleep(Duration::from_millis(200)).await;
         node_a.goodbye().await;
-        eventually("a leaves on its goodbye", WAIT, || async {
-            instances(&sy, "greeter")
-                .await
-                .iter()
-                .all(|(n, _)| n != "greeter-a")
-        })
-        .await;
-        // Its process ends after deregistering, as go-micro's does, once
-        // requests sent before the goodbye arrived are answered.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(a);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent, failed) = load.finish().await;
-        println!("go-micro goodbye: {failed} of {sent} requests failed");
+        // Its process ends after deregistering, as go-micro's does.
+        let sent =
+            left_without_a_failed_request(&sy, "greeter", "greeter-a", || drop(a), load).await;
         assert!(sent > 50, "{sent} requests");
-        assert_eq!(failed, 0, "{failed} of {sent} requests failed");
         assert_eq!(answers(web, 5).await.get("b"), Some(&5));
 
         // No goodbye: b is still served, until its records expire.
@@ -455,20 +468,10 @@ meta = {{ role = "test" }}
             .unwrap()
             .recv_async()
             .await;
-        eventually("web-a leaves on its goodbye", WAIT, || async {
-            instances(&sy, "_http._tcp.local.")
-                .await
-                .iter()
-                .all(|(n, _)| n != "web-a")
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(a);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent, failed) = load.finish().await;
-        println!("DNS-SD goodbye: {failed} of {sent} requests failed");
+        let sent =
+            left_without_a_failed_request(&sy, "_http._tcp.local.", "web-a", || drop(a), load)
+                .await;
         assert!(sent > 20, "{sent} requests");
-        assert_eq!(failed, 0, "{failed} of {sent} requests failed");
 
         // Switchyard's own DNS-SD registration, seen by an mdns-sd browser.
         let events = peer.browse("_switchyard._tcp.local.").unwrap();
