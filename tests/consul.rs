@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::consul::{
-    AclOptions, AclToken, ConsulOptions, ConsulServer, Policy, ServiceInstance, restartable_port,
+    AclOptions, AclToken, ConsulOptions, ConsulServer, Fault, Policy, ServiceInstance,
+    restartable_port,
 };
 use support::{
     Backend, HttpClient, Load, Switchyard, SwitchyardProcess, eventually, get, web_config,
@@ -212,6 +213,46 @@ async fn no_leader_backs_off_keeps_serving_and_recovers() {
         sy.metric("switchyard_consul_up").await == Some(1.0)
     })
     .await;
+}
+
+/// A slow failure: a Consul that takes a blocking read and never answers
+/// it. The read is cut off at `wait` + wait/16 + 5 s (the room Consul's own
+/// jitter needs), the last data keeps serving meanwhile, and the next
+/// read picks up what changed during the hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_that_hangs_is_cut_off_while_the_last_data_serves() {
+    let consul = ConsulServer::start().await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    consul.register(instance("a", &a));
+    let sy = Switchyard::start(&config(consul.addr(), "")).await;
+    let addr = sy.addr("web");
+    assert_eq!(get(addr, "/", None).await, (StatusCode::OK, "a".into()));
+
+    let before = consul.requests(SERVICE_PATH);
+    consul.fail_next_on(SERVICE_PATH, 1, Fault::Delay(Duration::from_secs(120)));
+    eventually("a read is hanging", WAIT, || async {
+        consul.requests(SERVICE_PATH) > before
+    })
+    .await;
+    let load = Load::start(addr, 2);
+    consul.register(instance("b", &b));
+    eventually("the hung read is cut off", WAIT, || async {
+        watch_status(&sy.status().await)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer in time"))
+    })
+    .await;
+    eventually("b joins after the hang", WAIT, || async {
+        get(addr, "/", None).await.1 == "b"
+    })
+    .await;
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 0);
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the hang"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
