@@ -152,6 +152,32 @@ async fn left_without_a_failed_request(
     sent
 }
 
+/// A Switchyard whose only `[[register]]` (in `register`, without its
+/// `port`) announces `local`'s port, started and waited for until the
+/// registration is announced.
+async fn registered(register: &str, local: &Backend) -> Switchyard {
+    let config = format!(
+        r#"{register}port = {port}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_backend = "b"
+
+[[backends]]
+name = "b"
+respond = {{ status = 200, body = "b" }}
+"#,
+        port = local.addr.port()
+    );
+    let sy = Switchyard::start(&config).await;
+    eventually("the registration is announced", WAIT, || async {
+        sy.status().await["registrations"][0]["state"] == "announced"
+    })
+    .await;
+    sy
+}
+
 /// Names answering at `addr`, over `n` requests.
 async fn answers(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -300,7 +326,7 @@ fn a_registration_is_announced_the_go_micro_way_found_and_withdrawn() {
     }
     runtime().block_on(async {
         let local = Backend::start("local").await;
-        let registering = format!(
+        let sy = registered(
             r#"[mdns]
 ttl = "30s"
 
@@ -309,24 +335,10 @@ name = "greeter"
 id = "greeter-sy"
 registry = "mdns"
 version = "1.2.3"
-port = {port}
-meta = {{ protocol = "http" }}
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-respond = {{ status = 200, body = "b" }}
+meta = { protocol = "http" }
 "#,
-            port = local.addr.port()
-        );
-        let sy = Switchyard::start(&registering).await;
-        eventually("the registration is announced", WAIT, || async {
-            sy.status().await["registrations"][0]["state"] == "announced"
-        })
+            &local,
+        )
         .await;
 
         // go-micro's GetService finds it, TXT and all.
@@ -579,29 +591,15 @@ fn a_go_mdns_stack_and_switchyard_find_each_other() {
 
         // The Go client finds Switchyard's registration, TXT decoded.
         let local = Backend::start("local").await;
-        let registering = format!(
+        let _reg = registered(
             r#"[[register]]
 name = "echo"
 id = "echo-sy"
 registry = "mdns"
 version = "2.0.0"
-port = {port}
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-default_backend = "b"
-
-[[backends]]
-name = "b"
-respond = {{ status = 200, body = "b" }}
 "#,
-            port = local.addr.port()
-        );
-        let reg = Switchyard::start(&registering).await;
-        eventually("the registration is announced", WAIT, || async {
-            reg.status().await["registrations"][0]["state"] == "announced"
-        })
+            &local,
+        )
         .await;
         let browsed = tokio::process::Command::new(&peer)
             .args(["browse", "echo", "2"])
