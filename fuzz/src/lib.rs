@@ -32,6 +32,36 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread runtime")
 }
 
+/// Runs `reader` on a connection whose first bytes are `data`, arriving
+/// `piece` bytes at a time, as a listener's read-ahead meets them (with a
+/// 1 s deadline); its result and what the connection holds after it.
+pub async fn read_ahead<T>(
+    data: &[u8],
+    piece: usize,
+    reader: impl AsyncFnOnce(
+        &mut switchyard::proxy::rewind::Rewind<tokio::io::DuplexStream>,
+        tokio::time::Instant,
+    ) -> T,
+) -> (T, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let mut conn = switchyard::proxy::rewind::Rewind::new(rx);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    let send = async {
+        for chunk in data.chunks(piece) {
+            if tx.write_all(chunk).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+    };
+    let (result, ()) = tokio::join!(reader(&mut conn, deadline), send);
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest).await;
+    (result, rest)
+}
+
 /// Runs one input through a target that is set up.
 pub type Runner = Box<dyn FnMut(&[u8])>;
 

@@ -8,13 +8,8 @@
 //! untouched for the HTTP or TCP proxy; and reading the same bytes in
 //! small pieces gives the same result.
 
-use std::time::Duration;
-
 use switchyard::proxy::proxy_protocol::read_header;
-use switchyard::proxy::rewind::Rewind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::time::Instant;
 
 pub struct Harness {
     rt: Runtime,
@@ -46,20 +41,8 @@ async fn read(
     data: &[u8],
     piece: usize,
 ) -> (Result<Option<std::net::SocketAddr>, &'static str>, Vec<u8>) {
-    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
-    let mut conn = Rewind::new(rx);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let send = async {
-        for chunk in data.chunks(piece) {
-            if tx.write_all(chunk).await.is_err() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        drop(tx);
-    };
-    let (result, ()) = tokio::join!(read_header(&mut conn, deadline), send);
-    let mut rest = Vec::new();
-    let _ = conn.read_to_end(&mut rest).await;
-    (result.map_err(|e| e.reason()), rest)
+    super::read_ahead(data, piece, async |conn, deadline| {
+        read_header(conn, deadline).await.map_err(|e| e.reason())
+    })
+    .await
 }

@@ -7,13 +7,8 @@
 //! backend must get every byte); the same bytes in small pieces give the
 //! same answer.
 
-use std::time::Duration;
-
-use switchyard::proxy::rewind::Rewind;
 use switchyard::tls::hello::read_client_hello;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::time::Instant;
 
 pub struct Harness {
     rt: Runtime,
@@ -40,21 +35,13 @@ impl Harness {
     }
 }
 
+/// Reads a ClientHello off `data` arriving `piece` bytes at a time; the
+/// result and what the connection holds after it.
 async fn read(data: &[u8], piece: usize) -> (Result<Option<String>, &'static str>, Vec<u8>) {
-    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
-    let mut conn = Rewind::new(rx);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let send = async {
-        for chunk in data.chunks(piece) {
-            if tx.write_all(chunk).await.is_err() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        drop(tx);
-    };
-    let (result, ()) = tokio::join!(read_client_hello(&mut conn, deadline), send);
-    let mut rest = Vec::new();
-    let _ = conn.read_to_end(&mut rest).await;
-    (result.map_err(|e| e.reason()), rest)
+    super::read_ahead(data, piece, async |conn, deadline| {
+        read_client_hello(conn, deadline)
+            .await
+            .map_err(|e| e.reason())
+    })
+    .await
 }
