@@ -20,11 +20,7 @@ const SERVICE_PATH: &str = "/v1/health/service/web";
 
 /// `web` instance `id` on 127.0.0.1 at `backend`'s port.
 fn instance(id: &str, backend: &Backend) -> ServiceInstance {
-    let mut i = ServiceInstance::new("web", id);
-    i.node = format!("node-{id}");
-    i.node_address = "127.0.0.1".into();
-    i.port = backend.addr.port();
-    i
+    ServiceInstance::on_loopback("web", id, backend.addr.port())
 }
 
 /// Listener `web` whose backend `b` is the `web` service; stale reads (the

@@ -14,10 +14,7 @@ use support::{Backend, HttpClient, Switchyard, eventually, get};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn instance(service: &str, id: &str, backend: &Backend, tags: &[&str]) -> ServiceInstance {
-    let mut i = ServiceInstance::new(service, id);
-    i.node = format!("node-{id}");
-    i.node_address = "127.0.0.1".into();
-    i.port = backend.addr.port();
+    let mut i = ServiceInstance::on_loopback(service, id, backend.addr.port());
     i.tags = tags.iter().map(|t| t.to_string()).collect();
     i
 }

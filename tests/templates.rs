@@ -715,10 +715,7 @@ fn render_once_dry_prints_and_writes_nothing() {
 async fn shipped_haproxy_and_nginx_templates_render_from_consul() {
     let consul = ConsulServer::start().await;
     for (id, port) in [("web-1", 9001), ("web-2", 9002)] {
-        let mut i = ServiceInstance::new("web", id);
-        i.node = format!("node-{id}");
-        i.node_address = "127.0.0.1".into();
-        i.port = port;
+        let mut i = ServiceInstance::on_loopback("web", id, port);
         i.tags = vec!["http".into()];
         consul.register(i);
     }

@@ -112,4 +112,15 @@ impl ServiceInstance {
             ..Self::default()
         }
     }
+
+    /// Instance `id` of service `name` on a node of its own (`node-{id}`)
+    /// at 127.0.0.1:`port`, passing: a test backend seen through Consul.
+    pub fn on_loopback(name: &str, id: &str, port: u16) -> Self {
+        Self {
+            node: format!("node-{id}"),
+            node_address: "127.0.0.1".into(),
+            port,
+            ..Self::new(name, id)
+        }
+    }
 }
